@@ -1,0 +1,23 @@
+//! Replicated coordination store: znode tree, sessions, watches, transaction log and snapshots,
+//! the gRPC `Session` service and the Rust client.
+//!
+//! Must not know about frameworks, agents or offers. The core (`data_tree`, `watches`, `sessions`,
+//! `server`) reads no clock or RNG, does no I/O and spawns nothing: time and randomness come in as
+//! arguments, and it answers with actions that `driver` carries out. Start at `server::ServerCore`
+//! (the request pipeline), then `data_tree::DataTree` (what a transaction does), then `driver`.
+
+pub mod client;
+pub mod convert;
+pub mod data_tree;
+pub mod driver;
+pub mod op;
+pub mod path;
+pub mod server;
+pub mod sessions;
+pub mod storage;
+pub mod txn;
+pub mod watches;
+pub mod zxid;
+
+pub use op::{CreateMode, EventType, Op, OpError, OpResult, ReadOp, Stat, WatchEvent, WriteOp};
+pub use zxid::{SessionId, Zxid};

@@ -1,0 +1,1198 @@
+//! The request pipeline of one coord server, sans IO: connections, sessions, the per-connection
+//! FIFO queue, zxid assignment, applying committed transactions, replies and watch events.
+//!
+//! The driver feeds it `Input`s with the time and collects `Action`s. A write becomes a `Txn` and
+//! is handed out as `Action::Persist`; it is applied, and its client answered, only when the driver
+//! reports it durable (`Input::Persisted`). Reads are answered from the applied tree, but never
+//! ahead of an earlier write of the same connection: a connection's requests are answered in the
+//! order they came (ZooKeeper's FIFO client order). Watch events are emitted while a transaction is
+//! applied, before its reply and before any later read, so a client always sees an event before the
+//! data that caused it.
+//!
+//! In a replicated ensemble the `Persist`/`Persisted` pair becomes propose/commit through ZAB; the
+//! rest of this pipeline is the same on every server.
+
+use crate::data_tree::{Applied, DataTree};
+use crate::op::{
+    EventType, MULTI_OPS_MAX, Op, OpError, OpResult, ReadOp, WatchEvent, WriteOp, ZNODE_BYTES_MAX,
+};
+use crate::path;
+use crate::sessions::SessionTracker;
+use crate::txn::{PASSWORD_BYTES, Txn, TxnKind};
+use crate::watches::{WatchKind, WatchManager};
+use crate::zxid::{SessionId, Zxid};
+use std::collections::{HashMap, VecDeque};
+use tracing::{debug, info};
+
+/// A client connection, numbered by the driver.
+pub type ConnId = u64;
+
+/// xid of the transaction that creates a session for a connecting client.
+const CONNECT_XID: i64 = -1;
+/// xid of a session expiry, which no client waits for.
+const EXPIRE_XID: i64 = -2;
+/// xid of a client's own CloseSession.
+const CLOSE_XID: i64 = -3;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub server_id: u32,
+    /// Negotiated session timeouts are clamped to [min, max] (ZooKeeper: 2 and 20 ticks).
+    pub session_timeout_min_ms: u32,
+    pub session_timeout_max_ms: u32,
+    /// Granularity of session expiry.
+    pub session_expiry_bucket_ms: u64,
+    /// A snapshot is taken after this many transactions.
+    pub snapshot_every_txns: u64,
+    pub watches_per_session_max: usize,
+    /// Requests queued on one connection before new ones are refused with TooManyRequests.
+    pub requests_queued_per_connection_max: usize,
+    /// Transactions handed out but not yet durable; past it, writes wait.
+    pub txns_in_flight_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            server_id: 1,
+            session_timeout_min_ms: 4_000,
+            session_timeout_max_ms: 40_000,
+            session_expiry_bucket_ms: 200,
+            snapshot_every_txns: 100_000,
+            watches_per_session_max: 65_536,
+            requests_queued_per_connection_max: 4_096,
+            txns_in_flight_max: 16_384,
+        }
+    }
+}
+
+/// The two clocks the core is given: monotonic for timeouts, wall for ctime/mtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub wall_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A client opened a stream and asked for a session (`session == 0`: a new one).
+    Connect {
+        conn: ConnId,
+        session: SessionId,
+        password: Vec<u8>,
+        timeout_ms: u32,
+        last_zxid_seen: Zxid,
+        /// Random bytes from the driver, the password if a new session is created.
+        new_password: [u8; PASSWORD_BYTES],
+    },
+    /// A request; `Err` when the driver could not decode it (answered in order, like any other).
+    Request {
+        conn: ConnId,
+        xid: i64,
+        op: Result<Op, OpError>,
+    },
+    Ping {
+        conn: ConnId,
+    },
+    /// The client asks to end its session.
+    CloseSession {
+        conn: ConnId,
+    },
+    /// The stream is gone. The session lives on until it expires.
+    Disconnected {
+        conn: ConnId,
+    },
+    /// Every transaction up to this zxid is durable.
+    Persisted {
+        upto: Zxid,
+    },
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMsg {
+    Connected {
+        session: SessionId,
+        password: [u8; PASSWORD_BYTES],
+        timeout_ms: u32,
+        server_id: u32,
+    },
+    Reply {
+        xid: i64,
+        zxid: Zxid,
+        result: Result<OpResult, OpError>,
+    },
+    Event(WatchEvent),
+    Pong {
+        zxid: Zxid,
+    },
+    /// The session ended (`None`: closed at the client's request); the stream closes after it.
+    Ended(Option<OpError>),
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Append to the log; report `Persisted` once fsynced.
+    Persist(Txn),
+    Send {
+        conn: ConnId,
+        msg: ServerMsg,
+    },
+    /// Close the stream after the messages already sent.
+    CloseConn {
+        conn: ConnId,
+    },
+    /// Write this state (an O(1) clone, consistent at its `last_applied`) as a snapshot.
+    Snapshot(Box<DataTree>),
+}
+
+enum Queued {
+    Op { xid: i64, op: Result<Op, OpError> },
+    Close,
+}
+
+struct Conn {
+    /// Set once the session is established (for a new session: once its creation is applied).
+    session: Option<SessionId>,
+    queue: VecDeque<Queued>,
+    /// This connection's transactions handed out but not yet applied.
+    writes_in_flight: usize,
+    closed: bool,
+}
+
+pub struct ServerCore {
+    config: ServerConfig,
+    tree: DataTree,
+    watches: WatchManager,
+    tracker: SessionTracker,
+    conns: HashMap<ConnId, Conn>,
+    /// The connection each live session is attached to here.
+    session_conns: HashMap<SessionId, ConnId>,
+    /// Sessions whose CloseSession is in flight: they accept no new connection or request.
+    closing: HashMap<SessionId, ()>,
+    /// Handed out, not yet applied, in zxid order, with the connection waiting for each.
+    unapplied: VecDeque<(Txn, Option<ConnId>)>,
+    last_zxid: Zxid,
+    txns_since_snapshot: u64,
+    /// Connections that stopped processing their queue because too many txns were in flight.
+    blocked: Vec<ConnId>,
+}
+
+impl ServerCore {
+    /// A server over a recovered tree. The epoch for new transactions follows the last one's, so
+    /// zxids grow across restarts.
+    pub fn new(config: ServerConfig, tree: DataTree, now: Now) -> ServerCore {
+        let last = tree.last_applied();
+        let epoch = last.epoch().checked_add(1).expect("epoch space exhausted");
+        let mut tracker = SessionTracker::new(config.session_expiry_bucket_ms);
+        // Every recovered session gets a full timeout to reconnect, as in ZooKeeper.
+        for (id, meta) in tree.sessions() {
+            tracker.touch(id, meta.timeout_ms, now.mono_ms);
+        }
+        info!(sessions = tracker.len(), nodes = tree.node_count(), last_zxid = %last, epoch, "coord server ready");
+        ServerCore {
+            watches: WatchManager::new(config.watches_per_session_max),
+            config,
+            tree,
+            tracker,
+            conns: HashMap::new(),
+            session_conns: HashMap::new(),
+            closing: HashMap::new(),
+            unapplied: VecDeque::new(),
+            last_zxid: Zxid::new(epoch, 0),
+            txns_since_snapshot: 0,
+            blocked: Vec::new(),
+        }
+    }
+
+    pub fn tree(&self) -> &DataTree {
+        &self.tree
+    }
+
+    pub fn step(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
+        match input {
+            Input::Connect {
+                conn,
+                session,
+                password,
+                timeout_ms,
+                last_zxid_seen,
+                new_password,
+            } => self.connect(
+                now,
+                conn,
+                session,
+                &password,
+                timeout_ms,
+                last_zxid_seen,
+                new_password,
+                out,
+            ),
+            Input::Request { conn, xid, op } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if c.queue.len() >= self.config.requests_queued_per_connection_max {
+                    let limit = self.config.requests_queued_per_connection_max;
+                    let zxid = self.tree.last_applied();
+                    out.push(Action::Send {
+                        conn,
+                        msg: ServerMsg::Reply {
+                            xid,
+                            zxid,
+                            result: Err(OpError::TooManyRequests(limit)),
+                        },
+                    });
+                    return;
+                }
+                c.queue.push_back(Queued::Op { xid, op });
+                self.touch(now, conn);
+                self.process_queue(now, conn, out);
+            }
+            Input::Ping { conn } => {
+                self.touch(now, conn);
+                if self.conns.contains_key(&conn) {
+                    out.push(Action::Send {
+                        conn,
+                        msg: ServerMsg::Pong {
+                            zxid: self.tree.last_applied(),
+                        },
+                    });
+                }
+            }
+            Input::CloseSession { conn } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                c.queue.push_back(Queued::Close);
+                self.process_queue(now, conn, out);
+            }
+            Input::Disconnected { conn } => self.disconnect(conn),
+            Input::Persisted { upto } => self.persisted(now, upto, out),
+            Input::Tick => self.tick(now, out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        session: SessionId,
+        password: &[u8],
+        timeout_ms: u32,
+        last_zxid_seen: Zxid,
+        new_password: [u8; PASSWORD_BYTES],
+        out: &mut Vec<Action>,
+    ) {
+        let refuse = |err: OpError, out: &mut Vec<Action>| {
+            out.push(Action::Send {
+                conn,
+                msg: ServerMsg::Ended(Some(err)),
+            });
+            out.push(Action::CloseConn { conn });
+        };
+        if last_zxid_seen > self.tree.last_applied() {
+            // The client saw newer state than this server has: it must go elsewhere (ZooKeeper
+            // refuses such a connection for the same reason).
+            return refuse(
+                OpError::NotServing(format!(
+                    "this server is at {}, behind the client's {}",
+                    self.tree.last_applied(),
+                    last_zxid_seen
+                )),
+                out,
+            );
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                session: None,
+                queue: VecDeque::new(),
+                writes_in_flight: 0,
+                closed: false,
+            },
+        );
+        if session == SessionId(0) {
+            let timeout_ms = timeout_ms.clamp(
+                self.config.session_timeout_min_ms,
+                self.config.session_timeout_max_ms,
+            );
+            let txn = self.next_txn(
+                now,
+                SessionId(0),
+                CONNECT_XID,
+                TxnKind::CreateSession {
+                    timeout_ms,
+                    password: new_password,
+                },
+            );
+            self.submit(txn, Some(conn), out);
+            return;
+        }
+        let Some(meta) = self.tree.session(session).copied() else {
+            self.conns.remove(&conn);
+            return refuse(OpError::SessionExpired(session), out);
+        };
+        if self.closing.contains_key(&session) {
+            self.conns.remove(&conn);
+            return refuse(OpError::SessionExpired(session), out);
+        }
+        if password != meta.password {
+            self.conns.remove(&conn);
+            return refuse(OpError::AuthFailed(session), out);
+        }
+        if let Some(old) = self.session_conns.insert(session, conn)
+            && old != conn
+        {
+            // The session moved to a new connection: the old one must not answer for it.
+            out.push(Action::Send {
+                conn: old,
+                msg: ServerMsg::Ended(Some(OpError::SessionMoved(session))),
+            });
+            out.push(Action::CloseConn { conn: old });
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.session = None;
+                c.closed = true;
+            }
+            self.watches.remove_session(session);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(session);
+        }
+        self.tracker.touch(session, meta.timeout_ms, now.mono_ms);
+        debug!(%session, conn, "session reconnected");
+        out.push(Action::Send {
+            conn,
+            msg: ServerMsg::Connected {
+                session,
+                password: meta.password,
+                timeout_ms: meta.timeout_ms,
+                server_id: self.config.server_id,
+            },
+        });
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(session) = c.session
+            && self.session_conns.get(&session) == Some(&conn)
+        {
+            self.session_conns.remove(&session);
+            // Watches belong to the connection, as in ZooKeeper; a reconnecting client
+            // re-registers them with SetWatches and misses nothing.
+            self.watches.remove_session(session);
+        }
+    }
+
+    fn touch(&mut self, now: Now, conn: ConnId) {
+        let Some(session) = self.conns.get(&conn).and_then(|c| c.session) else {
+            return;
+        };
+        if self.closing.contains_key(&session) {
+            return;
+        }
+        if let Some(meta) = self.tree.session(session) {
+            self.tracker.touch(session, meta.timeout_ms, now.mono_ms);
+        }
+    }
+
+    fn next_txn(&mut self, now: Now, session: SessionId, xid: i64, kind: TxnKind) -> Txn {
+        // A counter overflow needs a new epoch, which only leader election can start; 2^32 writes
+        // without one is far beyond any deployment, so it is a bug here.
+        self.last_zxid = self
+            .last_zxid
+            .next()
+            .expect("zxid counter exhausted within one epoch");
+        let session = if let TxnKind::CreateSession { .. } = kind {
+            SessionId(self.last_zxid.0)
+        } else {
+            session
+        };
+        Txn {
+            zxid: self.last_zxid,
+            time_ms: now.wall_ms,
+            session,
+            xid,
+            kind,
+        }
+    }
+
+    fn submit(&mut self, txn: Txn, conn: Option<ConnId>, out: &mut Vec<Action>) {
+        if let Some(c) = conn.and_then(|id| self.conns.get_mut(&id)) {
+            c.writes_in_flight += 1;
+        }
+        out.push(Action::Persist(txn.clone()));
+        self.unapplied.push_back((txn, conn));
+    }
+
+    /// Answers queued requests of `conn` in order: writes are handed out (pipelined), reads wait
+    /// until every earlier write of the connection has been applied.
+    fn process_queue(&mut self, now: Now, conn: ConnId, out: &mut Vec<Action>) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(session) = c.session else { return };
+            if c.closed {
+                return;
+            }
+            let Some(front) = c.queue.front() else { return };
+            let is_write = match front {
+                Queued::Op {
+                    op: Ok(Op::Write(w)),
+                    ..
+                } => precheck_write(w).is_ok(),
+                Queued::Close => true,
+                Queued::Op { .. } => false,
+            };
+            if is_write {
+                if self.unapplied.len() >= self.config.txns_in_flight_max {
+                    if !self.blocked.contains(&conn) {
+                        self.blocked.push(conn);
+                    }
+                    return;
+                }
+                let item = c.queue.pop_front().expect("front checked above");
+                let (xid, kind) = match item {
+                    Queued::Op {
+                        xid,
+                        op: Ok(Op::Write(w)),
+                    } => (xid, TxnKind::Write(w)),
+                    Queued::Close => {
+                        self.closing.insert(session, ());
+                        self.tracker.remove(session);
+                        (CLOSE_XID, TxnKind::CloseSession)
+                    }
+                    Queued::Op { .. } => unreachable!("classified as a write above"),
+                };
+                let txn = self.next_txn(now, session, xid, kind);
+                self.submit(txn, Some(conn), out);
+                continue;
+            }
+            if c.writes_in_flight > 0 {
+                return;
+            }
+            let Some(Queued::Op { xid, op }) = c.queue.pop_front() else {
+                return;
+            };
+            let result = match op {
+                Ok(Op::Read(read)) => self.read(session, read, out, conn),
+                // A write that fails its static checks is answered here, in order, without a txn.
+                Ok(Op::Write(w)) => {
+                    Err(precheck_write(&w).expect_err("classified as failing above"))
+                }
+                Err(e) => Err(e),
+            };
+            out.push(Action::Send {
+                conn,
+                msg: ServerMsg::Reply {
+                    xid,
+                    zxid: self.tree.last_applied(),
+                    result,
+                },
+            });
+        }
+    }
+
+    fn read(
+        &mut self,
+        session: SessionId,
+        read: ReadOp,
+        out: &mut Vec<Action>,
+        conn: ConnId,
+    ) -> Result<OpResult, OpError> {
+        match read {
+            ReadOp::GetData { path, watch } => {
+                let (data, stat) = self.tree.get_data(&path)?;
+                if watch {
+                    self.watches.add(session, WatchKind::Data, &path)?;
+                }
+                Ok(OpResult::Data { data, stat })
+            }
+            ReadOp::Exists { path, watch } => {
+                let stat = self.tree.exists(&path)?;
+                if watch {
+                    self.watches.add(session, WatchKind::Data, &path)?;
+                }
+                Ok(stat.map_or(OpResult::NoStat, OpResult::Stat))
+            }
+            ReadOp::GetChildren { path, watch } => {
+                let (children, stat) = self.tree.children(&path)?;
+                if watch {
+                    self.watches.add(session, WatchKind::Child, &path)?;
+                }
+                Ok(OpResult::Children { children, stat })
+            }
+            ReadOp::AddWatch { path, recursive } => {
+                path::validate(&path, false)?;
+                let kind = if recursive {
+                    WatchKind::PersistentRecursive
+                } else {
+                    WatchKind::Persistent
+                };
+                self.watches.add(session, kind, &path)?;
+                Ok(OpResult::Empty)
+            }
+            ReadOp::RemoveWatches { path } => {
+                path::validate(&path, false)?;
+                self.watches.remove_path(session, &path);
+                Ok(OpResult::Empty)
+            }
+            ReadOp::Sync { path } => {
+                path::validate(&path, false)?;
+                // Single server: every committed write is already applied here.
+                Ok(OpResult::Empty)
+            }
+            ReadOp::SetWatches(sw) => {
+                let rel = sw.relative_zxid;
+                let last = self.tree.last_applied();
+                let fire = |kind: EventType, path: &String, out: &mut Vec<Action>| {
+                    out.push(Action::Send {
+                        conn,
+                        msg: ServerMsg::Event(WatchEvent {
+                            kind,
+                            path: path.clone(),
+                            zxid: last,
+                        }),
+                    });
+                };
+                for p in &sw.data {
+                    match self.tree.stat(p) {
+                        None => fire(EventType::NodeDeleted, p, out),
+                        Some(s) if s.mzxid > rel => fire(EventType::NodeDataChanged, p, out),
+                        Some(_) => self.watches.add(session, WatchKind::Data, p)?,
+                    }
+                }
+                for p in &sw.exist {
+                    match self.tree.stat(p) {
+                        Some(_) => fire(EventType::NodeCreated, p, out),
+                        None => self.watches.add(session, WatchKind::Data, p)?,
+                    }
+                }
+                for p in &sw.child {
+                    match self.tree.stat(p) {
+                        None => fire(EventType::NodeDeleted, p, out),
+                        Some(s) if s.pzxid > rel => fire(EventType::NodeChildrenChanged, p, out),
+                        Some(_) => self.watches.add(session, WatchKind::Child, p)?,
+                    }
+                }
+                for p in &sw.persistent {
+                    self.watches.add(session, WatchKind::Persistent, p)?;
+                }
+                for p in &sw.persistent_recursive {
+                    self.watches
+                        .add(session, WatchKind::PersistentRecursive, p)?;
+                }
+                Ok(OpResult::Empty)
+            }
+        }
+    }
+
+    fn persisted(&mut self, now: Now, upto: Zxid, out: &mut Vec<Action>) {
+        let mut touched = Vec::new();
+        while self.unapplied.front().is_some_and(|(t, _)| t.zxid <= upto) {
+            let (txn, conn) = self.unapplied.pop_front().expect("front checked above");
+            let applied = self.tree.apply(&txn);
+            self.after_apply(now, &txn, conn, applied, out);
+            if let Some(conn) = conn {
+                touched.push(conn);
+            }
+            self.txns_since_snapshot += 1;
+            if self.txns_since_snapshot >= self.config.snapshot_every_txns {
+                self.txns_since_snapshot = 0;
+                out.push(Action::Snapshot(Box::new(self.tree.clone())));
+            }
+        }
+        touched.append(&mut self.blocked);
+        touched.sort_unstable();
+        touched.dedup();
+        for conn in touched {
+            self.process_queue(now, conn, out);
+        }
+    }
+
+    fn after_apply(
+        &mut self,
+        now: Now,
+        txn: &Txn,
+        conn: Option<ConnId>,
+        applied: Applied,
+        out: &mut Vec<Action>,
+    ) {
+        // Events first: a client must see the event before any reply reflecting the change.
+        for (kind, path) in &applied.events {
+            for session in self.watches.trigger(*kind, path) {
+                if let Some(&to) = self.session_conns.get(&session) {
+                    out.push(Action::Send {
+                        conn: to,
+                        msg: ServerMsg::Event(WatchEvent {
+                            kind: *kind,
+                            path: path.clone(),
+                            zxid: txn.zxid,
+                        }),
+                    });
+                }
+            }
+        }
+        if let Some(c) = conn.and_then(|id| self.conns.get_mut(&id)) {
+            c.writes_in_flight -= 1;
+        }
+        match &txn.kind {
+            TxnKind::CreateSession {
+                timeout_ms,
+                password,
+            } => {
+                let Some(conn) = conn.filter(|id| self.conns.contains_key(id)) else {
+                    // The client left before its session existed; it expires unused.
+                    self.tracker.touch(txn.session, *timeout_ms, now.mono_ms);
+                    return;
+                };
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.session = Some(txn.session);
+                }
+                self.session_conns.insert(txn.session, conn);
+                self.tracker.touch(txn.session, *timeout_ms, now.mono_ms);
+                info!(session = %txn.session, timeout_ms, "session created");
+                out.push(Action::Send {
+                    conn,
+                    msg: ServerMsg::Connected {
+                        session: txn.session,
+                        password: *password,
+                        timeout_ms: *timeout_ms,
+                        server_id: self.config.server_id,
+                    },
+                });
+            }
+            TxnKind::CloseSession => {
+                self.closing.remove(&txn.session);
+                self.tracker.remove(txn.session);
+                self.watches.remove_session(txn.session);
+                if let Some(to) = self.session_conns.remove(&txn.session) {
+                    let reason = if txn.xid == EXPIRE_XID {
+                        Some(OpError::SessionExpired(txn.session))
+                    } else {
+                        None
+                    };
+                    info!(session = %txn.session, expired = reason.is_some(), "session closed");
+                    out.push(Action::Send {
+                        conn: to,
+                        msg: ServerMsg::Ended(reason),
+                    });
+                    out.push(Action::CloseConn { conn: to });
+                    if let Some(c) = self.conns.get_mut(&to) {
+                        c.closed = true;
+                        c.session = None;
+                    }
+                }
+            }
+            TxnKind::Write(_) => {
+                if let Some(conn) = conn.filter(|id| self.conns.contains_key(id)) {
+                    out.push(Action::Send {
+                        conn,
+                        msg: ServerMsg::Reply {
+                            xid: txn.xid,
+                            zxid: txn.zxid,
+                            result: applied.result,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        for session in self.tracker.expire(now.mono_ms) {
+            if self.closing.contains_key(&session) || self.tree.session(session).is_none() {
+                continue;
+            }
+            info!(%session, "session expired");
+            self.closing.insert(session, ());
+            let txn = self.next_txn(now, session, EXPIRE_XID, TxnKind::CloseSession);
+            self.submit(txn, None, out);
+        }
+    }
+}
+
+/// Checks a write needs no state for: path syntax, data size, multi shape. A write failing them
+/// never becomes a transaction.
+fn precheck_write(op: &WriteOp) -> Result<(), OpError> {
+    let size = |path: &str, data: &bytes::Bytes| {
+        if data.len() > ZNODE_BYTES_MAX {
+            Err(OpError::DataTooLarge {
+                path: path.to_string(),
+                len: data.len(),
+                max: ZNODE_BYTES_MAX,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    match op {
+        WriteOp::Create { path, data, mode } => {
+            path::validate(path, mode.is_sequential())?;
+            size(path, data)
+        }
+        WriteOp::Delete { path, .. } | WriteOp::Check { path, .. } => path::validate(path, false),
+        WriteOp::SetData { path, data, .. } => {
+            path::validate(path, false)?;
+            size(path, data)
+        }
+        WriteOp::Multi(ops) => {
+            if ops.len() > MULTI_OPS_MAX {
+                return Err(OpError::BadArguments(format!(
+                    "a multi holds at most {MULTI_OPS_MAX} ops, got {}",
+                    ops.len()
+                )));
+            }
+            for op in ops {
+                if let WriteOp::Multi(_) = op {
+                    return Err(OpError::BadArguments(
+                        "a multi cannot contain a multi".into(),
+                    ));
+                }
+                precheck_write(op)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::CreateMode;
+    use bytes::Bytes;
+
+    struct Harness {
+        core: ServerCore,
+        now: Now,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let config = ServerConfig {
+                session_timeout_min_ms: 1000,
+                session_timeout_max_ms: 10_000,
+                session_expiry_bucket_ms: 100,
+                ..ServerConfig::default()
+            };
+            let now = Now {
+                mono_ms: 0,
+                wall_ms: 1_000,
+            };
+            Harness {
+                core: ServerCore::new(config, DataTree::new(), now),
+                now,
+            }
+        }
+
+        fn step(&mut self, input: Input) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.core.step(self.now, input, &mut out);
+            out
+        }
+
+        /// Makes every handed-out transaction durable, as the log thread would.
+        fn persist_all(&mut self, actions: &[Action]) -> Vec<Action> {
+            let upto = actions
+                .iter()
+                .filter_map(|a| {
+                    if let Action::Persist(t) = a {
+                        Some(t.zxid)
+                    } else {
+                        None
+                    }
+                })
+                .max();
+            match upto {
+                Some(upto) => self.step(Input::Persisted { upto }),
+                None => Vec::new(),
+            }
+        }
+
+        /// Opens a new session on `conn` and returns its id.
+        fn connect(&mut self, conn: ConnId) -> SessionId {
+            let a = self.step(Input::Connect {
+                conn,
+                session: SessionId(0),
+                password: vec![],
+                timeout_ms: 2000,
+                last_zxid_seen: Zxid::ZERO,
+                new_password: [conn as u8; 16],
+            });
+            let out = self.persist_all(&a);
+            match &out[..] {
+                [
+                    Action::Send {
+                        msg: ServerMsg::Connected { session, .. },
+                        ..
+                    },
+                ] => *session,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn request(&mut self, conn: ConnId, xid: i64, op: Op) -> Vec<Action> {
+            self.step(Input::Request {
+                conn,
+                xid,
+                op: Ok(op),
+            })
+        }
+    }
+
+    fn sends(actions: &[Action]) -> Vec<(ConnId, ServerMsg)> {
+        actions
+            .iter()
+            .filter_map(|a| {
+                if let Action::Send { conn, msg } = a {
+                    Some((*conn, msg.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn create(path: &str) -> Op {
+        Op::Write(WriteOp::Create {
+            path: path.into(),
+            data: Bytes::from_static(b"v"),
+            mode: CreateMode::Persistent,
+        })
+    }
+
+    fn set(path: &str) -> Op {
+        Op::Write(WriteOp::SetData {
+            path: path.into(),
+            data: Bytes::from_static(b"w"),
+            version: -1,
+        })
+    }
+
+    fn get(path: &str, watch: bool) -> Op {
+        Op::Read(ReadOp::GetData {
+            path: path.into(),
+            watch,
+        })
+    }
+
+    #[test]
+    fn writes_are_answered_only_once_durable() {
+        // Durability: no reply before the driver reports the transaction persisted.
+        let mut h = Harness::new();
+        h.connect(1);
+        let a = h.request(1, 1, create("/a"));
+        assert!(sends(&a).is_empty());
+        assert!(matches!(&a[..], [Action::Persist(_)]));
+        let out = h.persist_all(&a);
+        assert!(matches!(
+            &sends(&out)[..],
+            [(
+                1,
+                ServerMsg::Reply {
+                    xid: 1,
+                    result: Ok(OpResult::Created { .. }),
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn a_connections_requests_are_answered_in_order() {
+        // FIFO client order: a read after a write waits for the write and sees it.
+        let mut h = Harness::new();
+        h.connect(1);
+        let mut a = h.request(1, 1, create("/a"));
+        a.extend(h.request(1, 2, get("/a", false)));
+        a.extend(h.request(1, 3, set("/a")));
+        assert_eq!(
+            a.iter().filter(|x| matches!(x, Action::Persist(_))).count(),
+            1,
+            "the read holds back the later write"
+        );
+        assert!(sends(&a).is_empty());
+        let out = h.persist_all(&a);
+        let s = sends(&out);
+        assert!(matches!(&s[0], (1, ServerMsg::Reply { xid: 1, .. })));
+        assert!(matches!(
+            &s[1],
+            (
+                1,
+                ServerMsg::Reply {
+                    xid: 2,
+                    result: Ok(OpResult::Data { .. }),
+                    ..
+                }
+            )
+        ));
+        assert_eq!(s.len(), 2);
+        let out2 = h.persist_all(&out);
+        assert!(matches!(
+            &sends(&out2)[..],
+            [(
+                1,
+                ServerMsg::Reply {
+                    xid: 3,
+                    result: Ok(OpResult::Stat(_)),
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn watch_events_precede_the_data_that_caused_them() {
+        // ZooKeeper ordering guarantee: the watcher gets the event before any reply showing the
+        // change, and the writer (also watching) gets the event before its own reply.
+        let mut h = Harness::new();
+        h.connect(1);
+        h.connect(2);
+        let a = h.request(1, 1, create("/x"));
+        h.persist_all(&a);
+        h.request(1, 2, get("/x", true));
+        h.request(2, 1, get("/x", true));
+        let a = h.request(2, 2, set("/x"));
+        let out = h.persist_all(&a);
+        let s = sends(&out);
+        assert_eq!(s.len(), 3, "{s:?}");
+        let event_to = |c: ConnId| {
+            s.iter().position(|(to, m)| {
+                *to == c
+                    && matches!(
+                        m,
+                        ServerMsg::Event(WatchEvent {
+                            kind: EventType::NodeDataChanged,
+                            ..
+                        })
+                    )
+            })
+        };
+        let reply_pos = s
+            .iter()
+            .position(|(to, m)| *to == 2 && matches!(m, ServerMsg::Reply { xid: 2, .. }))
+            .unwrap();
+        assert!(event_to(1).is_some());
+        assert!(event_to(2).unwrap() < reply_pos);
+        // One-shot: a second change fires nothing.
+        let a = h.request(2, 3, set("/x"));
+        let out = h.persist_all(&a);
+        assert_eq!(sends(&out).len(), 1);
+    }
+
+    #[test]
+    fn expiry_removes_ephemerals_and_notifies_watchers() {
+        let mut h = Harness::new();
+        let s1 = h.connect(1);
+        h.connect(2);
+        let a = h.request(
+            1,
+            1,
+            Op::Write(WriteOp::Create {
+                path: "/e".into(),
+                data: Bytes::new(),
+                mode: CreateMode::Ephemeral,
+            }),
+        );
+        h.persist_all(&a);
+        h.request(
+            2,
+            1,
+            Op::Read(ReadOp::Exists {
+                path: "/e".into(),
+                watch: true,
+            }),
+        );
+        // conn 2 keeps pinging, conn 1 is silent.
+        h.now.mono_ms = 1500;
+        h.step(Input::Ping { conn: 2 });
+        h.now.mono_ms = 2100;
+        let a = h.step(Input::Tick);
+        let [Action::Persist(txn)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        assert_eq!((txn.session, &txn.kind), (s1, &TxnKind::CloseSession));
+        let out = h.persist_all(&a);
+        let s = sends(&out);
+        assert!(s.contains(&(
+            2,
+            ServerMsg::Event(WatchEvent {
+                kind: EventType::NodeDeleted,
+                path: "/e".into(),
+                zxid: txn.zxid
+            })
+        )));
+        assert!(s.contains(&(1, ServerMsg::Ended(Some(OpError::SessionExpired(s1))))));
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::CloseConn { conn: 1 }))
+        );
+        assert!(h.core.tree().stat("/e").is_none());
+        // The expired session cannot come back.
+        let a = h.step(Input::Connect {
+            conn: 3,
+            session: s1,
+            password: vec![1; 16],
+            timeout_ms: 2000,
+            last_zxid_seen: Zxid::ZERO,
+            new_password: [0; 16],
+        });
+        assert_eq!(
+            sends(&a),
+            vec![(3, ServerMsg::Ended(Some(OpError::SessionExpired(s1))))]
+        );
+    }
+
+    #[test]
+    fn reconnecting_keeps_the_session_and_checks_the_password() {
+        let mut h = Harness::new();
+        let s1 = h.connect(1);
+        h.step(Input::Disconnected { conn: 1 });
+        let a = h.step(Input::Connect {
+            conn: 2,
+            session: s1,
+            password: vec![9; 16],
+            timeout_ms: 0,
+            last_zxid_seen: Zxid::ZERO,
+            new_password: [0; 16],
+        });
+        assert_eq!(
+            sends(&a),
+            vec![(2, ServerMsg::Ended(Some(OpError::AuthFailed(s1))))]
+        );
+        let a = h.step(Input::Connect {
+            conn: 3,
+            session: s1,
+            password: vec![1; 16],
+            timeout_ms: 0,
+            last_zxid_seen: Zxid::ZERO,
+            new_password: [0; 16],
+        });
+        assert!(
+            matches!(&sends(&a)[..], [(3, ServerMsg::Connected { session, .. })] if *session == s1)
+        );
+        // A client that has seen a newer zxid than this server must go elsewhere.
+        let a = h.step(Input::Connect {
+            conn: 4,
+            session: s1,
+            password: vec![1; 16],
+            timeout_ms: 0,
+            last_zxid_seen: Zxid::new(99, 1),
+            new_password: [0; 16],
+        });
+        assert!(matches!(
+            &sends(&a)[..],
+            [(4, ServerMsg::Ended(Some(OpError::NotServing(_))))]
+        ));
+    }
+
+    #[test]
+    fn statically_bad_writes_never_become_transactions() {
+        let mut h = Harness::new();
+        h.connect(1);
+        let a = h.request(1, 1, create("/a/"));
+        assert!(!a.iter().any(|x| matches!(x, Action::Persist(_))));
+        assert!(matches!(
+            &sends(&a)[..],
+            [(
+                1,
+                ServerMsg::Reply {
+                    xid: 1,
+                    result: Err(OpError::BadPath { .. }),
+                    ..
+                }
+            )]
+        ));
+        let big = Op::Write(WriteOp::SetData {
+            path: "/a".into(),
+            data: Bytes::from(vec![0; ZNODE_BYTES_MAX + 1]),
+            version: -1,
+        });
+        let a = h.request(1, 2, big);
+        assert!(matches!(
+            &sends(&a)[..],
+            [(
+                1,
+                ServerMsg::Reply {
+                    xid: 2,
+                    result: Err(OpError::DataTooLarge { .. }),
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn persistent_watches_survive_firing() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.connect(2);
+        h.request(
+            1,
+            1,
+            Op::Read(ReadOp::AddWatch {
+                path: "/r".into(),
+                recursive: true,
+            }),
+        );
+        let mut count = 0;
+        for (i, p) in ["/r", "/r/a", "/r/a/b"].iter().enumerate() {
+            let a = h.request(2, i as i64, create(p));
+            let out = h.persist_all(&a);
+            count += sends(&out)
+                .iter()
+                .filter(|(c, m)| {
+                    *c == 1
+                        && matches!(
+                            m,
+                            ServerMsg::Event(WatchEvent {
+                                kind: EventType::NodeCreated,
+                                ..
+                            })
+                        )
+                })
+                .count();
+        }
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn closing_a_session_answers_after_earlier_writes() {
+        let mut h = Harness::new();
+        let s1 = h.connect(1);
+        let mut a = h.request(
+            1,
+            1,
+            Op::Write(WriteOp::Create {
+                path: "/e".into(),
+                data: Bytes::new(),
+                mode: CreateMode::Ephemeral,
+            }),
+        );
+        a.extend(h.step(Input::CloseSession { conn: 1 }));
+        assert_eq!(
+            a.iter().filter(|x| matches!(x, Action::Persist(_))).count(),
+            2
+        );
+        let out = h.persist_all(&a);
+        let s = sends(&out);
+        assert!(matches!(
+            &s[0],
+            (
+                1,
+                ServerMsg::Reply {
+                    xid: 1,
+                    result: Ok(_),
+                    ..
+                }
+            )
+        ));
+        assert_eq!(s[1], (1, ServerMsg::Ended(None)));
+        assert!(h.core.tree().session(s1).is_none());
+        assert!(h.core.tree().stat("/e").is_none());
+    }
+}

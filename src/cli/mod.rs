@@ -1,0 +1,30 @@
+//! One module per command family; each parses its own flags and calls into the libraries.
+
+pub mod bench;
+pub mod coord;
+pub mod master;
+
+/// How user commands print their results.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+/// Global flags every user command sees.
+pub struct Context {
+    /// Comma-separated `host:port` list.
+    pub masters: String,
+    pub output: Output,
+}
+
+impl Context {
+    pub fn master_addrs(&self) -> Vec<String> {
+        self.masters
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}

@@ -1,0 +1,76 @@
+//! The `drover` binary: parses flags, installs tracing, and hands over to the libraries.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drover",
+    version,
+    about = "Drover: a two-level cluster resource scheduler"
+)]
+struct Cli {
+    /// Masters to reach, comma-separated host:port list.
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_MASTERS",
+        default_value = "127.0.0.1:5050"
+    )]
+    masters: String,
+    /// Output format of user commands.
+    #[arg(long, global = true, value_enum, default_value_t = cli::Output::Human)]
+    output: cli::Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a master (serves coord; master logic arrives with the scheduling issue).
+    Master(cli::master::MasterArgs),
+    /// Read and write the coord store: ls, get, create, set, rm, watch.
+    Coord {
+        #[command(subcommand)]
+        command: cli::coord::CoordCmd,
+    },
+    /// Benchmarks against real processes.
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCmd,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let ctx = cli::Context {
+            masters: cli.masters,
+            output: cli.output,
+        };
+        match cli.command {
+            Command::Master(args) => cli::master::run(args).await,
+            Command::Coord { command } => cli::coord::run(&ctx, command).await,
+            Command::Bench { command } => cli::bench::run(&ctx, command).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("drover: {e:#}");
+        std::process::exit(1);
+    }
+}
