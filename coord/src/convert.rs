@@ -218,11 +218,10 @@ pub fn reply_to_proto(xid: i64, zxid: Zxid, result: &Result<OpResult, OpError>) 
 
 /// The error of the op that made a multi fail: the first one that is not a rollback.
 fn multi_failure(results: &[Result<OpResult, OpError>]) -> Option<&OpError> {
-    let mut errors = results.iter().filter_map(|r| r.as_ref().err());
-    let first = errors.clone().next();
-    errors
+    let errors = || results.iter().filter_map(|r| r.as_ref().err());
+    errors()
         .find(|e| **e != OpError::RuntimeInconsistency)
-        .or(first)
+        .or_else(|| errors().next())
 }
 
 fn result_to_proto(xid: i64, zxid: Zxid, result: &OpResult) -> Option<v1::reply::Result> {

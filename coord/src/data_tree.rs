@@ -590,6 +590,7 @@ mod tests {
         t.apply(&Txn {
             zxid: Zxid::new(1, 1),
             time_ms: 10,
+            origin: 1,
             session: S,
             xid: -1,
             kind: TxnKind::CreateSession {
@@ -605,6 +606,7 @@ mod tests {
         t.apply(&Txn {
             zxid: Zxid::new(1, *counter),
             time_ms: i64::from(*counter) * 10,
+            origin: 1,
             session,
             xid: 1,
             kind: TxnKind::Write(op),
@@ -820,6 +822,7 @@ mod tests {
         let applied = t.apply(&Txn {
             zxid: Zxid::new(1, c + 1),
             time_ms: 0,
+            origin: 1,
             session: S,
             xid: -2,
             kind: TxnKind::CloseSession,
@@ -841,6 +844,7 @@ mod tests {
         let again = t.apply(&Txn {
             zxid: Zxid::new(1, c + 2),
             time_ms: 0,
+            origin: 1,
             session: S,
             xid: -2,
             kind: TxnKind::CloseSession,

@@ -1,32 +1,40 @@
-//! The async driver of one coord server: gRPC `Session` streams in, the core in the middle, the
-//! transaction log and snapshots on their own threads.
+//! The async driver of one coord replica: gRPC client `Session` streams and peer `Deliver`
+//! streams in, the sans-IO `Replica` in the middle, the transaction log and snapshots on threads.
 //!
 //! Duties, in the order they matter:
-//! 1. One tokio task owns the `ServerCore`. It selects over a bounded inbox (client messages), the
-//!    storage thread's completions and a tick interval, and carries out the core's actions in the
-//!    order they were emitted.
-//! 2. `Action::Persist` transactions go to the log thread in batches. The log thread appends every
-//!    batch waiting, fsyncs once (group commit) and only then reports `Persisted`; the core applies
-//!    and answers a write only after that, so an acknowledged write is a durable write.
-//! 3. A snapshot is written on a thread of its own from an O(1) clone of the tree, so neither
-//!    appends nor applies stall while it is written; the log rolls at that point and old files are
-//!    purged once the snapshot is durable.
-//! 4. Each connection has a bounded outbound queue. A client that does not read its replies fast
-//!    enough to keep it from filling is disconnected rather than let the server's memory grow.
-//! 5. A storage failure (a failed write or fsync) stops the server: it cannot promise durability.
+//! 1. One tokio task owns the `Replica`. It selects over a bounded inbox (client and peer
+//!    messages), the log thread's completions and a tick interval, and carries out the replica's
+//!    actions in the order they were emitted.
+//! 2. `Persist`ed transactions go to the log thread in batches. The log thread appends every
+//!    batch waiting, fsyncs once (group commit) and only then reports `Durable`; ZAB acknowledges
+//!    (and so commits and answers) only what is durable. Installing a leader's snapshot goes
+//!    through the same thread, in order with appends.
+//! 3. `PersistEpochs` is written and fsynced before the next action is carried out: a follower's
+//!    promise not to go back to an older epoch must survive a crash before it is sent.
+//! 4. Periodic snapshots are written on a thread of their own from an O(1) clone of the tree, so
+//!    neither appends nor applies stall; the log rolls at that point and old files are purged once
+//!    the snapshot is durable.
+//! 5. Each client connection and each peer link has a bounded outbound queue. A client that does
+//!    not read fast enough is disconnected; a peer link that is full or broken drops messages and
+//!    reports the peer down, which ZAB tolerates (a gap makes a follower resync).
+//! 6. A storage failure (a failed write or fsync) stops the replica: it cannot promise durability.
 
 use crate::convert;
 use crate::data_tree::DataTree;
-use crate::server::{Action, ConnId, Input, Now, ServerConfig, ServerCore, ServerMsg};
+use crate::replica::{Action, Input, Replica};
+use crate::server::{self, ConnId, Now, ServerConfig, ServerMsg};
 use crate::storage::{self, LogOptions, SnapshotWriter, StorageError, TxnLog};
 use crate::txn::{PASSWORD_BYTES, Txn};
+use crate::zab::{self, PeerId, PeerMsg, ZabConfig};
 use crate::zxid::{SessionId, Zxid};
 use drover_proto::v1;
 use drover_proto::v1::coord_server::{Coord, CoordServer};
+use drover_proto::v1::peer_client::PeerClient;
+use drover_proto::v1::peer_server::{Peer, PeerServer};
 use futures::Stream;
-use std::collections::HashMap;
-use std::io::BufWriter;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,22 +43,37 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{error, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
-/// Client messages waiting for the core.
-const INBOX_CAP: usize = 16_384;
+/// Client and peer messages waiting for the core.
+const INBOX_CAP: usize = 65_536;
 /// Server messages waiting to be written to one client.
 const OUTBOUND_CAP: usize = 8_192;
+/// Peer messages waiting to be written to one peer.
+const PEER_OUTBOUND_CAP: usize = 65_536;
+/// Peer messages packed into one frame.
+const PEER_FRAME_MESSAGES_MAX: usize = 512;
+/// Largest peer frame (a snapshot travels in one message).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Completions waiting for the core.
 const COMPLETIONS_CAP: usize = 1_024;
 /// Inbox messages the core handles before it flushes actions (batches the log's group commit).
-const INBOX_BATCH_MAX: usize = 512;
+const INBOX_BATCH_MAX: usize = 1_024;
+/// Batches waiting for the log thread; the core blocks (briefly) when it is full.
+const LOG_QUEUE_CAP: usize = 4_096;
+/// Reconnection backoff to a peer.
+const PEER_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const PEER_BACKOFF_MAX: Duration = Duration::from_millis(1_000);
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct CoordConfig {
     pub data_dir: PathBuf,
     pub server: ServerConfig,
-    /// How often the core looks for expired sessions.
+    pub zab: ZabConfig,
+    /// Address of every peer but this one.
+    pub peers: BTreeMap<PeerId, String>,
+    /// How often the replica looks at its timers.
     pub tick_interval: Duration,
     /// Snapshots kept by purge (with the logs they need).
     pub snapshots_to_keep: usize,
@@ -58,11 +81,14 @@ pub struct CoordConfig {
 }
 
 impl CoordConfig {
+    /// A one-replica ensemble.
     pub fn new(data_dir: PathBuf) -> CoordConfig {
         CoordConfig {
             data_dir,
             server: ServerConfig::default(),
-            tick_interval: Duration::from_millis(50),
+            zab: ZabConfig::new(1, vec![1]),
+            peers: BTreeMap::new(),
+            tick_interval: Duration::from_millis(10),
             snapshots_to_keep: 3,
             log: LogOptions::default(),
         }
@@ -75,6 +101,12 @@ pub enum DriverError {
     Storage(#[from] StorageError),
     #[error("cannot recover transaction {zxid} from the log: {reason}")]
     Recovery { zxid: Zxid, reason: String },
+    #[error("cannot read or write the epochs file {path}: {source}")]
+    Epochs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the log thread is not taking work: {0}")]
     LogThreadGone(String),
     #[error("cannot start the log thread: {0}")]
@@ -90,86 +122,174 @@ enum CoreMsg {
 }
 
 enum Completion {
-    Persisted(Zxid),
+    Durable { upto: Zxid, installs: u64 },
     Failed(StorageError),
 }
 
 enum LogCmd {
     Append(Vec<Txn>),
-    /// Roll the log so the next file starts after this snapshot, then write it.
+    /// Roll the log so the next file starts after this snapshot, then write it in the background.
     Snapshot(Box<DataTree>),
+    /// Write the leader's state as a durable snapshot and drop logged transactions after it.
+    Install(Box<DataTree>),
 }
 
-/// Handle to a running coord server: its gRPC service and a way to wait for it to stop.
+/// Handle to a running coord replica: its gRPC services and a way to wait for it to stop.
 pub struct CoordHandle {
     pub service: CoordServer<CoordService>,
+    pub peer_service: PeerServer<PeerService>,
     /// Resolves when the core stops, with the reason if it failed.
     pub stopped: oneshot::Receiver<Result<(), DriverError>>,
 }
 
-/// Recovers the state in `config.data_dir` (snapshot + log tail, truncating a torn tail) and starts
-/// the core and the storage threads. The caller mounts `service` on a tonic server.
+/// Recovers the state in `config.data_dir` (snapshot + log, truncating a torn tail) and starts the
+/// core, the log thread and the peer links. The caller mounts both services on a tonic server.
 pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
     let started = Instant::now();
     let (log, recovered) = TxnLog::open(&config.data_dir, config.log.clone())?;
-    let mut tree = match recovered.snapshot {
+    let tree = match &recovered.snapshot {
         Some((zxid, bytes)) => {
-            DataTree::read_snapshot(&bytes).map_err(|e| DriverError::Recovery {
-                zxid: Zxid(zxid),
+            DataTree::read_snapshot(bytes).map_err(|e| DriverError::Recovery {
+                zxid: Zxid(*zxid),
                 reason: e.to_string(),
             })?
         }
         None => DataTree::new(),
     };
-    let replayed = recovered.records.len();
-    for (zxid, bytes) in recovered.records {
-        let txn = Txn::decode(&bytes).map_err(|e| DriverError::Recovery {
-            zxid: Zxid(zxid),
+    let mut txns = Vec::with_capacity(recovered.records.len());
+    for (zxid, bytes) in &recovered.records {
+        let txn = Txn::decode(bytes).map_err(|e| DriverError::Recovery {
+            zxid: Zxid(*zxid),
             reason: e.to_string(),
         })?;
-        if txn.zxid != Zxid(zxid) {
+        if txn.zxid != Zxid(*zxid) {
             return Err(DriverError::Recovery {
-                zxid: Zxid(zxid),
+                zxid: Zxid(*zxid),
                 reason: format!("record holds transaction {}", txn.zxid),
             });
         }
-        tree.apply(&txn);
+        txns.push(txn);
     }
+    let (accepted_epoch, current_epoch) = read_epochs(&config.data_dir)?;
     info!(
         dir = %config.data_dir.display(),
-        last_zxid = %tree.last_applied(),
-        replayed,
+        snapshot = %tree.last_applied(),
+        logged = txns.len(),
         truncated_bytes = recovered.truncated_bytes,
+        accepted_epoch,
+        current_epoch,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "coord state recovered"
     );
+    let durable = zab::Durable {
+        accepted_epoch,
+        current_epoch,
+        snapshot_zxid: tree.last_applied(),
+        log: txns,
+    };
     let clock = Clock::new();
-    let core = ServerCore::new(config.server.clone(), tree, clock.now());
+    let mut first_actions = Vec::new();
+    let replica = Replica::new(
+        config.server.clone(),
+        config.zab.clone(),
+        tree,
+        durable,
+        clock.now(),
+        &mut first_actions,
+    );
 
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAP);
     let (done_tx, done_rx) = mpsc::channel(COMPLETIONS_CAP);
-    let (log_tx, log_rx) = std::sync::mpsc::sync_channel(config.server.txns_in_flight_max + 64);
+    let (log_tx, log_rx) = std::sync::mpsc::sync_channel(LOG_QUEUE_CAP);
     let log_dir = config.data_dir.clone();
     let keep = config.snapshots_to_keep;
-    let log_done = done_tx.clone();
     std::thread::Builder::new()
         .name("coord-log".into())
-        .spawn(move || log_thread(log, log_dir, keep, log_rx, log_done))
+        .spawn(move || log_thread(log, log_dir, keep, log_rx, done_tx))
         .map_err(DriverError::Thread)?;
+    let mut links = HashMap::new();
+    for (&peer, addr) in &config.peers {
+        links.insert(
+            peer,
+            spawn_peer_link(config.zab.id, peer, addr.clone(), inbox_tx.clone()),
+        );
+    }
     let (stopped_tx, stopped) = oneshot::channel();
+    let core = Core {
+        replica,
+        clock,
+        data_dir: config.data_dir.clone(),
+        outbound: HashMap::new(),
+        links,
+        log: log_tx,
+        batch: Vec::new(),
+    };
     let tick = config.tick_interval;
     tokio::spawn(async move {
-        let result = core_task(core, clock, tick, inbox_rx, done_rx, log_tx).await;
+        let result = core.run(tick, first_actions, inbox_rx, done_rx).await;
         let _ = stopped_tx.send(result);
     });
     let service = CoordService {
-        inbox: inbox_tx,
+        inbox: inbox_tx.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let service = CoordServer::new(service)
         .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX);
-    Ok(CoordHandle { service, stopped })
+    let peer_service = PeerServer::new(PeerService {
+        inbox: inbox_tx,
+        voters: config.zab.voters.clone(),
+    })
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    Ok(CoordHandle {
+        service,
+        peer_service,
+        stopped,
+    })
+}
+
+const EPOCHS_FILE: &str = "epochs";
+
+/// `(accepted_epoch, current_epoch)`; both 0 for a new replica.
+fn read_epochs(dir: &Path) -> Result<(u32, u32), DriverError> {
+    let path = dir.join(EPOCHS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(source) => return Err(DriverError::Epochs { path, source }),
+    };
+    let bad = || DriverError::Epochs {
+        path: path.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected two numbers, found {text:?}"),
+        ),
+    };
+    let mut parts = text.split_whitespace().map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(c)), None) => Ok((a, c)),
+        _ => Err(bad()),
+    }
+}
+
+/// Replaces the epochs file atomically and durably.
+fn write_epochs(dir: &Path, accepted: u32, current: u32) -> Result<(), DriverError> {
+    let path = dir.join(EPOCHS_FILE);
+    let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
+    let io = |source| DriverError::Epochs {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(format!("{accepted} {current}\n").as_bytes())
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 /// Monotonic and wall time for the core, which reads no clock itself.
@@ -195,90 +315,128 @@ impl Clock {
     }
 }
 
-async fn core_task(
-    mut core: ServerCore,
+struct Core {
+    replica: Replica,
     clock: Clock,
-    tick: Duration,
-    mut inbox: mpsc::Receiver<CoreMsg>,
-    mut done: mpsc::Receiver<Completion>,
+    data_dir: PathBuf,
+    outbound: HashMap<ConnId, mpsc::Sender<ServerMsg>>,
+    links: HashMap<PeerId, mpsc::Sender<PeerMsg>>,
     log: std::sync::mpsc::SyncSender<LogCmd>,
-) -> Result<(), DriverError> {
-    let mut outbound: HashMap<ConnId, mpsc::Sender<ServerMsg>> = HashMap::new();
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut actions = Vec::new();
-    let mut batch = Vec::new();
-    loop {
-        let now;
-        tokio::select! {
-            biased;
-            completion = done.recv() => {
-                now = clock.now();
-                match completion {
-                    Some(Completion::Persisted(upto)) => core.step(now, Input::Persisted { upto }, &mut actions),
-                    Some(Completion::Failed(e)) => {
-                        error!(error = %e, "coord storage failed; stopping this server");
-                        return Err(e.into());
+    batch: Vec<Txn>,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        tick: Duration,
+        first_actions: Vec<Action>,
+        mut inbox: mpsc::Receiver<CoreMsg>,
+        mut done: mpsc::Receiver<Completion>,
+    ) -> Result<(), DriverError> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut actions = first_actions;
+        self.carry_out(&mut actions)?;
+        loop {
+            tokio::select! {
+                biased;
+                completion = done.recv() => {
+                    let now = self.clock.now();
+                    match completion {
+                        Some(Completion::Durable { upto, installs }) => {
+                            self.replica.step(now, Input::Durable { upto, installs }, &mut actions);
+                        }
+                        Some(Completion::Failed(e)) => {
+                            error!(error = %e, "coord storage failed; stopping this replica");
+                            return Err(e.into());
+                        }
+                        None => return Ok(()),
                     }
-                    None => return Ok(()),
                 }
-            }
-            msg = inbox.recv() => {
-                let Some(msg) = msg else { return Ok(()) };
-                now = clock.now();
-                let mut next = Some(msg);
-                let mut handled = 0;
-                while let Some(msg) = next.take() {
-                    match msg {
-                        CoreMsg::Open { conn, outbound: tx } => { outbound.insert(conn, tx); }
-                        CoreMsg::Input(input) => {
-                            if let Input::Disconnected { conn } = input { outbound.remove(&conn); }
-                            core.step(now, input, &mut actions);
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let now = self.clock.now();
+                    let mut next = Some(msg);
+                    let mut handled = 0;
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            CoreMsg::Open { conn, outbound } => {
+                                self.outbound.insert(conn, outbound);
+                            }
+                            CoreMsg::Input(input) => {
+                                if let Input::Client(server::Input::Disconnected { conn }) = &input {
+                                    self.outbound.remove(conn);
+                                }
+                                self.replica.step(now, input, &mut actions);
+                            }
+                        }
+                        handled += 1;
+                        if handled < INBOX_BATCH_MAX {
+                            next = inbox.try_recv().ok();
                         }
                     }
-                    handled += 1;
-                    if handled < INBOX_BATCH_MAX { next = inbox.try_recv().ok(); }
+                }
+                _ = ticker.tick() => {
+                    let now = self.clock.now();
+                    self.replica.step(now, Input::Tick, &mut actions);
                 }
             }
-            _ = ticker.tick() => {
-                now = clock.now();
-                core.step(now, Input::Tick, &mut actions);
-            }
+            self.carry_out(&mut actions)?;
         }
-        let _ = now;
+    }
+
+    fn carry_out(&mut self, actions: &mut Vec<Action>) -> Result<(), DriverError> {
         for action in actions.drain(..) {
             match action {
-                Action::Persist(txn) => batch.push(txn),
-                Action::Send { conn, msg } => {
-                    if let Some(tx) = outbound.get(&conn)
+                Action::Persist(txn) => self.batch.push(txn),
+                Action::SendClient { conn, msg } => {
+                    if let Some(tx) = self.outbound.get(&conn)
                         && tx.try_send(msg).is_err()
                     {
                         warn!(conn, "client is not reading its replies; disconnecting it");
-                        outbound.remove(&conn);
+                        self.outbound.remove(&conn);
                     }
                 }
-                Action::CloseConn { conn } => {
-                    outbound.remove(&conn);
+                Action::CloseClient { conn } => {
+                    self.outbound.remove(&conn);
+                }
+                Action::SendPeer { to, msg } => {
+                    if let Some(link) = self.links.get(&to)
+                        && link.try_send(msg).is_err()
+                    {
+                        debug!(peer = to, "peer link full or down; dropping a message");
+                    }
+                }
+                Action::PersistEpochs { accepted, current } => {
+                    write_epochs(&self.data_dir, accepted, current)?
+                }
+                Action::InstallSnapshot(tree) => {
+                    self.flush()?;
+                    self.send_log(LogCmd::Install(tree))?;
                 }
                 Action::Snapshot(tree) => {
-                    if !batch.is_empty() {
-                        send_log(&log, LogCmd::Append(std::mem::take(&mut batch)))?;
-                    }
-                    send_log(&log, LogCmd::Snapshot(tree))?;
+                    self.flush()?;
+                    self.send_log(LogCmd::Snapshot(tree))?;
                 }
             }
         }
-        if !batch.is_empty() {
-            send_log(&log, LogCmd::Append(std::mem::take(&mut batch)))?;
-        }
+        self.flush()
     }
-}
 
-fn send_log(log: &std::sync::mpsc::SyncSender<LogCmd>, cmd: LogCmd) -> Result<(), DriverError> {
-    // The queue holds more batches than the core lets transactions be in flight, so it is never
-    // full; a closed queue means the log thread died, which it reports through `done`.
-    log.try_send(cmd)
-        .map_err(|e| DriverError::LogThreadGone(e.to_string()))
+    fn flush(&mut self) -> Result<(), DriverError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.send_log(LogCmd::Append(batch))
+    }
+
+    fn send_log(&self, cmd: LogCmd) -> Result<(), DriverError> {
+        // Blocks only while the log thread is LOG_QUEUE_CAP batches behind: back-pressure.
+        self.log
+            .send(cmd)
+            .map_err(|e| DriverError::LogThreadGone(e.to_string()))
+    }
 }
 
 /// Appends, group-commits and reports. Runs until the core drops its sender.
@@ -290,6 +448,7 @@ fn log_thread(
     done: mpsc::Sender<Completion>,
 ) {
     let mut snapshot_running: Option<std::thread::JoinHandle<()>> = None;
+    let mut installs = 0u64;
     let fail = |e: StorageError| {
         let _ = done.blocking_send(Completion::Failed(e));
     };
@@ -308,6 +467,24 @@ fn log_thread(
                         }
                         last = Some(txn.zxid);
                     }
+                }
+                LogCmd::Install(tree) => {
+                    // Whatever was appended before the install is about to be dropped or kept
+                    // below the snapshot; sync it first so the files stay consistent.
+                    if let Err(e) = log.sync() {
+                        return fail(e);
+                    }
+                    let zxid = tree.last_applied();
+                    if let Err(e) =
+                        write_snapshot_file(&dir, &tree).and_then(|()| log.truncate_after(zxid.0))
+                    {
+                        return fail(e);
+                    }
+                    if let Err(e) = log.roll(zxid.0 + 1) {
+                        return fail(e);
+                    }
+                    installs += 1;
+                    last = Some(zxid);
                 }
                 LogCmd::Snapshot(tree) => {
                     if snapshot_running.as_ref().is_some_and(|h| !h.is_finished()) {
@@ -331,38 +508,170 @@ fn log_thread(
             if let Err(e) = log.sync() {
                 return fail(e);
             }
-            if done.blocking_send(Completion::Persisted(upto)).is_err() {
+            if done
+                .blocking_send(Completion::Durable { upto, installs })
+                .is_err()
+            {
                 return;
             }
         }
     }
 }
 
-fn write_snapshot(dir: &std::path::Path, tree: &DataTree, keep: usize) {
+fn write_snapshot_file(dir: &Path, tree: &DataTree) -> Result<(), StorageError> {
+    let writer = SnapshotWriter::create(dir, tree.last_applied().0)?;
+    let mut buffered = BufWriter::with_capacity(1 << 20, writer);
+    tree.write_snapshot(&mut buffered)
+        .map_err(|e| StorageError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    let writer = buffered.into_inner().map_err(|e| StorageError::Io {
+        path: dir.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    writer.finish()
+}
+
+fn write_snapshot(dir: &Path, tree: &DataTree, keep: usize) {
     let started = Instant::now();
     let zxid = tree.last_applied();
-    let result = (|| -> Result<(), StorageError> {
-        let writer = SnapshotWriter::create(dir, zxid.0)?;
-        let mut buffered = BufWriter::with_capacity(1 << 20, writer);
-        tree.write_snapshot(&mut buffered)
-            .map_err(|e| StorageError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
-        let writer = buffered.into_inner().map_err(|e| StorageError::Io {
-            path: dir.to_path_buf(),
-            source: e.into_error(),
-        })?;
-        writer.finish()?;
-        storage::purge(dir, keep)?;
-        Ok(())
-    })();
-    match result {
+    match write_snapshot_file(dir, tree).and_then(|()| storage::purge(dir, keep).map(|_| ())) {
         Ok(()) => {
             info!(%zxid, nodes = tree.node_count(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written")
         }
         // The log still holds everything; the next snapshot tries again.
         Err(e) => error!(%zxid, error = %e, "snapshot failed"),
+    }
+}
+
+/// One outbound link to a peer: connects, streams frames of messages, reconnects with backoff.
+/// Reports the peer down to the core whenever the stream breaks.
+fn spawn_peer_link(
+    me: PeerId,
+    peer: PeerId,
+    addr: String,
+    inbox: mpsc::Sender<CoreMsg>,
+) -> mpsc::Sender<PeerMsg> {
+    let (tx, mut rx) = mpsc::channel::<PeerMsg>(PEER_OUTBOUND_CAP);
+    tokio::spawn(async move {
+        let mut backoff = PEER_BACKOFF_MIN;
+        let uri = if addr.starts_with("http") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        loop {
+            let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
+                Ok(e) => e.connect_timeout(PEER_CONNECT_TIMEOUT).tcp_nodelay(true),
+                Err(e) => {
+                    error!(peer, %addr, error = %e, "bad peer address");
+                    return;
+                }
+            };
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    backoff = PEER_BACKOFF_MIN;
+                    let mut client = PeerClient::new(channel)
+                        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+                    let (frames_tx, frames_rx) = mpsc::channel::<v1::PeerFrame>(64);
+                    let call = tokio::spawn(async move {
+                        client.deliver(ReceiverStream::new(frames_rx)).await
+                    });
+                    debug!(peer, %addr, "peer link up");
+                    // Messages queued while the link was down are stale; ZAB re-sends what matters.
+                    while rx.try_recv().is_ok() {}
+                    loop {
+                        let Some(first) = rx.recv().await else { return };
+                        let mut messages = vec![first.encode()];
+                        while messages.len() < PEER_FRAME_MESSAGES_MAX {
+                            match rx.try_recv() {
+                                Ok(m) => messages.push(m.encode()),
+                                Err(_) => break,
+                            }
+                        }
+                        if frames_tx
+                            .send(v1::PeerFrame { from: me, messages })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    call.abort();
+                }
+                Err(e) => debug!(peer, %addr, error = %e, "cannot reach peer"),
+            }
+            if inbox
+                .send(CoreMsg::Input(Input::PeerDown(peer)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(PEER_BACKOFF_MAX);
+            while rx.try_recv().is_ok() {}
+        }
+    });
+    tx
+}
+
+/// The gRPC `Peer` service: frames from other replicas, decoded and handed to the core.
+#[derive(Clone)]
+pub struct PeerService {
+    inbox: mpsc::Sender<CoreMsg>,
+    voters: Vec<PeerId>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn deliver(
+        &self,
+        request: Request<Streaming<v1::PeerFrame>>,
+    ) -> Result<Response<v1::PeerClosed>, Status> {
+        let mut frames = request.into_inner();
+        let mut from = None;
+        while let Some(frame) = frames.next().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(status) => {
+                    debug!(?from, %status, "peer stream ended");
+                    break;
+                }
+            };
+            if !self.voters.contains(&frame.from) {
+                return Err(Status::permission_denied(format!(
+                    "peer {} is not in this ensemble",
+                    frame.from
+                )));
+            }
+            from = Some(frame.from);
+            for bytes in frame.messages {
+                let msg = PeerMsg::decode(&bytes).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "undecodable peer message from {}: {e}",
+                        frame.from
+                    ))
+                })?;
+                if self
+                    .inbox
+                    .send(CoreMsg::Input(Input::Peer {
+                        from: frame.from,
+                        msg,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Err(Status::unavailable("coord is stopping"));
+                }
+            }
+        }
+        if let Some(peer) = from {
+            let _ = self.inbox.send(CoreMsg::Input(Input::PeerDown(peer))).await;
+        }
+        Ok(Response::new(v1::PeerClosed {}))
     }
 }
 
@@ -395,7 +704,9 @@ impl Coord for CoordService {
         tokio::spawn(async move {
             read_client(conn, &mut incoming, &inbox).await;
             let _ = inbox
-                .send(CoreMsg::Input(Input::Disconnected { conn }))
+                .send(CoreMsg::Input(Input::Client(server::Input::Disconnected {
+                    conn,
+                })))
                 .await;
         });
         let stream = ReceiverStream::new(rx).map(|msg| Ok(server_msg_to_proto(msg)));
@@ -423,7 +734,7 @@ async fn read_client(
                 connected = true;
                 let mut new_password = [0u8; PASSWORD_BYTES];
                 rand::Rng::fill(&mut rand::rng(), &mut new_password[..]);
-                Input::Connect {
+                server::Input::Connect {
                     conn,
                     session: SessionId(c.session_id),
                     password: c.password,
@@ -440,13 +751,17 @@ async fn read_client(
                     Ok((xid, op)) => (xid, Ok(op)),
                     Err((xid, e)) => (xid, Err(e)),
                 };
-                Input::Request { conn, xid, op }
+                server::Input::Request { conn, xid, op }
             }
-            Some(v1::client_message::Body::Ping(_)) => Input::Ping { conn },
-            Some(v1::client_message::Body::Close(_)) => Input::CloseSession { conn },
+            Some(v1::client_message::Body::Ping(_)) => server::Input::Ping { conn },
+            Some(v1::client_message::Body::Close(_)) => server::Input::CloseSession { conn },
             None => return,
         };
-        if inbox.send(CoreMsg::Input(input)).await.is_err() {
+        if inbox
+            .send(CoreMsg::Input(Input::Client(input)))
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -12,11 +12,13 @@ pub mod data_tree;
 pub mod driver;
 pub mod op;
 pub mod path;
+pub mod replica;
 pub mod server;
 pub mod sessions;
 pub mod storage;
 pub mod txn;
 pub mod watches;
+pub mod zab;
 pub mod zxid;
 
 pub use op::{CreateMode, EventType, Op, OpError, OpResult, ReadOp, Stat, WatchEvent, WriteOp};

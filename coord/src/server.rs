@@ -1,16 +1,19 @@
 //! The request pipeline of one coord server, sans IO: connections, sessions, the per-connection
-//! FIFO queue, zxid assignment, applying committed transactions, replies and watch events.
+//! FIFO queue, applying committed transactions, replies and watch events.
 //!
-//! The driver feeds it `Input`s with the time and collects `Action`s. A write becomes a `Txn` and
-//! is handed out as `Action::Persist`; it is applied, and its client answered, only when the driver
-//! reports it durable (`Input::Persisted`). Reads are answered from the applied tree, but never
-//! ahead of an earlier write of the same connection: a connection's requests are answered in the
-//! order they came (ZooKeeper's FIFO client order). Watch events are emitted while a transaction is
-//! applied, before its reply and before any later read, so a client always sees an event before the
-//! data that caused it.
+//! The driver feeds it `Input`s with the time and collects `Action`s. A write (and a sync) is
+//! handed out as `Action::Submit` to the leader — this server's own ZAB leader or, on a follower,
+//! the remote one — which turns it into a transaction with a zxid. The write is applied, and its
+//! client answered, only when the transaction comes back committed (`Input::Committed`), that is
+//! durable on a quorum. Reads are answered from the applied tree, but never ahead of an earlier
+//! write of the same connection: a connection's requests are answered in the order they came
+//! (ZooKeeper's FIFO client order). Watch events are emitted while a transaction is applied,
+//! before its reply and before any later read, so a client always sees an event before the data
+//! that caused it.
 //!
-//! In a replicated ensemble the `Persist`/`Persisted` pair becomes propose/commit through ZAB; the
-//! rest of this pipeline is the same on every server.
+//! Every server applies every committed transaction; only the server a transaction came through
+//! (its `origin`) answers it. Only the leader expires sessions; followers report which sessions
+//! they heard from (`Action::Touches`).
 
 use crate::data_tree::{Applied, DataTree};
 use crate::op::{
@@ -21,18 +24,17 @@ use crate::sessions::SessionTracker;
 use crate::txn::{PASSWORD_BYTES, Txn, TxnKind};
 use crate::watches::{WatchKind, WatchManager};
 use crate::zxid::{SessionId, Zxid};
-use std::collections::{HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use tracing::{debug, info};
 
 /// A client connection, numbered by the driver.
 pub type ConnId = u64;
 
-/// xid of the transaction that creates a session for a connecting client.
-const CONNECT_XID: i64 = -1;
 /// xid of a session expiry, which no client waits for.
-const EXPIRE_XID: i64 = -2;
+pub const EXPIRE_XID: i64 = -2;
 /// xid of a client's own CloseSession.
-const CLOSE_XID: i64 = -3;
+pub const CLOSE_XID: i64 = -3;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -42,13 +44,13 @@ pub struct ServerConfig {
     pub session_timeout_max_ms: u32,
     /// Granularity of session expiry.
     pub session_expiry_bucket_ms: u64,
-    /// A snapshot is taken after this many transactions.
+    /// A snapshot is taken after this many applied transactions.
     pub snapshot_every_txns: u64,
     pub watches_per_session_max: usize,
     /// Requests queued on one connection before new ones are refused with TooManyRequests.
     pub requests_queued_per_connection_max: usize,
-    /// Transactions handed out but not yet durable; past it, writes wait.
-    pub txns_in_flight_max: usize,
+    /// Submissions handed to the leader and not yet answered; past it, writes wait.
+    pub submissions_in_flight_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,11 +59,11 @@ impl Default for ServerConfig {
             server_id: 1,
             session_timeout_min_ms: 4_000,
             session_timeout_max_ms: 40_000,
-            session_expiry_bucket_ms: 200,
+            session_expiry_bucket_ms: 100,
             snapshot_every_txns: 100_000,
             watches_per_session_max: 65_536,
             requests_queued_per_connection_max: 4_096,
-            txns_in_flight_max: 16_384,
+            submissions_in_flight_max: 16_384,
         }
     }
 }
@@ -71,6 +73,35 @@ impl Default for ServerConfig {
 pub struct Now {
     pub mono_ms: u64,
     pub wall_ms: i64,
+}
+
+/// What this server may do for clients, set by replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// No established leader: clients are disconnected and refused, so they move on.
+    NotServing,
+    Following,
+    /// Serves and expires sessions.
+    Leading,
+}
+
+/// A request for the leader to order: a transaction to be, or a sync barrier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The server whose client asked; only it answers.
+    pub origin: u32,
+    /// For `CreateSession`, 0: the leader names the session after the transaction's zxid.
+    pub session: SessionId,
+    /// The client's xid; for `CreateSession`, the origin's connection id.
+    pub xid: i64,
+    pub kind: SubmitKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitKind {
+    Txn(TxnKind),
+    /// Answered (`Input::Synced`) once every transaction proposed before it is committed.
+    Sync,
 }
 
 #[derive(Clone, Debug)]
@@ -102,10 +133,19 @@ pub enum Input {
     Disconnected {
         conn: ConnId,
     },
-    /// Every transaction up to this zxid is durable.
-    Persisted {
-        upto: Zxid,
+    /// The next committed transaction, in zxid order.
+    Committed(Txn),
+    /// A sync barrier of this server's came back: everything before it is applied here.
+    Synced {
+        session: SessionId,
+        xid: i64,
     },
+    /// Sessions a follower heard from (leader only).
+    Touches(Vec<SessionId>),
+    /// Replication changed what this server may do.
+    SetRole(Role),
+    /// Replication replaced the whole state (a snapshot from the leader).
+    Install(Box<DataTree>),
     Tick,
 }
 
@@ -132,8 +172,8 @@ pub enum ServerMsg {
 
 #[derive(Clone, Debug)]
 pub enum Action {
-    /// Append to the log; report `Persisted` once fsynced.
-    Persist(Txn),
+    /// For the leader to order.
+    Submit(Submission),
     Send {
         conn: ConnId,
         msg: ServerMsg,
@@ -144,6 +184,8 @@ pub enum Action {
     },
     /// Write this state (an O(1) clone, consistent at its `last_applied`) as a snapshot.
     Snapshot(Box<DataTree>),
+    /// Sessions heard from since the last tick, for the leader (followers only).
+    Touches(Vec<SessionId>),
 }
 
 enum Queued {
@@ -155,51 +197,48 @@ struct Conn {
     /// Set once the session is established (for a new session: once its creation is applied).
     session: Option<SessionId>,
     queue: VecDeque<Queued>,
-    /// This connection's transactions handed out but not yet applied.
+    /// This connection's submissions not yet answered; reads wait while it is not zero.
     writes_in_flight: usize,
     closed: bool,
 }
 
 pub struct ServerCore {
     config: ServerConfig,
+    role: Role,
     tree: DataTree,
     watches: WatchManager,
+    /// Session deadlines; kept only while leading.
     tracker: SessionTracker,
+    /// Sessions heard from since the last tick (following only).
+    touched: BTreeSet<SessionId>,
     conns: HashMap<ConnId, Conn>,
     /// The connection each live session is attached to here.
     session_conns: HashMap<SessionId, ConnId>,
     /// Sessions whose CloseSession is in flight: they accept no new connection or request.
-    closing: HashMap<SessionId, ()>,
-    /// Handed out, not yet applied, in zxid order, with the connection waiting for each.
-    unapplied: VecDeque<(Txn, Option<ConnId>)>,
-    last_zxid: Zxid,
+    closing: HashSet<SessionId>,
+    /// This server's submissions not yet answered, by (session, xid), with the connection waiting.
+    /// A new session's key is (0, connection id).
+    in_flight: HashMap<(SessionId, i64), ConnId>,
     txns_since_snapshot: u64,
-    /// Connections that stopped processing their queue because too many txns were in flight.
+    /// Connections that stopped processing their queue because too many submissions were out.
     blocked: Vec<ConnId>,
 }
 
 impl ServerCore {
-    /// A server over a recovered tree. The epoch for new transactions follows the last one's, so
-    /// zxids grow across restarts.
-    pub fn new(config: ServerConfig, tree: DataTree, now: Now) -> ServerCore {
-        let last = tree.last_applied();
-        let epoch = last.epoch().checked_add(1).expect("epoch space exhausted");
-        let mut tracker = SessionTracker::new(config.session_expiry_bucket_ms);
-        // Every recovered session gets a full timeout to reconnect, as in ZooKeeper.
-        for (id, meta) in tree.sessions() {
-            tracker.touch(id, meta.timeout_ms, now.mono_ms);
-        }
-        info!(sessions = tracker.len(), nodes = tree.node_count(), last_zxid = %last, epoch, "coord server ready");
+    /// A server over a recovered tree; it serves nobody until replication gives it a role.
+    pub fn new(config: ServerConfig, tree: DataTree) -> ServerCore {
+        info!(nodes = tree.node_count(), last_zxid = %tree.last_applied(), "coord server ready");
         ServerCore {
             watches: WatchManager::new(config.watches_per_session_max),
+            tracker: SessionTracker::new(config.session_expiry_bucket_ms),
             config,
+            role: Role::NotServing,
             tree,
-            tracker,
+            touched: BTreeSet::new(),
             conns: HashMap::new(),
             session_conns: HashMap::new(),
-            closing: HashMap::new(),
-            unapplied: VecDeque::new(),
-            last_zxid: Zxid::new(epoch, 0),
+            closing: HashSet::new(),
+            in_flight: HashMap::new(),
             txns_since_snapshot: 0,
             blocked: Vec::new(),
         }
@@ -207,6 +246,10 @@ impl ServerCore {
 
     pub fn tree(&self) -> &DataTree {
         &self.tree
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     pub fn step(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
@@ -247,7 +290,7 @@ impl ServerCore {
                 }
                 c.queue.push_back(Queued::Op { xid, op });
                 self.touch(now, conn);
-                self.process_queue(now, conn, out);
+                self.process_queue(conn, out);
             }
             Input::Ping { conn } => {
                 self.touch(now, conn);
@@ -265,11 +308,70 @@ impl ServerCore {
                     return;
                 };
                 c.queue.push_back(Queued::Close);
-                self.process_queue(now, conn, out);
+                self.process_queue(conn, out);
             }
             Input::Disconnected { conn } => self.disconnect(conn),
-            Input::Persisted { upto } => self.persisted(now, upto, out),
+            Input::Committed(txn) => self.committed(now, txn, out),
+            Input::Synced { session, xid } => {
+                if let Some(conn) = self.in_flight.remove(&(session, xid)) {
+                    self.answered(conn);
+                    out.push(Action::Send {
+                        conn,
+                        msg: ServerMsg::Reply {
+                            xid,
+                            zxid: self.tree.last_applied(),
+                            result: Ok(OpResult::Empty),
+                        },
+                    });
+                    self.process_queue(conn, out);
+                }
+            }
+            Input::Touches(sessions) => {
+                if self.role == Role::Leading {
+                    for session in sessions {
+                        self.touch_session(now, session);
+                    }
+                }
+            }
+            Input::SetRole(role) => self.set_role(now, role, out),
+            Input::Install(tree) => {
+                assert!(
+                    self.role == Role::NotServing,
+                    "state is replaced only while not serving"
+                );
+                self.tree = *tree;
+                self.txns_since_snapshot = 0;
+            }
             Input::Tick => self.tick(now, out),
+        }
+    }
+
+    fn set_role(&mut self, now: Now, role: Role, out: &mut Vec<Action>) {
+        if role == self.role {
+            return;
+        }
+        info!(server = self.config.server_id, ?role, "coord role changed");
+        let was = std::mem::replace(&mut self.role, role);
+        if role == Role::NotServing || was == Role::NotServing {
+            // Clients of a server without a leader must move on (keeping their sessions); and a
+            // server that starts serving has no client yet.
+            for conn in self.conns.keys().copied().collect::<Vec<_>>() {
+                out.push(Action::CloseConn { conn });
+            }
+            self.conns.clear();
+            self.session_conns.clear();
+            self.in_flight.clear();
+            self.blocked.clear();
+            self.closing.clear();
+            self.touched.clear();
+            self.watches = WatchManager::new(self.config.watches_per_session_max);
+        }
+        self.tracker = SessionTracker::new(self.config.session_expiry_bucket_ms);
+        if role == Role::Leading {
+            // A new leader gives every session a full timeout, as ZooKeeper's does.
+            for (id, meta) in self.tree.sessions() {
+                self.tracker.touch(id, meta.timeout_ms, now.mono_ms);
+            }
         }
     }
 
@@ -292,6 +394,12 @@ impl ServerCore {
             });
             out.push(Action::CloseConn { conn });
         };
+        if self.role == Role::NotServing {
+            return refuse(
+                OpError::NotServing("this server has no quorum; try another".into()),
+                out,
+            );
+        }
         if last_zxid_seen > self.tree.last_applied() {
             // The client saw newer state than this server has: it must go elsewhere (ZooKeeper
             // refuses such a connection for the same reason).
@@ -318,23 +426,18 @@ impl ServerCore {
                 self.config.session_timeout_min_ms,
                 self.config.session_timeout_max_ms,
             );
-            let txn = self.next_txn(
-                now,
-                SessionId(0),
-                CONNECT_XID,
-                TxnKind::CreateSession {
-                    timeout_ms,
-                    password: new_password,
-                },
-            );
-            self.submit(txn, Some(conn), out);
+            let kind = TxnKind::CreateSession {
+                timeout_ms,
+                password: new_password,
+            };
+            self.submit(SessionId(0), conn as i64, SubmitKind::Txn(kind), conn, out);
             return;
         }
         let Some(meta) = self.tree.session(session).copied() else {
             self.conns.remove(&conn);
             return refuse(OpError::SessionExpired(session), out);
         };
-        if self.closing.contains_key(&session) {
+        if self.closing.contains(&session) {
             self.conns.remove(&conn);
             return refuse(OpError::SessionExpired(session), out);
         }
@@ -360,7 +463,7 @@ impl ServerCore {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(session);
         }
-        self.tracker.touch(session, meta.timeout_ms, now.mono_ms);
+        self.touch_session(now, session);
         debug!(%session, conn, "session reconnected");
         out.push(Action::Send {
             conn,
@@ -388,68 +491,84 @@ impl ServerCore {
     }
 
     fn touch(&mut self, now: Now, conn: ConnId) {
-        let Some(session) = self.conns.get(&conn).and_then(|c| c.session) else {
-            return;
-        };
-        if self.closing.contains_key(&session) {
-            return;
-        }
-        if let Some(meta) = self.tree.session(session) {
-            self.tracker.touch(session, meta.timeout_ms, now.mono_ms);
+        if let Some(session) = self.conns.get(&conn).and_then(|c| c.session) {
+            self.touch_session(now, session);
         }
     }
 
-    fn next_txn(&mut self, now: Now, session: SessionId, xid: i64, kind: TxnKind) -> Txn {
-        // A counter overflow needs a new epoch, which only leader election can start; 2^32 writes
-        // without one is far beyond any deployment, so it is a bug here.
-        self.last_zxid = self
-            .last_zxid
-            .next()
-            .expect("zxid counter exhausted within one epoch");
-        let session = if let TxnKind::CreateSession { .. } = kind {
-            SessionId(self.last_zxid.0)
-        } else {
-            session
-        };
-        Txn {
-            zxid: self.last_zxid,
-            time_ms: now.wall_ms,
+    fn touch_session(&mut self, now: Now, session: SessionId) {
+        if self.closing.contains(&session) {
+            return;
+        }
+        match self.role {
+            Role::Leading => {
+                if let Some(meta) = self.tree.session(session) {
+                    self.tracker.touch(session, meta.timeout_ms, now.mono_ms);
+                }
+            }
+            Role::Following => {
+                self.touched.insert(session);
+            }
+            Role::NotServing => {}
+        }
+    }
+
+    fn submit(
+        &mut self,
+        session: SessionId,
+        xid: i64,
+        kind: SubmitKind,
+        conn: ConnId,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.writes_in_flight += 1;
+        }
+        self.in_flight.insert((session, xid), conn);
+        out.push(Action::Submit(Submission {
+            origin: self.config.server_id,
             session,
             xid,
             kind,
+        }));
+    }
+
+    fn answered(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.writes_in_flight = c.writes_in_flight.saturating_sub(1);
         }
     }
 
-    fn submit(&mut self, txn: Txn, conn: Option<ConnId>, out: &mut Vec<Action>) {
-        if let Some(c) = conn.and_then(|id| self.conns.get_mut(&id)) {
-            c.writes_in_flight += 1;
-        }
-        out.push(Action::Persist(txn.clone()));
-        self.unapplied.push_back((txn, conn));
-    }
-
-    /// Answers queued requests of `conn` in order: writes are handed out (pipelined), reads wait
-    /// until every earlier write of the connection has been applied.
-    fn process_queue(&mut self, now: Now, conn: ConnId, out: &mut Vec<Action>) {
+    /// Answers queued requests of `conn` in order: writes and syncs are submitted (pipelined),
+    /// reads wait until every earlier submission of the connection has been answered.
+    fn process_queue(&mut self, conn: ConnId, out: &mut Vec<Action>) {
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let Some(session) = c.session else { return };
+            let Some(session) = c.session else {
+                return;
+            };
             if c.closed {
                 return;
             }
-            let Some(front) = c.queue.front() else { return };
-            let is_write = match front {
+            let Some(front) = c.queue.front() else {
+                return;
+            };
+            let submits = match front {
                 Queued::Op {
                     op: Ok(Op::Write(w)),
                     ..
                 } => precheck_write(w).is_ok(),
+                Queued::Op {
+                    op: Ok(Op::Read(ReadOp::Sync { path })),
+                    ..
+                } => path::validate(path, false).is_ok(),
                 Queued::Close => true,
                 Queued::Op { .. } => false,
             };
-            if is_write {
-                if self.unapplied.len() >= self.config.txns_in_flight_max {
+            if submits {
+                if self.in_flight.len() >= self.config.submissions_in_flight_max {
                     if !self.blocked.contains(&conn) {
                         self.blocked.push(conn);
                     }
@@ -460,16 +579,19 @@ impl ServerCore {
                     Queued::Op {
                         xid,
                         op: Ok(Op::Write(w)),
-                    } => (xid, TxnKind::Write(w)),
+                    } => (xid, SubmitKind::Txn(TxnKind::Write(w))),
+                    Queued::Op {
+                        xid,
+                        op: Ok(Op::Read(ReadOp::Sync { .. })),
+                    } => (xid, SubmitKind::Sync),
                     Queued::Close => {
-                        self.closing.insert(session, ());
+                        self.closing.insert(session);
                         self.tracker.remove(session);
-                        (CLOSE_XID, TxnKind::CloseSession)
+                        (CLOSE_XID, SubmitKind::Txn(TxnKind::CloseSession))
                     }
-                    Queued::Op { .. } => unreachable!("classified as a write above"),
+                    Queued::Op { .. } => unreachable!("classified as a submission above"),
                 };
-                let txn = self.next_txn(now, session, xid, kind);
-                self.submit(txn, Some(conn), out);
+                self.submit(session, xid, kind, conn, out);
                 continue;
             }
             if c.writes_in_flight > 0 {
@@ -496,7 +618,6 @@ impl ServerCore {
             });
         }
     }
-
     fn read(
         &mut self,
         session: SessionId,
@@ -541,11 +662,8 @@ impl ServerCore {
                 self.watches.remove_path(session, &path);
                 Ok(OpResult::Empty)
             }
-            ReadOp::Sync { path } => {
-                path::validate(&path, false)?;
-                // Single server: every committed write is already applied here.
-                Ok(OpResult::Empty)
-            }
+            // A sync with a valid path is submitted; only a malformed one is answered here.
+            ReadOp::Sync { path } => path::validate(&path, false).map(|()| OpResult::Empty),
             ReadOp::SetWatches(sw) => {
                 let rel = sw.relative_zxid;
                 let last = self.tree.last_applied();
@@ -591,37 +709,20 @@ impl ServerCore {
         }
     }
 
-    fn persisted(&mut self, now: Now, upto: Zxid, out: &mut Vec<Action>) {
-        let mut touched = Vec::new();
-        while self.unapplied.front().is_some_and(|(t, _)| t.zxid <= upto) {
-            let (txn, conn) = self.unapplied.pop_front().expect("front checked above");
-            let applied = self.tree.apply(&txn);
-            self.after_apply(now, &txn, conn, applied, out);
-            if let Some(conn) = conn {
-                touched.push(conn);
-            }
-            self.txns_since_snapshot += 1;
-            if self.txns_since_snapshot >= self.config.snapshot_every_txns {
-                self.txns_since_snapshot = 0;
-                out.push(Action::Snapshot(Box::new(self.tree.clone())));
-            }
+    fn committed(&mut self, now: Now, txn: Txn, out: &mut Vec<Action>) {
+        let applied = self.tree.apply(&txn);
+        self.after_apply(now, &txn, applied, out);
+        self.txns_since_snapshot += 1;
+        if self.txns_since_snapshot >= self.config.snapshot_every_txns {
+            self.txns_since_snapshot = 0;
+            out.push(Action::Snapshot(Box::new(self.tree.clone())));
         }
-        touched.append(&mut self.blocked);
-        touched.sort_unstable();
-        touched.dedup();
-        for conn in touched {
-            self.process_queue(now, conn, out);
+        for conn in std::mem::take(&mut self.blocked) {
+            self.process_queue(conn, out);
         }
     }
 
-    fn after_apply(
-        &mut self,
-        now: Now,
-        txn: &Txn,
-        conn: Option<ConnId>,
-        applied: Applied,
-        out: &mut Vec<Action>,
-    ) {
+    fn after_apply(&mut self, now: Now, txn: &Txn, applied: Applied, out: &mut Vec<Action>) {
         // Events first: a client must see the event before any reply reflecting the change.
         for (kind, path) in &applied.events {
             for session in self.watches.trigger(*kind, path) {
@@ -637,24 +738,29 @@ impl ServerCore {
                 }
             }
         }
-        if let Some(c) = conn.and_then(|id| self.conns.get_mut(&id)) {
-            c.writes_in_flight -= 1;
-        }
+        let mine = txn.origin == self.config.server_id;
         match &txn.kind {
             TxnKind::CreateSession {
                 timeout_ms,
                 password,
             } => {
-                let Some(conn) = conn.filter(|id| self.conns.contains_key(id)) else {
-                    // The client left before its session existed; it expires unused.
+                if self.role == Role::Leading {
                     self.tracker.touch(txn.session, *timeout_ms, now.mono_ms);
+                }
+                let waiting = if mine {
+                    self.in_flight.remove(&(SessionId(0), txn.xid))
+                } else {
+                    None
+                };
+                let Some(conn) = waiting.filter(|id| self.conns.contains_key(id)) else {
+                    // The client left before its session existed; it expires unused.
                     return;
                 };
+                self.answered(conn);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.session = Some(txn.session);
                 }
                 self.session_conns.insert(txn.session, conn);
-                self.tracker.touch(txn.session, *timeout_ms, now.mono_ms);
                 info!(session = %txn.session, timeout_ms, "session created");
                 out.push(Action::Send {
                     conn,
@@ -665,11 +771,16 @@ impl ServerCore {
                         server_id: self.config.server_id,
                     },
                 });
+                self.process_queue(conn, out);
             }
             TxnKind::CloseSession => {
                 self.closing.remove(&txn.session);
                 self.tracker.remove(txn.session);
+                self.touched.remove(&txn.session);
                 self.watches.remove_session(txn.session);
+                if mine {
+                    self.in_flight.remove(&(txn.session, txn.xid));
+                }
                 if let Some(to) = self.session_conns.remove(&txn.session) {
                     let reason = if txn.xid == EXPIRE_XID {
                         Some(OpError::SessionExpired(txn.session))
@@ -689,7 +800,13 @@ impl ServerCore {
                 }
             }
             TxnKind::Write(_) => {
-                if let Some(conn) = conn.filter(|id| self.conns.contains_key(id)) {
+                let waiting = if mine {
+                    self.in_flight.remove(&(txn.session, txn.xid))
+                } else {
+                    None
+                };
+                if let Some(conn) = waiting.filter(|id| self.conns.contains_key(id)) {
+                    self.answered(conn);
                     out.push(Action::Send {
                         conn,
                         msg: ServerMsg::Reply {
@@ -698,20 +815,37 @@ impl ServerCore {
                             result: applied.result,
                         },
                     });
+                    self.process_queue(conn, out);
                 }
             }
         }
     }
 
     fn tick(&mut self, now: Now, out: &mut Vec<Action>) {
-        for session in self.tracker.expire(now.mono_ms) {
-            if self.closing.contains_key(&session) || self.tree.session(session).is_none() {
-                continue;
+        match self.role {
+            Role::Leading => {
+                for session in self.tracker.expire(now.mono_ms) {
+                    if self.closing.contains(&session) || self.tree.session(session).is_none() {
+                        continue;
+                    }
+                    info!(%session, "session expired");
+                    self.closing.insert(session);
+                    out.push(Action::Submit(Submission {
+                        origin: self.config.server_id,
+                        session,
+                        xid: EXPIRE_XID,
+                        kind: SubmitKind::Txn(TxnKind::CloseSession),
+                    }));
+                }
             }
-            info!(%session, "session expired");
-            self.closing.insert(session, ());
-            let txn = self.next_txn(now, session, EXPIRE_XID, TxnKind::CloseSession);
-            self.submit(txn, None, out);
+            Role::Following => {
+                if !self.touched.is_empty() {
+                    // Connected sessions count as heard from, pinged or not.
+                    let touched = std::mem::take(&mut self.touched);
+                    out.push(Action::Touches(touched.into_iter().collect()));
+                }
+            }
+            Role::NotServing => {}
         }
     }
 }
@@ -769,6 +903,7 @@ mod tests {
     struct Harness {
         core: ServerCore,
         now: Now,
+        zxid: Zxid,
     }
 
     impl Harness {
@@ -783,10 +918,13 @@ mod tests {
                 mono_ms: 0,
                 wall_ms: 1_000,
             };
-            Harness {
-                core: ServerCore::new(config, DataTree::new(), now),
+            let mut h = Harness {
+                core: ServerCore::new(config, DataTree::new()),
                 now,
-            }
+                zxid: Zxid::new(1, 0),
+            };
+            h.step(Input::SetRole(Role::Leading));
+            h
         }
 
         fn step(&mut self, input: Input) -> Vec<Action> {
@@ -795,22 +933,36 @@ mod tests {
             out
         }
 
-        /// Makes every handed-out transaction durable, as the log thread would.
-        fn persist_all(&mut self, actions: &[Action]) -> Vec<Action> {
-            let upto = actions
-                .iter()
-                .filter_map(|a| {
-                    if let Action::Persist(t) = a {
-                        Some(t.zxid)
-                    } else {
-                        None
+        /// Orders and commits every submission in `actions`, as a one-server leader would.
+        fn commit_all(&mut self, actions: &[Action]) -> Vec<Action> {
+            let mut out = Vec::new();
+            for a in actions {
+                let Action::Submit(sub) = a else { continue };
+                match &sub.kind {
+                    SubmitKind::Sync => out.extend(self.step(Input::Synced {
+                        session: sub.session,
+                        xid: sub.xid,
+                    })),
+                    SubmitKind::Txn(kind) => {
+                        self.zxid = self.zxid.next().unwrap();
+                        let session = if let TxnKind::CreateSession { .. } = kind {
+                            SessionId(self.zxid.0)
+                        } else {
+                            sub.session
+                        };
+                        let txn = Txn {
+                            zxid: self.zxid,
+                            time_ms: self.now.wall_ms,
+                            origin: sub.origin,
+                            session,
+                            xid: sub.xid,
+                            kind: kind.clone(),
+                        };
+                        out.extend(self.step(Input::Committed(txn)));
                     }
-                })
-                .max();
-            match upto {
-                Some(upto) => self.step(Input::Persisted { upto }),
-                None => Vec::new(),
+                }
             }
+            out
         }
 
         /// Opens a new session on `conn` and returns its id.
@@ -823,7 +975,7 @@ mod tests {
                 last_zxid_seen: Zxid::ZERO,
                 new_password: [conn as u8; 16],
             });
-            let out = self.persist_all(&a);
+            let out = self.commit_all(&a);
             match &out[..] {
                 [
                     Action::Send {
@@ -887,8 +1039,8 @@ mod tests {
         h.connect(1);
         let a = h.request(1, 1, create("/a"));
         assert!(sends(&a).is_empty());
-        assert!(matches!(&a[..], [Action::Persist(_)]));
-        let out = h.persist_all(&a);
+        assert!(matches!(&a[..], [Action::Submit(_)]));
+        let out = h.commit_all(&a);
         assert!(matches!(
             &sends(&out)[..],
             [(
@@ -911,12 +1063,12 @@ mod tests {
         a.extend(h.request(1, 2, get("/a", false)));
         a.extend(h.request(1, 3, set("/a")));
         assert_eq!(
-            a.iter().filter(|x| matches!(x, Action::Persist(_))).count(),
+            a.iter().filter(|x| matches!(x, Action::Submit(_))).count(),
             1,
             "the read holds back the later write"
         );
         assert!(sends(&a).is_empty());
-        let out = h.persist_all(&a);
+        let out = h.commit_all(&a);
         let s = sends(&out);
         assert!(matches!(&s[0], (1, ServerMsg::Reply { xid: 1, .. })));
         assert!(matches!(
@@ -931,7 +1083,7 @@ mod tests {
             )
         ));
         assert_eq!(s.len(), 2);
-        let out2 = h.persist_all(&out);
+        let out2 = h.commit_all(&out);
         assert!(matches!(
             &sends(&out2)[..],
             [(
@@ -953,11 +1105,11 @@ mod tests {
         h.connect(1);
         h.connect(2);
         let a = h.request(1, 1, create("/x"));
-        h.persist_all(&a);
+        h.commit_all(&a);
         h.request(1, 2, get("/x", true));
         h.request(2, 1, get("/x", true));
         let a = h.request(2, 2, set("/x"));
-        let out = h.persist_all(&a);
+        let out = h.commit_all(&a);
         let s = sends(&out);
         assert_eq!(s.len(), 3, "{s:?}");
         let event_to = |c: ConnId| {
@@ -980,7 +1132,7 @@ mod tests {
         assert!(event_to(2).unwrap() < reply_pos);
         // One-shot: a second change fires nothing.
         let a = h.request(2, 3, set("/x"));
-        let out = h.persist_all(&a);
+        let out = h.commit_all(&a);
         assert_eq!(sends(&out).len(), 1);
     }
 
@@ -998,7 +1150,7 @@ mod tests {
                 mode: CreateMode::Ephemeral,
             }),
         );
-        h.persist_all(&a);
+        h.commit_all(&a);
         h.request(
             2,
             1,
@@ -1012,18 +1164,21 @@ mod tests {
         h.step(Input::Ping { conn: 2 });
         h.now.mono_ms = 2100;
         let a = h.step(Input::Tick);
-        let [Action::Persist(txn)] = &a[..] else {
+        let [Action::Submit(sub)] = &a[..] else {
             panic!("{a:?}")
         };
-        assert_eq!((txn.session, &txn.kind), (s1, &TxnKind::CloseSession));
-        let out = h.persist_all(&a);
+        assert_eq!(
+            (sub.session, &sub.kind),
+            (s1, &SubmitKind::Txn(TxnKind::CloseSession))
+        );
+        let out = h.commit_all(&a);
         let s = sends(&out);
         assert!(s.contains(&(
             2,
             ServerMsg::Event(WatchEvent {
                 kind: EventType::NodeDeleted,
                 path: "/e".into(),
-                zxid: txn.zxid
+                zxid: h.zxid
             })
         )));
         assert!(s.contains(&(1, ServerMsg::Ended(Some(OpError::SessionExpired(s1))))));
@@ -1095,7 +1250,7 @@ mod tests {
         let mut h = Harness::new();
         h.connect(1);
         let a = h.request(1, 1, create("/a/"));
-        assert!(!a.iter().any(|x| matches!(x, Action::Persist(_))));
+        assert!(!a.iter().any(|x| matches!(x, Action::Submit(_))));
         assert!(matches!(
             &sends(&a)[..],
             [(
@@ -1142,7 +1297,7 @@ mod tests {
         let mut count = 0;
         for (i, p) in ["/r", "/r/a", "/r/a/b"].iter().enumerate() {
             let a = h.request(2, i as i64, create(p));
-            let out = h.persist_all(&a);
+            let out = h.commit_all(&a);
             count += sends(&out)
                 .iter()
                 .filter(|(c, m)| {
@@ -1175,10 +1330,10 @@ mod tests {
         );
         a.extend(h.step(Input::CloseSession { conn: 1 }));
         assert_eq!(
-            a.iter().filter(|x| matches!(x, Action::Persist(_))).count(),
+            a.iter().filter(|x| matches!(x, Action::Submit(_))).count(),
             2
         );
-        let out = h.persist_all(&a);
+        let out = h.commit_all(&a);
         let s = sends(&out);
         assert!(matches!(
             &s[0],

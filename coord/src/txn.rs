@@ -14,6 +14,8 @@ pub struct Txn {
     pub zxid: Zxid,
     /// The proposing leader's wall clock, ms since the Unix epoch: ctime/mtime of changed nodes.
     pub time_ms: i64,
+    /// The server the request came through: the one that answers the client.
+    pub origin: u32,
     /// The session that asked for it (the new session's own id for `CreateSession`).
     pub session: SessionId,
     /// The client's request id, so the server holding the session's connection can answer it.
@@ -58,6 +60,7 @@ mod tests {
         let txn = Txn {
             zxid: Zxid::new(1, 2),
             time_ms: 1_700_000_000_000,
+            origin: 2,
             session: SessionId(9),
             xid: 4,
             kind: TxnKind::Write(WriteOp::Create {

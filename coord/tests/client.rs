@@ -39,43 +39,80 @@ async fn start_server() -> Server {
     Server { addr, _dir: dir }
 }
 
-/// A TCP proxy to `upstream` that the test can cut: when down, it drops every connection it
-/// carries and every new one.
+/// What a test proxy does with the bytes it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Up,
+    /// Keeps every connection open but forwards nothing: a server gone silent.
+    Frozen,
+    /// Drops every connection it carries and every new one.
+    Down,
+}
+
+/// A TCP proxy to `upstream` that the test can freeze or cut, to break connections without
+/// stopping the server.
 struct Proxy {
     addr: String,
-    up: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
 }
 
 impl Proxy {
     async fn start(upstream: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let (up, _) = watch::channel(true);
+        let (mode, _) = watch::channel(Mode::Up);
         let upstream = upstream.to_string();
-        let up_rx = up.subscribe();
+        let mode_rx = mode.subscribe();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut up_rx = up_rx.clone();
-                if !*up_rx.borrow() {
+            while let Ok((client, _)) = listener.accept().await {
+                if *mode_rx.borrow() == Mode::Down {
                     continue; // dropped: the client sees the connection close
                 }
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = up_rx.wait_for(|up| !*up) => {}
-                    }
-                });
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, mode_rx.clone()));
+                tokio::spawn(pump(server_read, client_write, mode_rx.clone()));
             }
         });
-        Proxy { addr, up }
+        Proxy { addr, mode }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
     }
 
     fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
+        self.set(if up { Mode::Up } else { Mode::Down });
+    }
+}
+
+/// Copies `from` to `to` while the mode allows; ends (dropping both halves) when it goes down.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.wait_for(|m| *m == Mode::Down) => return,
+        };
+        // Frozen: hold the bytes until the proxy is up again (or goes down).
+        match mode.wait_for(|m| *m != Mode::Frozen).await.map(|m| *m) {
+            Ok(Mode::Up) => {}
+            _ => return,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -409,7 +446,8 @@ async fn close_deletes_ephemerals_and_ends_the_client() {
     let a = client(&[&server.addr]).await;
     let b = client(&[&server.addr]).await;
     a.create("/eph", "", CreateMode::Ephemeral).await.unwrap();
-    let (_, watch) = a.exists_watch("/eph").await.unwrap();
+    // A watch nothing fires (the ephemeral's own deletion may reach the closing session).
+    let (_, watch) = a.exists_watch("/never").await.unwrap();
     let mut events = a.session_events();
     assert_eq!(events.next().await, Some(SessionEvent::Connected));
 
@@ -445,6 +483,7 @@ async fn reconnecting_keeps_the_session_and_fires_what_was_missed() {
     b.create("/w", "0", CreateMode::Persistent).await.unwrap();
     b.create("/r", "", CreateMode::Persistent).await.unwrap();
     let (_, _, missed) = a.get_watch("/w").await.unwrap();
+    let (_, appeared) = a.exists_watch("/appear").await.unwrap();
     let mut tree = a.watch("/r", true).await.unwrap();
     let mut events = a.session_events();
     assert_eq!(events.next().await, Some(SessionEvent::Connected));
@@ -457,6 +496,14 @@ async fn reconnecting_keeps_the_session_and_fires_what_was_missed() {
     );
     assert_eq!(a.state(), SessionState::Disconnected);
     b.set("/w", "1", None).await.unwrap();
+    b.create("/appear", "", CreateMode::Persistent)
+        .await
+        .unwrap();
+    // A call made while disconnected waits for the new connection (up to its timeout).
+    let during = tokio::spawn({
+        let a = a.clone();
+        async move { a.create("/during", "", CreateMode::Persistent).await }
+    });
     p2.set_up(true);
     assert_eq!(
         within("Reconnected", events.next()).await,
@@ -467,6 +514,15 @@ async fn reconnecting_keeps_the_session_and_fires_what_was_missed() {
     assert_eq!(
         (e.kind, e.path.as_str()),
         (EventType::NodeDataChanged, "/w")
+    );
+    let e = within("the missed creation", appeared).await.unwrap();
+    assert_eq!(
+        (e.kind, e.path.as_str()),
+        (EventType::NodeCreated, "/appear")
+    );
+    assert_eq!(
+        within("the queued call", during).await.unwrap().unwrap(),
+        "/during"
     );
     assert_eq!(a.session_id(), session);
     assert!(
@@ -577,4 +633,42 @@ async fn dropping_every_handle_closes_the_session() {
     })
     .await;
     b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_detected_and_in_flight_calls_fail_with_connection_loss() {
+    // No message from the server for 2/3 of the session timeout means the connection is dead
+    // (a ping would have been answered): the call in flight fails with ConnectionLoss, naming
+    // the address, and the client reconnects within the last third, keeping the session.
+    let server = start_server().await;
+    let proxy = Proxy::start(&server.addr).await;
+    let a = Client::connect(vec![proxy.addr.clone()], options(6_000))
+        .await
+        .unwrap();
+    let session = a.session_id();
+    let mut events = a.session_events();
+    assert_eq!(events.next().await, Some(SessionEvent::Connected));
+
+    proxy.set(Mode::Frozen);
+    let err = within("the connection to be declared lost", a.get("/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ConnectionLoss { addr } if *addr == proxy.addr),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), Some(ErrorCode::ConnectionLoss));
+    assert!(err.to_string().contains(&proxy.addr), "{err}");
+    proxy.set(Mode::Up);
+    assert_eq!(
+        within("Disconnected", events.next()).await,
+        Some(SessionEvent::Disconnected)
+    );
+    assert_eq!(
+        within("Reconnected", events.next()).await,
+        Some(SessionEvent::Reconnected)
+    );
+    assert_eq!(a.session_id(), session);
+    a.get("/").await.unwrap();
+    a.close().await.unwrap();
 }

@@ -102,10 +102,10 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
     }
     let addrs = ctx.master_addrs();
     // The first session both checks that the masters answer and owns the run's parent znode.
-    let admin = connect(ctx, bench_options()).await.with_context(|| {
-        "drover bench coord needs running masters: start one with `drover master --data-dir DIR` \
-         (or `drover local`) and pass its address with --masters"
-    })?;
+    let admin = connect(ctx, bench_options()).await.context(
+        "the coord benchmark needs a running master (start one with `drover master --data-dir DIR` \
+         and pass its address with --masters)",
+    )?;
     let run_dir = format!(
         "{BENCH_ROOT}/run-{}-{}",
         std::process::id(),

@@ -1,5 +1,5 @@
-//! `drover master`: a master process. For now it serves the coord store (single replica); the
-//! leading-master logic and replication arrive with later issues.
+//! `drover master`: a master process. For now it serves the coord store, replicated with ZAB across
+//! the masters named by `--peers` (or alone); the leading-master logic arrives with a later issue.
 
 use anyhow::Context as _;
 use clap::Args;
@@ -16,6 +16,10 @@ pub struct MasterArgs {
     /// gRPC address to serve coord (and, later, the scheduler, agent and operator APIs) on.
     #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: SocketAddr,
+    /// Every master of the ensemble, this one included: `1=127.0.0.1:5050,2=127.0.0.1:5060,...`.
+    /// Without it the master is an ensemble of one.
+    #[arg(long, env = "DROVER_PEERS")]
+    pub peers: Option<String>,
     /// Directory for the transaction log and snapshots; created if missing.
     #[arg(long, env = "DROVER_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -25,9 +29,24 @@ pub struct MasterArgs {
     /// Longest session timeout a client may negotiate.
     #[arg(long, default_value_t = 40_000)]
     pub session_timeout_max_ms: u32,
-    /// How often expired sessions are looked for.
-    #[arg(long, default_value_t = 50)]
+    /// How often the replica looks at its timers (session expiry, elections, pings).
+    #[arg(long, default_value_t = 10)]
     pub tick_ms: u64,
+    /// A looking master re-sends its vote this often.
+    #[arg(long, default_value_t = 100)]
+    pub election_resend_ms: u64,
+    /// Once a quorum agrees on a leader, how long to wait for a better vote.
+    #[arg(long, default_value_t = 30)]
+    pub election_finalize_ms: u64,
+    /// Discovery and synchronization with a new leader must finish within this.
+    #[arg(long, default_value_t = 2_000)]
+    pub init_timeout_ms: u64,
+    /// Silence from the leader (or from a quorum, for the leader) before a new election.
+    #[arg(long, default_value_t = 1_000)]
+    pub sync_timeout_ms: u64,
+    /// The leader pings its followers this often.
+    #[arg(long, default_value_t = 100)]
+    pub ping_interval_ms: u64,
     /// Take a snapshot after this many transactions.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_txns: u64,
@@ -47,7 +66,15 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     if args.tick_ms == 0 || args.snapshot_every_txns == 0 {
         anyhow::bail!("--tick-ms and --snapshot-every-txns must be at least 1");
     }
+    let peers = parse_peers(args.id, args.listen, args.peers.as_deref())?;
     let mut config = CoordConfig::new(args.data_dir.clone());
+    config.zab = drover_coord::zab::ZabConfig::new(args.id, peers.keys().copied().collect());
+    config.zab.election_resend_ms = args.election_resend_ms;
+    config.zab.election_finalize_ms = args.election_finalize_ms;
+    config.zab.init_timeout_ms = args.init_timeout_ms;
+    config.zab.sync_timeout_ms = args.sync_timeout_ms;
+    config.zab.ping_interval_ms = args.ping_interval_ms;
+    config.peers = peers.into_iter().filter(|(id, _)| *id != args.id).collect();
     config.server.server_id = args.id;
     config.server.session_timeout_min_ms = args.session_timeout_min_ms;
     config.server.session_timeout_max_ms = args.session_timeout_max_ms;
@@ -65,6 +92,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(handle.service)
+        .add_service(handle.peer_service)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         });
@@ -77,4 +105,46 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+/// Parses `--peers`; the ensemble must include this master, at the address it listens on.
+fn parse_peers(
+    id: u32,
+    listen: SocketAddr,
+    peers: Option<&str>,
+) -> anyhow::Result<std::collections::BTreeMap<u32, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(peers) = peers.filter(|p| !p.trim().is_empty()) else {
+        out.insert(id, listen.to_string());
+        return Ok(out);
+    };
+    for entry in peers.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (peer, addr) = entry
+            .split_once('=')
+            .with_context(|| format!("--peers entry {entry:?} is not ID=HOST:PORT"))?;
+        let peer: u32 = peer
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| (1..=255).contains(p))
+            .with_context(|| {
+                format!("--peers entry {entry:?}: the id must be a number from 1 to 255")
+            })?;
+        if addr.trim().is_empty() {
+            anyhow::bail!("--peers entry {entry:?} has no address");
+        }
+        if out.insert(peer, addr.trim().to_string()).is_some() {
+            anyhow::bail!("--peers names master {peer} twice");
+        }
+    }
+    if !out.contains_key(&id) {
+        anyhow::bail!("--peers must include this master (--id {id})");
+    }
+    if out.len() > 7 {
+        anyhow::bail!(
+            "--peers names {} masters; an ensemble has at most 7",
+            out.len()
+        );
+    }
+    Ok(out)
 }

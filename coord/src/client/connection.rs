@@ -446,6 +446,9 @@ impl Session {
                 let _ = reply.send(Err(ClientError::Closed));
                 Ok(())
             }
+            // The caller gave up (its request timeout passed while the request queued, e.g.
+            // during a reconnect): sending it now would apply a write nobody waits for.
+            Command::Request { reply, .. } if reply.is_closed() => Ok(()),
             Command::Request { op, watch, reply } => {
                 self.request(conn, op, |op| Waiter::Caller { op, watch, reply })
             }
@@ -468,16 +471,16 @@ impl Session {
     fn remove_watches(&mut self, conn: &mut Conn, path: String) -> Result<(), Lost> {
         let setting_watch_on_path = self.pending.values().any(|w| match w {
             Waiter::Caller {
-                op: Op::Read(read),
+                op:
+                    Op::Read(
+                        ReadOp::GetData { path: p, .. }
+                        | ReadOp::Exists { path: p, .. }
+                        | ReadOp::GetChildren { path: p, .. }
+                        | ReadOp::AddWatch { path: p, .. },
+                    ),
                 watch: Some(_),
                 ..
-            } => match read {
-                ReadOp::GetData { path: p, .. }
-                | ReadOp::Exists { path: p, .. }
-                | ReadOp::GetChildren { path: p, .. }
-                | ReadOp::AddWatch { path: p, .. } => *p == path,
-                _ => false,
-            },
+            } => *p == path,
             _ => false,
         });
         if setting_watch_on_path {

@@ -1,0 +1,182 @@
+//! One coord replica, sans IO: the client pipeline (`ServerCore`) and its ZAB peer (`ZabPeer`)
+//! wired together. Both the async driver and the deterministic simulation drive this one type,
+//! so what the simulation checks is what runs.
+
+use crate::data_tree::DataTree;
+use crate::server::{self, ConnId, Now, ServerConfig, ServerCore, ServerMsg};
+use crate::txn::Txn;
+use crate::zab::{self, PeerId, PeerMsg, ZabAction, ZabConfig, ZabInput, ZabPeer};
+use crate::zxid::Zxid;
+use std::collections::VecDeque;
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A client event (connect, request, ping, close, disconnect).
+    Client(server::Input),
+    Peer {
+        from: PeerId,
+        msg: PeerMsg,
+    },
+    /// The log is fsynced up to `upto` (see `zab::ZabInput::Durable`).
+    Durable {
+        upto: Zxid,
+        installs: u64,
+    },
+    PeerDown(PeerId),
+    Tick,
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    SendClient {
+        conn: ConnId,
+        msg: ServerMsg,
+    },
+    CloseClient {
+        conn: ConnId,
+    },
+    SendPeer {
+        to: PeerId,
+        msg: PeerMsg,
+    },
+    /// Append to the log; report `Durable` once fsynced.
+    Persist(Txn),
+    /// Make durable before carrying out any later action.
+    PersistEpochs {
+        accepted: u32,
+        current: u32,
+    },
+    /// Write as a durable snapshot, drop logged transactions after its zxid, then report
+    /// `Durable { upto: its zxid, installs }` with the new install count.
+    InstallSnapshot(Box<DataTree>),
+    /// Write as a snapshot when convenient (periodic; the log keeps everything meanwhile).
+    Snapshot(Box<DataTree>),
+}
+
+enum Work {
+    Server(server::Input),
+    Zab(ZabInput),
+}
+
+pub struct Replica {
+    server: ServerCore,
+    zab: ZabPeer,
+    work: VecDeque<Work>,
+}
+
+impl Replica {
+    /// A replica over what was recovered from disk: the snapshot's tree and the log after it.
+    pub fn new(
+        server_config: ServerConfig,
+        zab_config: ZabConfig,
+        tree: DataTree,
+        durable: zab::Durable,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) -> Replica {
+        assert_eq!(
+            tree.last_applied(),
+            durable.snapshot_zxid,
+            "the tree is the snapshot the log follows"
+        );
+        let server = ServerCore::new(server_config, tree);
+        let mut zab_out = Vec::new();
+        let zab = ZabPeer::new(zab_config, durable, now, &mut zab_out);
+        let mut replica = Replica {
+            server,
+            zab,
+            work: VecDeque::new(),
+        };
+        replica.carry_out_zab(now, zab_out, out);
+        replica.drain(now, out);
+        replica
+    }
+
+    pub fn server(&self) -> &ServerCore {
+        &self.server
+    }
+
+    pub fn zab(&self) -> &ZabPeer {
+        &self.zab
+    }
+
+    pub fn step(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
+        let work = match input {
+            Input::Client(i) => Work::Server(i),
+            Input::Peer { from, msg } => Work::Zab(ZabInput::Message { from, msg }),
+            Input::Durable { upto, installs } => Work::Zab(ZabInput::Durable { upto, installs }),
+            Input::PeerDown(p) => Work::Zab(ZabInput::PeerDown(p)),
+            Input::Tick => {
+                self.work.push_back(Work::Zab(ZabInput::Tick));
+                Work::Server(server::Input::Tick)
+            }
+        };
+        self.work.push_back(work);
+        self.drain(now, out);
+    }
+
+    fn drain(&mut self, now: Now, out: &mut Vec<Action>) {
+        while let Some(work) = self.work.pop_front() {
+            match work {
+                Work::Server(input) => self.run_server(now, input, out),
+                Work::Zab(input) => {
+                    let mut zab_out = Vec::new();
+                    self.zab.step(now, input, &mut zab_out);
+                    self.carry_out_zab(now, zab_out, out);
+                }
+            }
+        }
+    }
+
+    /// Steps the server at once; what it submits waits in the queue for ZAB, so neither core is
+    /// re-entered while it is stepping.
+    fn run_server(&mut self, now: Now, input: server::Input, out: &mut Vec<Action>) {
+        let mut server_out = Vec::new();
+        self.server.step(now, input, &mut server_out);
+        for action in server_out {
+            match action {
+                server::Action::Submit(sub) => {
+                    self.work.push_back(Work::Zab(ZabInput::Submit(sub)))
+                }
+                server::Action::Touches(t) => {
+                    self.work.push_back(Work::Zab(ZabInput::LocalTouches(t)))
+                }
+                server::Action::Send { conn, msg } => out.push(Action::SendClient { conn, msg }),
+                server::Action::CloseConn { conn } => out.push(Action::CloseClient { conn }),
+                server::Action::Snapshot(tree) => out.push(Action::Snapshot(tree)),
+            }
+        }
+    }
+
+    /// Carries out ZAB's actions in their order: outputs go out, server inputs are applied at
+    /// once (so a snapshot sent after a commit contains it).
+    fn carry_out_zab(&mut self, now: Now, actions: Vec<ZabAction>, out: &mut Vec<Action>) {
+        for action in actions {
+            match action {
+                ZabAction::Send { to, msg } => out.push(Action::SendPeer { to, msg }),
+                ZabAction::Persist(txn) => out.push(Action::Persist(txn)),
+                ZabAction::PersistEpochs { accepted, current } => {
+                    out.push(Action::PersistEpochs { accepted, current })
+                }
+                ZabAction::InstallSnapshot(tree) => {
+                    out.push(Action::InstallSnapshot(tree.clone()));
+                    self.run_server(now, server::Input::Install(tree), out);
+                }
+                ZabAction::SendSnapshot { to, epoch } => {
+                    let tree = Box::new(self.server.tree().clone());
+                    debug_assert_eq!(tree.last_applied(), self.zab.committed());
+                    out.push(Action::SendPeer {
+                        to,
+                        msg: PeerMsg::Snap { epoch, tree },
+                    });
+                }
+                ZabAction::Commit(txn) => self.run_server(now, server::Input::Committed(txn), out),
+                ZabAction::Synced { session, xid } => {
+                    self.run_server(now, server::Input::Synced { session, xid }, out)
+                }
+                ZabAction::SetRole(role) => self.run_server(now, server::Input::SetRole(role), out),
+                ZabAction::Touches(t) => self.run_server(now, server::Input::Touches(t), out),
+            }
+        }
+    }
+}
