@@ -15,6 +15,8 @@ pub mod path;
 pub mod replica;
 pub mod server;
 pub mod sessions;
+#[cfg(test)]
+mod sim;
 pub mod storage;
 pub mod txn;
 pub mod watches;

@@ -355,7 +355,9 @@ impl ServerCore {
         if role == Role::NotServing || was == Role::NotServing {
             // Clients of a server without a leader must move on (keeping their sessions); and a
             // server that starts serving has no client yet.
-            for conn in self.conns.keys().copied().collect::<Vec<_>>() {
+            let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            conns.sort_unstable();
+            for conn in conns {
                 out.push(Action::CloseConn { conn });
             }
             self.conns.clear();

@@ -50,6 +50,9 @@ pub struct ZabConfig {
     pub ping_interval_ms: u64,
     /// Committed transactions kept in memory to DIFF-sync followers; older ones need a SNAP.
     pub history_txns_max: usize,
+    /// Deliberately broken: the leader commits as soon as it alone has a proposal durable. Only
+    /// for proving that the simulation's checker catches a lost acknowledged write.
+    pub broken_commit_without_quorum: bool,
 }
 
 impl ZabConfig {
@@ -63,6 +66,7 @@ impl ZabConfig {
             sync_timeout_ms: 1_000,
             ping_interval_ms: 100,
             history_txns_max: 50_000,
+            broken_commit_without_quorum: false,
         }
     }
 
@@ -155,10 +159,12 @@ pub enum PeerMsg {
         epoch: u32,
         sub: Submission,
     },
+    /// The sync is answered once the follower has applied up to `zxid`.
     SyncDone {
         epoch: u32,
         session: SessionId,
         xid: i64,
+        zxid: Zxid,
     },
     Ping {
         epoch: u32,
@@ -554,12 +560,11 @@ impl ZabPeer {
             PeerMsg::NewLeader { epoch, last_zxid } => {
                 let syncing = matches!(&self.state, State::Following(f) if f.phase == FollowerPhase::Syncing && !f.acked_new_leader);
                 if syncing && self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
-                    if self.current_epoch != epoch {
-                        self.current_epoch = epoch;
-                        out.push(ZabAction::PersistEpochs {
-                            accepted: self.accepted_epoch,
-                            current: epoch,
-                        });
+                    if self.last_logged != last_zxid {
+                        // The sync before NEWLEADER did not all arrive: we must not take the new
+                        // epoch as ours without the history that goes with it.
+                        warn!(peer = self.config.id, have = %self.last_logged, leader_has = %last_zxid, "incomplete sync; resyncing");
+                        return self.look(now, out);
                     }
                     if let State::Following(f) = &mut self.state {
                         f.ack_new_leader_at = Some(last_zxid);
@@ -585,21 +590,29 @@ impl ZabPeer {
             }
             PeerMsg::Commit { epoch, zxid } => {
                 if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
-                    self.commit_upto(zxid, out);
+                    self.follower_commit(now, zxid, out);
                 }
             }
             PeerMsg::SyncDone {
                 epoch,
                 session,
                 xid,
+                zxid,
             } => {
                 if self.from_my_leader(now, from, epoch, FollowerPhase::Broadcast) {
+                    if zxid > self.committed {
+                        // Commits travel before the answer, so a miss means a lost message.
+                        warn!(peer = self.config.id, need = %zxid, have = %self.committed, "sync answer ahead of our commits; resyncing");
+                        return self.look(now, out);
+                    }
                     out.push(ZabAction::Synced { session, xid });
                 }
             }
             PeerMsg::Ping { epoch, committed } => {
                 if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
-                    self.commit_upto(committed, out);
+                    if !self.follower_commit(now, committed, out) {
+                        return;
+                    }
                     if let State::Following(f) = &mut self.state {
                         let touches = std::mem::take(&mut f.touches).into_iter().collect();
                         out.push(ZabAction::Send {
@@ -1140,6 +1153,15 @@ impl ZabPeer {
                     f.ack_new_leader_at = None;
                     f.acked_new_leader = true;
                     let epoch = f.epoch.expect("NEWLEADER comes after NEWEPOCH");
+                    // The leader's history is durable here: only now is its epoch ours (a peer
+                    // claiming an epoch must hold that epoch's history, or elections go wrong).
+                    if self.current_epoch != epoch {
+                        self.current_epoch = epoch;
+                        out.push(ZabAction::PersistEpochs {
+                            accepted: self.accepted_epoch,
+                            current: epoch,
+                        });
+                    }
                     out.push(ZabAction::Send {
                         to: f.leader,
                         msg: PeerMsg::AckNewLeader { epoch },
@@ -1197,6 +1219,18 @@ impl ZabPeer {
         out.push(ZabAction::InstallSnapshot(tree));
     }
 
+    /// Follower: the leader says `zxid` is committed. Having less than that logged means a
+    /// proposal was lost on the way: resync. False when it went back to election.
+    fn follower_commit(&mut self, now: Now, zxid: Zxid, out: &mut Vec<ZabAction>) -> bool {
+        if zxid > self.last_logged {
+            warn!(peer = self.config.id, committed = %zxid, logged = %self.last_logged, "missing proposals; resyncing");
+            self.look(now, out);
+            return false;
+        }
+        self.commit_upto(zxid, out);
+        true
+    }
+
     /// Applies history up to `zxid` (as far as we have it).
     fn commit_upto(&mut self, zxid: Zxid, out: &mut Vec<ZabAction>) {
         let upto = zxid.min(self.last_logged);
@@ -1242,6 +1276,11 @@ impl ZabPeer {
         acks.sort_unstable_by(|a, b| b.cmp(a));
         let Some(&candidate) = acks.get(quorum - 1) else {
             return;
+        };
+        let candidate = if self.config.broken_commit_without_quorum {
+            durable
+        } else {
+            candidate
         };
         if candidate <= self.committed {
             return;
@@ -1291,6 +1330,7 @@ impl ZabPeer {
                         epoch: l.epoch,
                         session: sub.session,
                         xid: sub.xid,
+                        zxid: committed,
                     },
                 });
             }
