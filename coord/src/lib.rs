@@ -1,10 +1,12 @@
-//! Replicated coordination store: znode tree, sessions, watches, transaction log and snapshots,
-//! the gRPC `Session` service and the Rust client.
+//! Replicated coordination store: znode tree, sessions, watches, ZAB replication, transaction log
+//! and snapshots, the gRPC `Session` and `Peer` services and the Rust client.
 //!
 //! Must not know about frameworks, agents or offers. The core (`data_tree`, `watches`, `sessions`,
-//! `server`) reads no clock or RNG, does no I/O and spawns nothing: time and randomness come in as
-//! arguments, and it answers with actions that `driver` carries out. Start at `server::ServerCore`
-//! (the request pipeline), then `data_tree::DataTree` (what a transaction does), then `driver`.
+//! `server`, `zab`, `replica`) reads no clock or RNG, does no I/O and spawns nothing: time and
+//! randomness come in as arguments, and it answers with actions that `driver` carries out (and
+//! that the deterministic simulation in `sim` carries out under faults). Start at
+//! `replica::Replica`, then `server::ServerCore` (the client pipeline), `zab::ZabPeer` (ordering
+//! and durability across replicas), `data_tree::DataTree` (what a transaction does), then `driver`.
 
 pub mod client;
 pub mod convert;
