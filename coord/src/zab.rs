@@ -115,7 +115,13 @@ pub enum PeerMsg {
         epoch: u32,
         current_epoch: u32,
         last_zxid: Zxid,
+        /// The follower had already accepted this epoch before (from a leader it cannot tell
+        /// apart, e.g. before a restart): it may join, but does not count towards establishing
+        /// the epoch (ZooKeeper acks such an epoch with -1 for the same reason).
+        repeated: bool,
     },
+    /// Answer to FOLLOWERINFO from a peer that is not leading: look again, do not wait.
+    NotLeading,
     /// The leader's committed state; a DIFF from its zxid follows.
     Snap {
         epoch: u32,
@@ -293,6 +299,8 @@ struct FollowerView {
     accepted_epoch: u32,
     last_zxid: Zxid,
     acked_epoch: bool,
+    /// Its epoch acknowledgement was a repeated one: it does not count towards the quorum.
+    repeated_ack: bool,
     /// Sent its sync and NEWLEADER; proposals go to it from then on.
     synced: bool,
     acked_new_leader: bool,
@@ -540,26 +548,40 @@ impl ZabPeer {
                 epoch,
                 current_epoch,
                 last_zxid,
-            } => self.on_ack_epoch(now, from, epoch, current_epoch, last_zxid, out),
+                repeated,
+            } => self.on_ack_epoch(now, from, epoch, (current_epoch, last_zxid), repeated, out),
+            PeerMsg::NotLeading => {
+                if let State::Following(f) = &self.state
+                    && f.leader == from
+                    && f.phase == FollowerPhase::Discovery
+                {
+                    debug!(
+                        peer = self.config.id,
+                        leader = from,
+                        "the peer we chose does not lead"
+                    );
+                    self.look(now, out);
+                }
+            }
             PeerMsg::Snap { epoch, tree } => {
                 // Only before NEWLEADER: installing drops logged transactions, which must never
                 // happen to ones we have acknowledged.
                 let before_new_leader = matches!(&self.state, State::Following(f)
                     if f.phase == FollowerPhase::Syncing && f.ack_new_leader_at.is_none() && !f.acked_new_leader);
                 if before_new_leader
-                    && self.from_my_leader(now, from, epoch, FollowerPhase::Syncing)
+                    && self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing)
                 {
                     self.install(tree, out);
                 }
             }
             PeerMsg::Diff { epoch, prev, txns } => {
-                if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     self.append(prev, txns, now, out);
                 }
             }
             PeerMsg::NewLeader { epoch, last_zxid } => {
                 let syncing = matches!(&self.state, State::Following(f) if f.phase == FollowerPhase::Syncing && !f.acked_new_leader);
-                if syncing && self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if syncing && self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     if self.last_logged != last_zxid {
                         // The sync before NEWLEADER did not all arrive: we must not take the new
                         // epoch as ours without the history that goes with it.
@@ -574,7 +596,7 @@ impl ZabPeer {
             }
             PeerMsg::UpToDate { epoch, committed } => {
                 let acked = matches!(&self.state, State::Following(f) if f.acked_new_leader);
-                if acked && self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if acked && self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     if let State::Following(f) = &mut self.state {
                         f.phase = FollowerPhase::Broadcast;
                         info!(peer = self.config.id, leader = f.leader, epoch, "following");
@@ -584,12 +606,12 @@ impl ZabPeer {
                 }
             }
             PeerMsg::Propose { epoch, prev, txn } => {
-                if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     self.append(prev, vec![txn], now, out);
                 }
             }
             PeerMsg::Commit { epoch, zxid } => {
-                if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     self.follower_commit(now, zxid, out);
                 }
             }
@@ -599,7 +621,7 @@ impl ZabPeer {
                 xid,
                 zxid,
             } => {
-                if self.from_my_leader(now, from, epoch, FollowerPhase::Broadcast) {
+                if self.heard_from_leader(now, from, epoch, FollowerPhase::Broadcast) {
                     if zxid > self.committed {
                         // Commits travel before the answer, so a miss means a lost message.
                         warn!(peer = self.config.id, need = %zxid, have = %self.committed, "sync answer ahead of our commits; resyncing");
@@ -609,7 +631,7 @@ impl ZabPeer {
                 }
             }
             PeerMsg::Ping { epoch, committed } => {
-                if self.from_my_leader(now, from, epoch, FollowerPhase::Syncing) {
+                if self.heard_from_leader(now, from, epoch, FollowerPhase::Syncing) {
                     if !self.follower_commit(now, committed, out) {
                         return;
                     }
@@ -665,7 +687,13 @@ impl ZabPeer {
 
     /// True if `from` is the leader we follow in `epoch` and we are at least in `phase`; refreshes
     /// the leader's liveness.
-    fn from_my_leader(&mut self, now: Now, from: PeerId, epoch: u32, phase: FollowerPhase) -> bool {
+    fn heard_from_leader(
+        &mut self,
+        now: Now,
+        from: PeerId,
+        epoch: u32,
+        phase: FollowerPhase,
+    ) -> bool {
         let State::Following(f) = &mut self.state else {
             return false;
         };
@@ -884,6 +912,10 @@ impl ZabPeer {
         out: &mut Vec<ZabAction>,
     ) {
         let State::Leading(l) = &mut self.state else {
+            out.push(ZabAction::Send {
+                to: from,
+                msg: PeerMsg::NotLeading,
+            });
             return;
         };
         let view = l.followers.entry(from).or_default();
@@ -892,6 +924,7 @@ impl ZabPeer {
         view.last_heard_ms = now.mono_ms;
         // A follower (re)joining starts over: it is synced again from scratch.
         view.acked_epoch = false;
+        view.repeated_ack = false;
         view.synced = false;
         view.acked_new_leader = false;
         view.acked = Zxid::ZERO;
@@ -946,9 +979,11 @@ impl ZabPeer {
         if f.leader != from || f.phase != FollowerPhase::Discovery {
             return;
         }
-        let same_leader_again = epoch == self.accepted_epoch && self.accepted_from == Some(from);
-        if epoch < self.accepted_epoch || (epoch == self.accepted_epoch && !same_leader_again) {
-            // Primary uniqueness: never acknowledge an epoch twice for different leaders.
+        // Primary uniqueness: an epoch counts towards establishing a leader only the first time we
+        // acknowledge it; a repeated one (after a restart, or a leader we cannot tell apart) is
+        // acknowledged as such and only lets us join.
+        let repeated = epoch == self.accepted_epoch && self.accepted_from != Some(from);
+        if epoch < self.accepted_epoch {
             info!(
                 peer = self.config.id,
                 leader = from,
@@ -975,6 +1010,7 @@ impl ZabPeer {
                 epoch,
                 current_epoch: self.current_epoch,
                 last_zxid: self.last_logged,
+                repeated,
             },
         });
     }
@@ -984,8 +1020,8 @@ impl ZabPeer {
         now: Now,
         from: PeerId,
         epoch: u32,
-        current_epoch: u32,
-        last_zxid: Zxid,
+        theirs: (u32, Zxid),
+        repeated: bool,
         out: &mut Vec<ZabAction>,
     ) {
         let mine = (self.current_epoch, self.last_logged);
@@ -998,13 +1034,20 @@ impl ZabPeer {
         let Some(view) = l.followers.get_mut(&from) else {
             return;
         };
-        if (current_epoch, last_zxid) > mine {
+        if theirs > mine {
             // Integrity of history: a follower knows more than we do; let it lead instead.
-            warn!(peer = self.config.id, follower = from, ?mine, theirs = ?(current_epoch, last_zxid), "a follower is ahead; giving up leadership");
+            warn!(
+                peer = self.config.id,
+                follower = from,
+                ?mine,
+                ?theirs,
+                "a follower is ahead; giving up leadership"
+            );
             return self.look(now, out);
         }
         view.acked_epoch = true;
-        view.last_zxid = last_zxid;
+        view.repeated_ack = repeated;
+        view.last_zxid = theirs.1;
         view.last_heard_ms = now.mono_ms;
         match l.phase {
             LeaderPhase::EpochAcks => self.check_epoch_acks(now, out),
@@ -1023,7 +1066,12 @@ impl ZabPeer {
         if l.phase != LeaderPhase::EpochAcks {
             return;
         }
-        let acked = l.followers.values().filter(|v| v.acked_epoch).count() + 1;
+        let acked = l
+            .followers
+            .values()
+            .filter(|v| v.acked_epoch && !v.repeated_ack)
+            .count()
+            + 1;
         if acked < quorum {
             return;
         }

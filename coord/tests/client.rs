@@ -28,6 +28,13 @@ async fn start_server() -> Server {
     config.server.session_expiry_bucket_ms = 50;
     config.tick_interval = Duration::from_millis(20);
     let handle = driver::start(config).expect("coord starts");
+    let stopped = handle.stopped;
+    tokio::spawn(async move {
+        // A server that stops under a test is the first thing to know when a test fails.
+        if let Ok(Err(e)) = stopped.await {
+            eprintln!("coord server stopped: {e}");
+        }
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr").to_string();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

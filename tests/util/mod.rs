@@ -145,3 +145,312 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
+
+/// Waits, without blocking the async runtime, until `f` yields Some, or panics after `timeout`
+/// naming `what`.
+pub async fn wait_until<T, F>(what: &str, timeout: Duration, mut f: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `text` without its ANSI colour codes (tracing colours its output even into a file).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=value` in a tracing log line, up to the next space.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..].split_whitespace().next()
+}
+
+/// What a master's log says about its place in the ZAB ensemble, as of its last line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZabRole {
+    Leading {
+        epoch: u64,
+    },
+    Following {
+        leader: u32,
+        epoch: u64,
+    },
+    /// Looking for a leader, or not yet in the ensemble.
+    NotServing,
+}
+
+/// The role of the current run of a master, read from its log text (ANSI stripped): the last
+/// `coord role changed` line since the last `master serving` line, with the epoch (and leader)
+/// of the last `leading`/`following` line of the ZAB peer.
+pub fn zab_role(log: &str) -> ZabRole {
+    let run = match log.rfind("master serving") {
+        Some(at) => &log[at..],
+        None => return ZabRole::NotServing,
+    };
+    let role = run
+        .lines()
+        .rev()
+        .find(|l| l.contains("coord role changed"))
+        .and_then(|l| log_field(l, "role"));
+    let zab = run.lines().rev().find(|l| {
+        l.contains("drover_coord::zab: leading ") || l.contains("drover_coord::zab: following ")
+    });
+    let epoch = zab
+        .and_then(|l| log_field(l, "epoch"))
+        .and_then(|e| e.parse().ok());
+    match (role, zab, epoch) {
+        (Some("Leading"), Some(l), Some(epoch)) if l.contains("zab: leading ") => {
+            ZabRole::Leading { epoch }
+        }
+        (Some("Following"), Some(l), Some(epoch)) if l.contains("zab: following ") => {
+            match log_field(l, "leader").and_then(|p| p.parse().ok()) {
+                Some(leader) => ZabRole::Following { leader, epoch },
+                None => ZabRole::NotServing,
+            }
+        }
+        _ => ZabRole::NotServing,
+    }
+}
+
+/// Flags that make a loopback ensemble elect quickly. A killed master is noticed at once by its
+/// broken peer connections, so the silence timeout is long rather than short: a loaded test
+/// machine that stalls a master for a second must not depose a leader. Votes are re-sent more
+/// often than a quorum's choice is finalized, so a better vote arrives in time; otherwise a master
+/// may follow a peer that never leads, until `--init-timeout-ms`.
+pub const FAST_ZAB_FLAGS: &[&str] = &[
+    "--tick-ms",
+    "10",
+    "--ping-interval-ms",
+    "50",
+    "--sync-timeout-ms",
+    "5000",
+    "--election-resend-ms",
+    "20",
+    "--election-finalize-ms",
+    "100",
+    "--init-timeout-ms",
+    "2000",
+];
+
+/// A loopback port nobody listens on right now, picked at random below the kernel's ephemeral
+/// range: unlike `free_port`, no outgoing connection (of a peer link or a client) can take it as
+/// its local port between now and the moment a server binds it.
+pub fn free_port_outside_ephemeral() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    if ephemeral_low <= low + 1000 {
+        return free_port();
+    }
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = low + (h.finish() % u64::from(ephemeral_low - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
+/// How a master's latest run started, by its log, given how many runs had logged that they
+/// serve and that they could not bind before it: `Ok` once it serves, `Err` if it could not bind
+/// its port.
+fn master_started(log: &str, before: (usize, usize)) -> Option<Result<(), ()>> {
+    if log.matches("master serving").count() > before.0 {
+        Some(Ok(()))
+    } else if log.matches("cannot listen on").count() > before.1 {
+        Some(Err(()))
+    } else {
+        None
+    }
+}
+
+/// The counts `master_started` compares with.
+fn master_runs(log: &str) -> (usize, usize) {
+    (
+        log.matches("master serving").count(),
+        log.matches("cannot listen on").count(),
+    )
+}
+
+/// `drover master` processes replicating coord with ZAB on loopback, each with its own free
+/// port, data dir and log (`master-<id>.log`, appended to across restarts). Master `id` is
+/// `1..=n`. Every process is killed on drop.
+pub struct Ensemble {
+    // Dropped before `dir`: the processes die before their data goes.
+    masters: Vec<Option<Proc>>,
+    ports: Vec<u16>,
+    peers: String,
+    flags: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Ensemble {
+    /// Starts `n` masters with `flags` added to each command line, and waits until all serve.
+    /// If a port was taken before its master could bind it, starts over on new ports.
+    pub fn start(n: u32, flags: &[&str]) -> Ensemble {
+        for _ in 0..5 {
+            let ports: Vec<u16> = (0..n).map(|_| free_port_outside_ephemeral()).collect();
+            let peers = ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut e = Ensemble {
+                masters: (0..n).map(|_| None).collect(),
+                ports,
+                peers,
+                flags: flags.iter().map(|f| f.to_string()).collect(),
+                dir: tempfile::tempdir().expect("temp dir"),
+            };
+            for id in 1..=n {
+                e.spawn(id);
+            }
+            let started: Vec<Result<(), ()>> = e
+                .ids()
+                .map(|id| {
+                    wait_for(
+                        &format!("master {id} to start"),
+                        Duration::from_secs(30),
+                        || master_started(&e.log(id), (0, 0)),
+                    )
+                })
+                .collect();
+            if started.iter().all(Result::is_ok) {
+                return e;
+            }
+        }
+        panic!("could not start {n} masters on free ports in 5 attempts");
+    }
+
+    pub fn ids(&self) -> std::ops::RangeInclusive<u32> {
+        1..=self.masters.len() as u32
+    }
+
+    pub fn addr(&self, id: u32) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&self, id: u32) -> bool {
+        self.masters[id as usize - 1].is_some()
+    }
+
+    fn spawn(&mut self, id: u32) {
+        let addr = self.addr(id);
+        let id_s = id.to_string();
+        let data = self.dir.path().join(format!("data-{id}"));
+        let mut args = vec![
+            "master",
+            "--id",
+            &id_s,
+            "--listen",
+            &addr,
+            "--peers",
+            &self.peers,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ];
+        args.extend(self.flags.iter().map(String::as_str));
+        let p = Proc::spawn(&format!("master-{id}"), &args, self.dir.path());
+        self.masters[id as usize - 1] = Some(p);
+    }
+
+    /// `kill -9` of master `id` (its whole process group).
+    pub fn kill9(&mut self, id: u32) {
+        if let Some(mut p) = self.masters[id as usize - 1].take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts master `id` again, with the same id, port, data dir and log; waits until it serves
+    /// (retrying while something else holds its port).
+    pub fn restart(&mut self, id: u32) {
+        self.kill9(id);
+        wait_for(
+            &format!("master {id} to start again"),
+            Duration::from_secs(30),
+            || {
+                let before = master_runs(&self.log(id));
+                self.spawn(id);
+                let started = wait_for(
+                    &format!("master {id} to start"),
+                    Duration::from_secs(30),
+                    || master_started(&self.log(id), before),
+                );
+                if started.is_err() {
+                    self.kill9(id);
+                }
+                started.ok()
+            },
+        );
+    }
+
+    /// The log of master `id` so far, without colour codes.
+    pub fn log(&self, id: u32) -> String {
+        let log = self.dir.path().join(format!("master-{id}.log"));
+        strip_ansi(&std::fs::read_to_string(log).unwrap_or_default())
+    }
+
+    /// Waits until the running masters agree, by their logs: one leads an epoch and every other
+    /// running master follows it in that epoch. Returns `(leader, epoch)`.
+    pub fn wait_stable(&self, timeout: Duration) -> (u32, u64) {
+        wait_for("the running masters to agree on a leader", timeout, || {
+            self.stable()
+        })
+    }
+
+    /// `(leader, epoch)` if the running masters agree right now, by their logs.
+    pub fn stable(&self) -> Option<(u32, u64)> {
+        let roles: Vec<(u32, ZabRole)> = self
+            .ids()
+            .filter(|&id| self.is_running(id))
+            .map(|id| (id, zab_role(&self.log(id))))
+            .collect();
+        let mut leaders = roles.iter().filter_map(|&(id, r)| match r {
+            ZabRole::Leading { epoch } => Some((id, epoch)),
+            _ => None,
+        });
+        let (leader, epoch) = leaders.next()?;
+        if leaders.next().is_some() {
+            return None;
+        }
+        roles
+            .iter()
+            .all(|&(id, r)| id == leader || r == ZabRole::Following { leader, epoch })
+            .then_some((leader, epoch))
+    }
+}
