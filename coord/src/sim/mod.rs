@@ -1107,8 +1107,15 @@ mod tests {
     struct SimTime;
 
     impl tracing_subscriber::fmt::time::FormatTime for SimTime {
-        fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-            write!(w, "t={:>6}ms", SIM_NOW.load(std::sync::atomic::Ordering::Relaxed))
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            write!(
+                w,
+                "t={:>6}ms",
+                SIM_NOW.load(std::sync::atomic::Ordering::Relaxed)
+            )
         }
     }
 
