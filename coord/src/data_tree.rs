@@ -402,19 +402,7 @@ impl DataTree {
             let n = &self.nodes[p];
             p.hash(&mut h);
             n.data.hash(&mut h);
-            let s = Self::stat_of(n);
-            (
-                s.czxid,
-                s.mzxid,
-                s.pzxid,
-                s.ctime,
-                s.mtime,
-                s.version,
-                s.cversion,
-                s.ephemeral_owner,
-                s.num_children,
-            )
-                .hash(&mut h);
+            Self::stat_of(n).hash(&mut h);
         }
         let mut sessions: Vec<_> = self
             .sessions

@@ -38,7 +38,7 @@ impl CreateMode {
 }
 
 /// ZooKeeper's stat structure.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stat {
     /// zxid of the transaction that created the node.
     pub czxid: Zxid,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod coord;
+pub mod ensemble;
 pub mod master;
 
 /// How user commands print their results.
