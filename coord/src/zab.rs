@@ -1113,12 +1113,8 @@ impl ZabPeer {
             out.push(ZabAction::SendSnapshot { to, epoch });
             committed
         };
-        let txns: Vec<Txn> = self
-            .history
-            .iter()
-            .filter(|t| t.zxid > prev)
-            .cloned()
-            .collect();
+        let start = self.history.partition_point(|t| t.zxid <= prev);
+        let txns: Vec<Txn> = self.history.range(start..).cloned().collect();
         debug!(peer = self.config.id, follower = to, %theirs, %prev, diff = txns.len(), "syncing a follower");
         out.push(ZabAction::Send {
             to,
@@ -1285,10 +1281,13 @@ impl ZabPeer {
         if upto <= self.committed {
             return;
         }
-        for txn in self.history.iter() {
-            if txn.zxid > self.committed && txn.zxid <= upto {
-                out.push(ZabAction::Commit(txn.clone()));
+        // History is in zxid order: start right after the last commit.
+        let start = self.history.partition_point(|t| t.zxid <= self.committed);
+        for txn in self.history.range(start..) {
+            if txn.zxid > upto {
+                break;
             }
+            out.push(ZabAction::Commit(txn.clone()));
         }
         self.committed = upto;
         // Keep a bounded window of committed history for DIFF syncs.

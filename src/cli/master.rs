@@ -83,14 +83,13 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     config.snapshots_to_keep = args.snapshots_to_keep as usize;
     let handle = driver::start(config)
         .with_context(|| format!("cannot start coord in {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Small request/reply messages: Nagle's algorithm would hold them back.
+    let incoming = tonic::transport::server::TcpIncoming::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?
+        .with_nodelay(Some(true));
     tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), "master serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut stopped = handle.stopped;
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(handle.service)
         .add_service(handle.peer_service)
         .serve_with_incoming_shutdown(incoming, async {
