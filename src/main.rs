@@ -42,6 +42,17 @@ enum Command {
     },
 }
 
+/// The async runtime: one worker per core, or what `drover master --worker-threads` asks for.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Master(args) = command
+        && args.worker_threads > 0
+    {
+        builder.worker_threads(args.worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -51,7 +62,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover: cannot start the async runtime: {e}");

@@ -50,6 +50,10 @@ pub struct MasterArgs {
     /// Take a snapshot after this many transactions.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_txns: u64,
+    /// Async worker threads (0: one per core). Several masters sharing a small machine (a dev
+    /// cluster, the benchmark's own ensemble) do better with 1 each: fewer cross-thread wakeups.
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
     /// Snapshots kept on disk (with the log files they need); older ones are purged.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshots_to_keep: u64,

@@ -35,7 +35,7 @@ use tracing::{Instrument, debug, info, warn};
 const OUTBOUND_CONTROL_MESSAGES_MAX: usize = 64;
 
 /// First wait after a full round of failed connection attempts; doubles up to the max.
-const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Longest wait for the server's acknowledgement when the last handle is dropped without
