@@ -35,6 +35,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::coord::CoordCmd,
     },
+    /// Supervise one task (started by the agent; not for interactive use): reads the
+    /// `SupervisorSpec` JSON from SPEC, runs the task, records its exit in the sandbox.
+    #[command(hide = true)]
+    Supervise {
+        /// Path of the spec file.
+        spec: std::path::PathBuf,
+    },
     /// Benchmarks against real processes.
     Bench {
         #[command(subcommand)]
@@ -62,6 +69,11 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Supervise { spec } = &cli.command {
+        // The supervisor owns its signals and children: it runs before (and without) any async
+        // runtime, as a process of its own.
+        std::process::exit(cli::supervise::run(spec));
+    }
     let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
@@ -78,6 +90,7 @@ fn main() {
             Command::Master(args) => cli::master::run(args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
+            Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     if let Err(e) = result {

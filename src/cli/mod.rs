@@ -4,6 +4,7 @@ pub mod bench;
 pub mod coord;
 pub mod ensemble;
 pub mod master;
+pub mod supervise;
 
 /// How user commands print their results.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
