@@ -553,7 +553,10 @@ fn spawn_peer_link(
     addr: String,
     inbox: mpsc::Sender<CoreMsg>,
 ) -> mpsc::Sender<PeerMsg> {
-    let (tx, mut rx) = mpsc::channel::<PeerMsg>(PEER_OUTBOUND_CAP);
+    let (tx, rx) = mpsc::channel::<PeerMsg>(PEER_OUTBOUND_CAP);
+    // The stream tonic sends from reads the core's queue itself (no task in between, one wakeup
+    // less per message); the lock hands the queue from one connection to the next.
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
     tokio::spawn(async move {
         let mut backoff = PEER_BACKOFF_MIN;
         let uri = if addr.starts_with("http") {
@@ -575,31 +578,27 @@ fn spawn_peer_link(
                     let mut client = PeerClient::new(channel)
                         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-                    let (frames_tx, frames_rx) = mpsc::channel::<v1::PeerFrame>(64);
-                    let call = tokio::spawn(async move {
-                        client.deliver(ReceiverStream::new(frames_rx)).await
-                    });
-                    debug!(peer, %addr, "peer link up");
+                    let mut queue = rx.clone().lock_owned().await;
                     // Messages queued while the link was down are stale; ZAB re-sends what matters.
-                    while rx.try_recv().is_ok() {}
-                    loop {
-                        let Some(first) = rx.recv().await else { return };
+                    while queue.try_recv().is_ok() {}
+                    debug!(peer, %addr, "peer link up");
+                    let frames = futures::stream::unfold(queue, move |mut queue| async move {
+                        let first = queue.recv().await?;
                         let mut messages = vec![first.encode()];
                         while messages.len() < PEER_FRAME_MESSAGES_MAX {
-                            match rx.try_recv() {
+                            match queue.try_recv() {
                                 Ok(m) => messages.push(m.encode()),
                                 Err(_) => break,
                             }
                         }
-                        if frames_tx
-                            .send(v1::PeerFrame { from: me, messages })
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
+                        Some((v1::PeerFrame { from: me, messages }, queue))
+                    });
+                    if let Err(status) = client.deliver(frames).await {
+                        debug!(peer, %addr, %status, "peer link down");
                     }
-                    call.abort();
+                    if rx.lock().await.is_closed() {
+                        return;
+                    }
                 }
                 Err(e) => debug!(peer, %addr, error = %e, "cannot reach peer"),
             }
@@ -612,7 +611,7 @@ fn spawn_peer_link(
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(PEER_BACKOFF_MAX);
-            while rx.try_recv().is_ok() {}
+            while rx.lock().await.try_recv().is_ok() {}
         }
     });
     tx
