@@ -1,20 +1,31 @@
-//! The agent: today the per-task supervisor, its isolation (cgroup v2, cgroup v1, else rlimits) and
-//! the task sandbox on disk. Resource discovery, the status-update manager, the master connection
-//! and re-adoption after a restart come next and build on [`sandbox::inspect`].
+//! The agent: today the per-task supervisor, its isolation (cgroup v2, cgroup v1, else rlimits),
+//! the task sandbox on disk, resource discovery and flag parsing ([`resources`]) and the
+//! status-update manager that checkpoints updates and retries them until acknowledged
+//! ([`status_updates`]). The master connection and re-adoption after a restart come next and
+//! build on [`sandbox::inspect`] and [`status_updates::StatusUpdateManager::open`].
 //!
 //! Must not touch coord: agents reach the cluster only through the master over gRPC (`drover-proto`).
 //! Nothing here is async or networked; a supervisor is a small synchronous process of its own.
 //!
 //! Start at [`supervisor::run_supervisor`] (what `drover supervise` runs for one task), then
 //! [`sandbox`] (the files a supervisor leaves behind, and [`sandbox::inspect`] for recovery) and
-//! [`isolation::Isolation::detect`].
+//! [`isolation::Isolation::detect`]; for what the agent offers, [`resources::discover`]; for status
+//! updates, [`status_updates::StatusUpdateManager`].
 
 pub mod isolation;
 pub mod limits;
 mod procfs;
+pub mod resources;
 pub mod sandbox;
+pub mod status_updates;
 pub mod supervisor;
 
 pub use isolation::{Isolation, IsolationKind, IsolationPolicy};
+pub use resources::{AgentResources, ResourceError, ResourceOverrides, discover};
 pub use sandbox::{ExitRecord, ExitStatus, Sandbox, SupervisorRecord, TaskState, inspect};
+// `status_updates::TaskState` (Mesos's task states) is not re-exported: the root `TaskState` is
+// the sandbox's view of a run.
+pub use status_updates::{
+    AckOutcome, StatusUpdate, StatusUpdateConfig, StatusUpdateError, StatusUpdateManager,
+};
 pub use supervisor::{SupervisorError, SupervisorSpec, TaskCommand, run_supervisor};
