@@ -39,7 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -113,6 +113,27 @@ pub enum DriverError {
     Thread(#[source] std::io::Error),
 }
 
+/// This replica's view of the ensemble's leadership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// Established leader (this replica or another), if any.
+    pub leader: Option<PeerId>,
+    /// This replica is the established leader.
+    pub leading: bool,
+    pub epoch: u32,
+}
+
+impl Leadership {
+    fn of(replica: &Replica) -> Leadership {
+        let zab = replica.zab();
+        Leadership {
+            leader: zab.leader(),
+            leading: zab.is_leading(),
+            epoch: zab.current_epoch(),
+        }
+    }
+}
+
 enum CoreMsg {
     Open {
         conn: ConnId,
@@ -138,6 +159,9 @@ enum LogCmd {
 pub struct CoordHandle {
     pub service: CoordServer<CoordService>,
     pub peer_service: PeerServer<PeerService>,
+    /// Who leads the ensemble as this replica sees it; changes as elections happen. The embedding
+    /// master leads exactly while `leading` is true here.
+    pub leadership: watch::Receiver<Leadership>,
     /// Resolves when the core stops, with the reason if it failed.
     pub stopped: oneshot::Receiver<Result<(), DriverError>>,
 }
@@ -215,7 +239,9 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         );
     }
     let (stopped_tx, stopped) = oneshot::channel();
+    let (leadership_tx, leadership) = watch::channel(Leadership::of(&replica));
     let core = Core {
+        leadership: leadership_tx,
         replica,
         clock,
         data_dir: config.data_dir.clone(),
@@ -245,6 +271,7 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
     Ok(CoordHandle {
         service,
         peer_service,
+        leadership,
         stopped,
     })
 }
@@ -316,6 +343,7 @@ impl Clock {
 }
 
 struct Core {
+    leadership: watch::Sender<Leadership>,
     replica: Replica,
     clock: Clock,
     data_dir: PathBuf,
@@ -382,6 +410,9 @@ impl Core {
                 }
             }
             self.carry_out(&mut actions)?;
+            let now = Leadership::of(&self.replica);
+            self.leadership
+                .send_if_modified(|seen| std::mem::replace(seen, now) != now);
         }
     }
 
