@@ -322,6 +322,9 @@ struct Leading {
     last_ping_ms: u64,
     /// Syncs waiting for the commit of everything proposed before them.
     pending_syncs: VecDeque<(Zxid, Submission)>,
+    /// Highest client xid proposed per session in this epoch: a submission that arrives twice
+    /// (a duplicated forward) is proposed once. Client xids grow per session.
+    last_xid: BTreeMap<SessionId, i64>,
 }
 
 #[derive(Debug)]
@@ -883,6 +886,7 @@ impl ZabPeer {
             next_counter: 1,
             last_ping_ms: now.mono_ms,
             pending_syncs: VecDeque::new(),
+            last_xid: BTreeMap::new(),
         });
         // Tell everyone, so followers still looking join quickly.
         let claim = Proposal {
@@ -1401,6 +1405,20 @@ impl ZabPeer {
                     }
                     SubmitKind::Txn(kind) => kind,
                 };
+                match &kind {
+                    TxnKind::Write(_) if sub.xid >= 0 => {
+                        let last = l.last_xid.entry(sub.session).or_insert(-1);
+                        if sub.xid <= *last {
+                            debug!(peer = self.config.id, session = %sub.session, xid = sub.xid, "dropping a duplicate submission");
+                            return;
+                        }
+                        *last = sub.xid;
+                    }
+                    TxnKind::CloseSession => {
+                        l.last_xid.remove(&sub.session);
+                    }
+                    _ => {}
+                }
                 if l.next_counter == u32::MAX {
                     // The epoch's zxids are used up: a new election starts a new epoch.
                     warn!(
