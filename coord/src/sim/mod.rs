@@ -407,18 +407,17 @@ impl Sim {
     }
 
     fn close_conn(&mut self, conn: ConnId) {
-        if self.conn_server.remove(&conn).is_some()
-            && let Some(client) = self.clients.iter().position(|c| c.conn == conn)
-        {
+        if self.conn_server.remove(&conn).is_some() {
+            self.send_to_client(conn, None);
+        }
+    }
+
+    /// Schedules `msg` (or, with `None`, the closing of the connection) for the client holding
+    /// `conn`, in order behind what that connection already carries.
+    fn send_to_client(&mut self, conn: ConnId, msg: Option<ServerMsg>) {
+        if let Some(client) = self.clients.iter().position(|c| c.conn == conn) {
             let delay = self.link_delay((conn, u64::MAX));
-            self.schedule(
-                delay,
-                Event::ToClient {
-                    client,
-                    conn,
-                    msg: None,
-                },
-            );
+            self.schedule(delay, Event::ToClient { client, conn, msg });
         }
     }
 
@@ -458,18 +457,8 @@ impl Sim {
                     }
                 }
                 Action::SendClient { conn, msg } => {
-                    if self.conn_server.get(&conn).is_some_and(|(p, _)| *p == id)
-                        && let Some(client) = self.clients.iter().position(|c| c.conn == conn)
-                    {
-                        let delay = self.link_delay((conn, u64::MAX));
-                        self.schedule(
-                            delay,
-                            Event::ToClient {
-                                client,
-                                conn,
-                                msg: Some(msg),
-                            },
-                        );
+                    if self.conn_server.get(&conn).is_some_and(|(p, _)| *p == id) {
+                        self.send_to_client(conn, Some(msg));
                     }
                 }
                 Action::CloseClient { conn } => {
