@@ -1,18 +1,22 @@
-//! The leading master's scheduling logic. Today: the DRF allocator, a sans-IO core that decides
-//! which framework is offered which agent's free resources, and records why every other
-//! framework was passed over.
+//! The leading master: the registry in coord, the allocator, offers, the task lifecycle and the
+//! scheduler, agent and operator APIs.
 //!
-//! Must not do I/O, read a clock, draw randomness or spawn tasks: time comes in as `now_ms`, and
-//! the (future) allocation driver owns the batching timer and sends offers and rescinds. Must not
-//! depend on `drover-proto` or `drover-coord` yet, nor see wire types: the networked master
-//! (registry in coord, scheduler/agent/operator APIs) will wrap this core and convert at its
-//! edge. Start at `allocator` (module doc: the cycle, batching, the Mesos traps avoided), then
-//! `allocator::sorter` (DRF), `allocator::filters` (decline filters), `resources` and `limits`.
+//! Two sans-IO cores do the deciding: `allocator` (DRF: which framework is offered which agent's
+//! free resources, and why every other framework was passed over) and `core` (frameworks,
+//! agents, tasks, offers and status updates for one leadership term). Neither does I/O, reads a
+//! clock, draws randomness or spawns tasks; time comes in as `now_ms`. The async `driver` owns
+//! the cores: it follows coord's leadership, writes the registry (`registry`), runs the
+//! allocation timer and serves the gRPC APIs, converting wire types at its edge (`wire`).
+//! Start at `core` (module doc), then `driver`, then `allocator`.
 
 pub mod allocator;
+pub mod core;
+pub mod driver;
 pub mod ids;
 pub mod limits;
+pub mod registry;
 pub mod resources;
+pub mod wire;
 
 pub use allocator::{
     Allocation, Allocator, AllocatorConfig, AllocatorError, Offer, Skip, SkipReason,

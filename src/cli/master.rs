@@ -1,9 +1,11 @@
-//! `drover master`: a master process. For now it serves the coord store, replicated with ZAB across
-//! the masters named by `--peers` (or alone); the leading-master logic arrives with a later issue.
+//! `drover master`: a master process. It serves the coord store, replicated with ZAB across the
+//! masters named by `--peers` (or alone), and next to it the scheduler, agent and operator APIs;
+//! the master whose coord replica leads is the leading master (`drover_master::driver`).
 
 use anyhow::Context as _;
 use clap::Args;
 use drover_coord::driver::{self, CoordConfig};
+use drover_master::driver::MasterConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +59,24 @@ pub struct MasterArgs {
     /// Snapshots kept on disk (with the log files they need); older ones are purged.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshots_to_keep: u64,
+    /// Events are batched for this long before an allocation cycle runs.
+    #[arg(long, default_value_t = drover_master::allocator::ALLOCATION_INTERVAL_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub allocation_interval_ms: u64,
+    /// An outstanding offer is rescinded after this long (0: never).
+    #[arg(long, default_value_t = drover_master::allocator::OFFER_TIMEOUT_MS_DEFAULT)]
+    pub offer_timeout_ms: u64,
+    /// Agents are told to heartbeat this often.
+    #[arg(long, default_value_t = drover_master::core::AGENT_HEARTBEAT_INTERVAL_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub agent_heartbeat_interval_ms: u64,
+    /// An agent silent for this long is unreachable: its tasks become TASK_UNREACHABLE.
+    #[arg(long, default_value_t = drover_master::core::AGENT_UNREACHABLE_AFTER_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub agent_unreachable_after_ms: u64,
+    /// Frameworks get a Heartbeat event this often.
+    #[arg(long, default_value_t = drover_master::core::FRAMEWORK_HEARTBEAT_INTERVAL_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub framework_heartbeat_interval_ms: u64,
+    /// Decline filter applied when an Accept or Decline gives none.
+    #[arg(long, default_value_t = drover_master::core::REFUSE_MS_DEFAULT)]
+    pub refuse_default_ms: u64,
 }
 
 pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -70,7 +90,22 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     if args.tick_ms == 0 || args.snapshot_every_txns == 0 {
         anyhow::bail!("--tick-ms and --snapshot-every-txns must be at least 1");
     }
+    if args.agent_unreachable_after_ms < args.agent_heartbeat_interval_ms {
+        anyhow::bail!(
+            "--agent-unreachable-after-ms ({}) is shorter than --agent-heartbeat-interval-ms ({})",
+            args.agent_unreachable_after_ms,
+            args.agent_heartbeat_interval_ms
+        );
+    }
     let peers = parse_peers(args.id, args.listen, args.peers.as_deref())?;
+    let mut master = MasterConfig::new(args.id, peers.clone());
+    master.core.allocator.allocation_interval_ms = args.allocation_interval_ms;
+    master.core.allocator.offer_timeout_ms =
+        (args.offer_timeout_ms > 0).then_some(args.offer_timeout_ms);
+    master.core.agent_heartbeat_interval_ms = args.agent_heartbeat_interval_ms;
+    master.core.agent_unreachable_after_ms = args.agent_unreachable_after_ms;
+    master.core.framework_heartbeat_interval_ms = args.framework_heartbeat_interval_ms;
+    master.core.refuse_ms_default = args.refuse_default_ms;
     let mut config = CoordConfig::new(args.data_dir.clone());
     config.zab = drover_coord::zab::ZabConfig::new(args.id, peers.keys().copied().collect());
     config.zab.election_resend_ms = args.election_resend_ms;
@@ -93,9 +128,13 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         .with_nodelay(Some(true));
     tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), "master serving");
     let mut stopped = handle.stopped;
+    let services = drover_master::driver::start(master, handle.leadership.clone());
     let server = tonic::transport::Server::builder()
         .add_service(handle.service)
         .add_service(handle.peer_service)
+        .add_service(services.scheduler)
+        .add_service(services.agent_api)
+        .add_service(services.operator)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         });

@@ -472,6 +472,20 @@ impl Allocator {
     /// The framework accepted an offer and launched tasks using `used` (⊆ the offer); the rest
     /// goes back to the pool with no filter.
     pub fn offer_used(&mut self, offer_id: OfferId, used: Resources) -> Result<(), AllocatorError> {
+        self.accept_offer(0, offer_id, used, 0)
+    }
+
+    /// The framework accepted an offer and launched tasks using `used` (⊆ the offer); the rest
+    /// goes back to the pool, filtered for that framework on that agent for `refuse_for_ms`
+    /// (the Accept call's filters, as in Mesos).
+    pub fn accept_offer(
+        &mut self,
+        now_ms: u64,
+        offer_id: OfferId,
+        used: Resources,
+        refuse_for_ms: u64,
+    ) -> Result<(), AllocatorError> {
+        self.check_refuse(refuse_for_ms)?;
         let offer = self
             .offers
             .get(&offer_id)
@@ -492,12 +506,11 @@ impl Allocator {
         if entry.is_empty() {
             agent.used.remove(&offer.framework);
         }
-        agent.available = agent
-            .available
-            .checked_add(&rest)
-            .expect("agent bookkeeping: offered resources are disjoint from free ones");
-        self.unallocate(&offer.framework, rest.scalars());
-        self.dirty = true;
+        if rest.is_empty() {
+            self.dirty = true;
+        } else {
+            self.recover(now_ms, &offer.framework, &offer.agent, rest, refuse_for_ms);
+        }
         Ok(())
     }
 
