@@ -363,7 +363,8 @@ mod tests {
     fn malformed_launches_are_refused_naming_the_field() {
         // Proves each kind of malformed task becomes an InvalidLaunch whose message names the field.
         assert!(task_from_wire(&task()).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut v1::TaskInfo)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut v1::TaskInfo)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|t| t.task_id = "a/b".into()), "task_id"),
             (Box::new(|t| t.task_id = String::new()), "task_id"),
             (Box::new(|t| t.agent_id = String::new()), "agent_id"),

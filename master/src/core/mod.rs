@@ -619,8 +619,8 @@ impl MasterCore {
                 self.out.push(Action::ToAgent {
                     conn,
                     command: AgentCommand::RunTask {
-                        framework: fw_info.clone(),
-                        task: launch.clone(),
+                        framework: Box::new(fw_info.clone()),
+                        task: Box::new(launch.clone()),
                     },
                 });
             }

@@ -240,8 +240,8 @@ pub enum AgentCommand {
         heartbeat_interval_ms: u64,
     },
     RunTask {
-        framework: FrameworkInfo,
-        task: TaskLaunch,
+        framework: Box<FrameworkInfo>,
+        task: Box<TaskLaunch>,
     },
     KillTask {
         framework: FrameworkId,
