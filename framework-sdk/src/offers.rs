@@ -1,10 +1,9 @@
 //! The SDK's own view of offers and of what a task asks for.
 //!
-//! These are plain domain types, not wire types: the event stream (still to come) converts proto
-//! offers into `Offer`, so framework code and the placement helper never see prost structs.
+//! These are plain domain types, not wire types: the event stream converts proto offers into
+//! `Offer` (in `convert`), so framework code and the placement helper never see prost structs.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,37 +11,7 @@ use crate::resources::{
     PortRanges, Resources, ResourcesError, cpus_from_millicpus, millicpus_from_cpus,
 };
 
-/// Identifies one offer; valid until the offer is accepted, declined or rescinded.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct OfferId(pub String);
-
-/// Identifies one agent registration (a restarted agent that lost its work dir gets a new one).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AgentId(pub String);
-
-macro_rules! id_impls {
-    ($t:ident) => {
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl From<&str> for $t {
-            fn from(s: &str) -> $t {
-                $t(s.to_string())
-            }
-        }
-        impl From<String> for $t {
-            fn from(s: String) -> $t {
-                $t(s)
-            }
-        }
-    };
-}
-id_impls!(OfferId);
-id_impls!(AgentId);
+pub use crate::ids::{AgentId, OfferId};
 
 /// Resources on one agent offered to this framework.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
