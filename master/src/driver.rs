@@ -169,6 +169,9 @@ enum Input {
     GetState {
         reply: oneshot::Sender<v1::ClusterState>,
     },
+    GetMetrics {
+        reply: oneshot::Sender<v1::MasterMetrics>,
+    },
 }
 
 struct Shared {
@@ -397,6 +400,7 @@ async fn run_term(
         agents: BTreeMap::new(),
         subscribes: BTreeMap::new(),
         fenced: false,
+        allocation_us: hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"),
     };
     let _ = role.send(Role::Leading(inbox_tx));
     tracing::info!(epoch, address, "leading master: registry taken over");
@@ -416,7 +420,13 @@ async fn run_term(
                     term.handle(now_ms(), input);
                 }
             }
-            _ = tick.tick() => term.core.tick(now_ms()),
+            _ = tick.tick() => {
+                let began = Instant::now();
+                if term.core.tick(now_ms()) {
+                    let us = began.elapsed().as_micros() as u64;
+                    let _ = term.allocation_us.record(us.max(1));
+                }
+            }
         }
         term.execute(now_ms());
         if term.fenced {
@@ -451,6 +461,8 @@ struct Term {
     agents: BTreeMap<ConnId, AgentTx>,
     subscribes: BTreeMap<ConnId, oneshot::Sender<Result<FrameworkId, CallError>>>,
     fenced: bool,
+    /// Allocation cycle durations (the whole tick that ran one), in microseconds.
+    allocation_us: hdrhistogram::Histogram<u64>,
 }
 
 impl Term {
@@ -519,6 +531,23 @@ impl Term {
             }
             Input::GetState { reply } => {
                 let _ = reply.send(self.state());
+            }
+            Input::GetMetrics { reply } => {
+                let (agents, frameworks, tasks) = self.core.sizes();
+                let c = self.core.counters();
+                let h = &self.allocation_us;
+                let _ = reply.send(v1::MasterMetrics {
+                    allocation_cycles: h.len(),
+                    allocation_cycle_p50_us: h.value_at_quantile(0.5),
+                    allocation_cycle_p99_us: h.value_at_quantile(0.99),
+                    allocation_cycle_max_us: h.max(),
+                    agents: agents as u64,
+                    frameworks: frameworks as u64,
+                    tasks_active: tasks as u64,
+                    offers_sent: c.offers_sent,
+                    tasks_launched: c.tasks_launched,
+                    status_updates: c.status_updates,
+                });
             }
         }
     }
@@ -1133,5 +1162,13 @@ impl Operator for OperatorService {
     ) -> Result<Response<v1::ClusterState>, Status> {
         let state = self.shared.ask(|reply| Input::GetState { reply }).await?;
         Ok(Response::new(state))
+    }
+
+    async fn get_metrics(
+        &self,
+        _request: Request<v1::GetMetricsRequest>,
+    ) -> Result<Response<v1::MasterMetrics>, Status> {
+        let metrics = self.shared.ask(|reply| Input::GetMetrics { reply }).await?;
+        Ok(Response::new(metrics))
     }
 }

@@ -29,6 +29,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], log_dir: &Path) -> Proc {
+        Proc::spawn_program(name, Path::new(drover_bin()), args, log_dir)
+    }
+
+    /// Like `spawn`, for another program (an example framework built next to `drover`).
+    pub fn spawn_program(name: &str, program: &Path, args: &[&str], log_dir: &Path) -> Proc {
         use std::os::unix::process::CommandExt;
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
@@ -36,7 +41,7 @@ impl Proc {
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(drover_bin())
+        let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

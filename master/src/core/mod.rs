@@ -150,7 +150,16 @@ pub struct MasterCore {
     /// Subscriptions and registrations waiting for their registry write.
     pending_frameworks: BTreeMap<ConnId, (FrameworkInfo, bool)>,
     pending_agents: BTreeMap<ConnId, (AgentInfo, Vec<ReportedTask>)>,
+    counters: Counters,
     out: Vec<Action>,
+}
+
+/// Totals since the term began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub offers_sent: u64,
+    pub tasks_launched: u64,
+    pub status_updates: u64,
 }
 
 fn ms_from_seconds(field: &str, s: f64, max_ms: u64) -> Result<u64, CallError> {
@@ -194,6 +203,7 @@ impl MasterCore {
             offer_owner: BTreeMap::new(),
             pending_frameworks: BTreeMap::new(),
             pending_agents: BTreeMap::new(),
+            counters: Counters::default(),
             out: Vec::new(),
         }
     }
@@ -615,6 +625,7 @@ impl MasterCore {
                 a.tasks.insert(key.clone());
             }
             tracing::debug!(framework_id = %fw_id, task_id = %launch.id, agent_id = %agent_id, "launching task");
+            self.counters.tasks_launched += 1;
             if let Some(conn) = agent_conn {
                 self.out.push(Action::ToAgent {
                     conn,
@@ -1185,6 +1196,7 @@ impl MasterCore {
         let Some(agent) = self.agent_of(conn) else {
             return;
         };
+        self.counters.status_updates += 1;
         if let Some(a) = self.agents.get_mut(&agent) {
             a.last_heard_ms = now_ms;
         }
@@ -1312,7 +1324,8 @@ impl MasterCore {
 
     /// Runs the timers: unreachable agents, framework failover timeouts, heartbeats, and an
     /// allocation cycle when one is due. The driver calls it every `allocation_interval_ms`.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// Returns whether an allocation cycle ran.
+    pub fn tick(&mut self, now_ms: u64) -> bool {
         let limit = self.config.agent_unreachable_after_ms;
         let lost: Vec<AgentId> = self
             .agents
@@ -1347,9 +1360,11 @@ impl MasterCore {
                 });
             }
         }
-        if self.allocator.needs_allocation(now_ms) {
+        let due = self.allocator.needs_allocation(now_ms);
+        if due {
             self.allocate(now_ms);
         }
+        due
     }
 
     fn allocate(&mut self, now_ms: u64) {
@@ -1363,6 +1378,7 @@ impl MasterCore {
                 continue;
             };
             self.offer_owner.insert(o.id, o.framework.clone());
+            self.counters.offers_sent += 1;
             per_framework
                 .entry(o.framework)
                 .or_default()
@@ -1435,6 +1451,15 @@ impl MasterCore {
 
     pub fn allocator(&self) -> &Allocator {
         &self.allocator
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// (agents, frameworks, non-terminal tasks).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.agents.len(), self.frameworks.len(), self.tasks.len())
     }
 
     pub fn task(&self, fw: &FrameworkId, task: &TaskId) -> Option<&Task> {

@@ -1,0 +1,668 @@
+//! Two-level scheduling end to end: a real `drover master`, real `drover agent`s running real
+//! processes, and frameworks over the real scheduler API on loopback.
+//!
+//! The frameworks here are the `hello` example (a real binary) and a small test framework that
+//! speaks the scheduler API directly, so each test can make exactly the calls it checks.
+
+mod util;
+
+use drover_proto::v1;
+use drover_proto::v1::operator_client::OperatorClient;
+use drover_proto::v1::scheduler_client::SchedulerClient;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use util::{Proc, free_port, wait_listening};
+
+const MIB: u64 = 1 << 20;
+/// Generous: CI machines are slow and everything here runs real processes.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A master and its agents, each in its own process group, all under one temp dir.
+struct Cluster {
+    dir: tempfile::TempDir,
+    addr: String,
+    _master: Proc,
+    agents: Vec<Proc>,
+}
+
+struct AgentSpec {
+    cpus: &'static str,
+    mem: &'static str,
+    ports: &'static str,
+}
+
+const SMALL_AGENT: AgentSpec = AgentSpec {
+    cpus: "2",
+    mem: "1GiB",
+    ports: "31000-31099",
+};
+
+impl Cluster {
+    fn start(agents: &[AgentSpec], master_flags: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let data = dir.path().join("master");
+        let mut args = vec![
+            "master",
+            "--id",
+            "1",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--allocation-interval-ms",
+            "20",
+            "--agent-heartbeat-interval-ms",
+            "200",
+            "--agent-unreachable-after-ms",
+            "1500",
+            "--framework-heartbeat-interval-ms",
+            "1000",
+        ];
+        args.extend_from_slice(master_flags);
+        let master = Proc::spawn("master", &args, dir.path());
+        wait_listening(&addr);
+        let mut cluster = Cluster {
+            dir,
+            addr,
+            _master: master,
+            agents: Vec::new(),
+        };
+        for spec in agents {
+            cluster.add_agent(spec);
+        }
+        cluster
+    }
+
+    fn add_agent(&mut self, spec: &AgentSpec) {
+        let n = self.agents.len();
+        let work = self.dir.path().join(format!("agent{n}"));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "agent",
+            "--masters",
+            &self.addr,
+            "--listen",
+            &listen,
+            "--work-dir",
+            work.to_str().expect("utf-8"),
+            "--cpus",
+            spec.cpus,
+            "--mem",
+            spec.mem,
+            "--ports",
+            spec.ports,
+            "--hostname",
+            &format!("agent{n}"),
+        ];
+        self.agents
+            .push(Proc::spawn(&format!("agent{n}"), &args, self.dir.path()));
+    }
+
+    async fn operator(&self) -> OperatorClient<Channel> {
+        OperatorClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("operator client")
+    }
+
+    async fn state(&self) -> v1::ClusterState {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut op = self.operator().await;
+            match op.get_state(v1::GetStateRequest {}).await {
+                Ok(s) => return s.into_inner(),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("GetState failed: {e}"),
+            }
+        }
+    }
+
+    /// Waits until `n` agents are registered and reachable.
+    async fn wait_agents(&self, n: usize) -> Vec<v1::AgentState> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = self.state().await;
+            let up: Vec<_> = state.agents.into_iter().filter(|a| a.reachable).collect();
+            if up.len() == n {
+                return up;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} agents registered",
+                up.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Pids of live processes whose environment says they belong to task `task_id`.
+fn task_pids(task_id: &str) -> Vec<i32> {
+    let needle = format!("DROVER_TASK_ID={task_id}\0");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        // Zombies have an empty environ; count only processes that still run.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A framework that speaks the scheduler API directly. Its event stream is read in the
+/// background; agent updates are acknowledged as they arrive.
+struct TestFramework {
+    id: String,
+    client: SchedulerClient<Channel>,
+    events: mpsc::UnboundedReceiver<v1::Event>,
+    /// Every update seen, in order.
+    updates: Vec<v1::TaskStatus>,
+    offers: Vec<v1::Offer>,
+}
+
+impl TestFramework {
+    async fn subscribe(addr: &str, name: &str) -> TestFramework {
+        let mut client = SchedulerClient::connect(format!("http://{addr}"))
+            .await
+            .expect("scheduler client");
+        let deadline = Instant::now() + WAIT;
+        let mut stream = loop {
+            let request = v1::SubscribeRequest {
+                framework: Some(v1::FrameworkInfo {
+                    name: name.into(),
+                    failover_timeout_seconds: 60.0,
+                    ..Default::default()
+                }),
+                suppressed: false,
+            };
+            match client.subscribe(request).await {
+                Ok(s) => break s.into_inner(),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "subscribe failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let first = stream
+            .message()
+            .await
+            .expect("stream")
+            .expect("first event");
+        let Some(v1::event::Event::Subscribed(sub)) = first.event else {
+            panic!("first event is not Subscribed: {first:?}");
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut acker = client.clone();
+        let id = sub.framework_id.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                if let Some(v1::event::Event::Update(u)) = &event.event
+                    && let Some(s) = &u.status
+                    && !s.uuid.is_empty()
+                {
+                    let _ = acker
+                        .acknowledge(v1::AcknowledgeRequest {
+                            framework_id: id.clone(),
+                            agent_id: s.agent_id.clone(),
+                            task_id: s.task_id.clone(),
+                            uuid: s.uuid.clone(),
+                        })
+                        .await;
+                }
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        TestFramework {
+            id: sub.framework_id,
+            client,
+            events: rx,
+            updates: Vec::new(),
+            offers: Vec::new(),
+        }
+    }
+
+    /// Reads one event (recording updates and offers), or None after `timeout`.
+    async fn next_event(&mut self, timeout: Duration) -> Option<v1::Event> {
+        let event = tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()??;
+        match &event.event {
+            Some(v1::event::Event::Update(u)) => {
+                self.updates.push(u.status.clone().expect("status"));
+            }
+            Some(v1::event::Event::Offers(o)) => self.offers.extend(o.offers.clone()),
+            _ => {}
+        }
+        Some(event)
+    }
+
+    /// The next offer (offers already received first).
+    async fn next_offer(&mut self) -> v1::Offer {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if !self.offers.is_empty() {
+                return self.offers.remove(0);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                self.next_event(left).await.is_some(),
+                "no offer within {WAIT:?}"
+            );
+        }
+    }
+
+    /// Waits for an update of `task_id` that satisfies `pred` (earlier updates count too).
+    async fn wait_update(
+        &mut self,
+        task_id: &str,
+        pred: impl Fn(&v1::TaskStatus) -> bool,
+    ) -> v1::TaskStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self
+                .updates
+                .iter()
+                .find(|s| s.task_id == task_id && pred(s))
+            {
+                return s.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next_event(left).await.is_none() {
+                panic!(
+                    "no matching update for {task_id} within {WAIT:?}; its updates: {:?}",
+                    self.updates
+                        .iter()
+                        .filter(|s| s.task_id == task_id)
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    async fn accept(&mut self, offer: &v1::Offer, tasks: Vec<v1::TaskInfo>, refuse: Option<f64>) {
+        self.client
+            .accept(v1::AcceptRequest {
+                framework_id: self.id.clone(),
+                offer_ids: vec![offer.id.clone()],
+                operations: vec![v1::Operation {
+                    operation: Some(v1::operation::Operation::Launch(v1::Launch { tasks })),
+                }],
+                filters: Some(v1::Filters {
+                    refuse_seconds: refuse,
+                }),
+            })
+            .await
+            .expect("accept");
+    }
+
+    async fn decline(&mut self, offer: &v1::Offer, refuse: f64) {
+        self.client
+            .decline(v1::DeclineRequest {
+                framework_id: self.id.clone(),
+                offer_ids: vec![offer.id.clone()],
+                filters: Some(v1::Filters {
+                    refuse_seconds: Some(refuse),
+                }),
+            })
+            .await
+            .expect("decline");
+    }
+
+    async fn kill(&mut self, task_id: &str) {
+        self.client
+            .kill(v1::KillRequest {
+                framework_id: self.id.clone(),
+                task_id: task_id.into(),
+                agent_id: String::new(),
+                kill_grace_period_ms: 500,
+            })
+            .await
+            .expect("kill");
+    }
+}
+
+fn shell_task(id: &str, offer: &v1::Offer, millicpus: u64, mem: u64, shell: &str) -> v1::TaskInfo {
+    v1::TaskInfo {
+        task_id: id.into(),
+        name: id.into(),
+        agent_id: offer.agent_id.clone(),
+        resources: Some(v1::Resources {
+            millicpus,
+            mem_bytes: mem,
+            ports: vec![],
+        }),
+        command: Some(v1::CommandInfo {
+            argv: vec![],
+            shell: shell.into(),
+            env: Default::default(),
+        }),
+        kill_grace_period_ms: 0,
+        labels: Default::default(),
+    }
+}
+
+fn state_of(s: &v1::TaskStatus) -> v1::TaskState {
+    v1::TaskState::try_from(s.state).unwrap_or(v1::TaskState::Unspecified)
+}
+
+fn is(state: v1::TaskState) -> impl Fn(&v1::TaskStatus) -> bool {
+    move |s| state_of(s) == state
+}
+
+fn hello_bin() -> PathBuf {
+    let drover = Path::new(util::drover_bin());
+    let hello = drover.with_file_name("hello");
+    assert!(
+        hello.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        hello.display()
+    );
+    hello
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_keeps_n_real_processes_running_across_two_agents() {
+    // Proves the whole path: hello subscribes, is offered both agents' resources, launches N
+    // tasks that run as real processes, and replaces one killed from outside, which is reported
+    // TASK_FAILED with its signal.
+    let cluster = Cluster::start(&[SMALL_AGENT, SMALL_AGENT], &[]);
+    cluster.wait_agents(2).await;
+    let hello = Proc::spawn_program(
+        "hello",
+        &hello_bin(),
+        &[
+            "--masters",
+            &cluster.addr,
+            "--instances",
+            "4",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "16MiB",
+            "--",
+            "sleep",
+            "600",
+        ],
+        cluster.dir.path(),
+    );
+    let running = |state: &v1::ClusterState| -> Vec<v1::TaskSummary> {
+        state
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| state_of(s) == v1::TaskState::TaskRunning)
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    let tasks = loop {
+        let tasks = running(&cluster.state().await);
+        if tasks.len() == 4 {
+            break tasks;
+        }
+        assert!(Instant::now() < deadline, "{} of 4 running", tasks.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for t in &tasks {
+        let id = &t.task.as_ref().unwrap().task_id;
+        let pids = task_pids(id);
+        assert_eq!(pids.len(), 1, "task {id} is one real process: {pids:?}");
+    }
+    // Kill one instance from outside the cluster.
+    let victim = tasks[0].task.as_ref().unwrap().task_id.clone();
+    let pid = task_pids(&victim)[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the task");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let state = cluster.state().await;
+        let failed = state.tasks.iter().find(|t| {
+            t.task.as_ref().unwrap().task_id == victim
+                && t.status.as_ref().is_some_and(|s| {
+                    state_of(s) == v1::TaskState::TaskFailed && s.signal == Some(9)
+                })
+        });
+        let now_running = running(&state);
+        if failed.is_some()
+            && now_running.len() == 4
+            && now_running
+                .iter()
+                .all(|t| t.task.as_ref().unwrap().task_id != victim)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TASK_FAILED (signal 9) for {victim} and a replacement; tasks: {:?}",
+            state.tasks
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = hello.log_text();
+    assert!(
+        log.contains("TASK_RUNNING") && log.contains("TASK_FAILED"),
+        "hello logs every update:\n{log}"
+    );
+    drop(hello);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_gives_task_killed_and_the_whole_process_group_is_gone() {
+    // Proves Kill: TASK_KILLED comes back and no process of the task (a shell and two
+    // children) survives it.
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut fw = TestFramework::subscribe(&cluster.addr, "killer").await;
+    let offer = fw.next_offer().await;
+    let task = shell_task(
+        "group",
+        &offer,
+        100,
+        32 * MIB,
+        "sleep 600 & sleep 600 & wait",
+    );
+    fw.accept(&offer, vec![task], Some(0.0)).await;
+    fw.wait_update("group", is(v1::TaskState::TaskRunning))
+        .await;
+    util::wait_for("the task's processes", WAIT, || {
+        (task_pids("group").len() >= 3).then_some(())
+    });
+    fw.kill("group").await;
+    fw.wait_update("group", is(v1::TaskState::TaskKilled)).await;
+    util::wait_for("every process of the task to be gone", WAIT, || {
+        task_pids("group").is_empty().then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_memory_limit_is_killed_and_reported() {
+    // Proves memory isolation: a task allocating far beyond its limit is stopped and reported
+    // TASK_FAILED (reason memory_limit where cgroups work; a failed exit under rlimits).
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut fw = TestFramework::subscribe(&cluster.addr, "hog").await;
+    let offer = fw.next_offer().await;
+    let hog = "head -c 300M /dev/zero | tail > /dev/null; sleep 600";
+    let task = shell_task("hog", &offer, 100, 64 * MIB, hog);
+    fw.accept(&offer, vec![task], Some(0.0)).await;
+    let failed = fw.wait_update("hog", is(v1::TaskState::TaskFailed)).await;
+    let agent_log = cluster.agents[0].log_text();
+    if failed.reason != "memory_limit" {
+        assert!(
+            agent_log.contains("rlimit"),
+            "only the rlimits fallback may report a memory hog without reason memory_limit: {failed:?}"
+        );
+    }
+    assert!(task_pids("hog").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
+    // Proves launch validation end to end: over the offer, a reused offer, an unknown agent and
+    // a malformed command each get TASK_ERROR naming why; a good task in the same call runs.
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut fw = TestFramework::subscribe(&cluster.addr, "bad").await;
+    let offer = fw.next_offer().await;
+    let good = shell_task("good", &offer, 100, 32 * MIB, "sleep 600");
+    let too_big = shell_task("too-big", &offer, 64_000, 32 * MIB, "sleep 600");
+    let mut elsewhere = shell_task("elsewhere", &offer, 100, 32 * MIB, "sleep 600");
+    elsewhere.agent_id = "no-such-agent".into();
+    let mut malformed = shell_task("malformed", &offer, 100, 32 * MIB, "");
+    malformed.command.as_mut().unwrap().shell.clear();
+    fw.accept(&offer, vec![too_big, good, elsewhere, malformed], Some(0.0))
+        .await;
+    let cases = [
+        ("too-big", "insufficient_resources", "resources"),
+        ("elsewhere", "unknown_agent", "agent_id"),
+        ("malformed", "invalid_task", "task.command"),
+    ];
+    for (task, reason, field) in cases {
+        let s = fw.wait_update(task, is(v1::TaskState::TaskError)).await;
+        assert_eq!(s.reason, reason, "{s:?}");
+        assert!(
+            s.message.contains(field),
+            "{task}: {:?} names {field}",
+            s.message
+        );
+    }
+    fw.wait_update("good", is(v1::TaskState::TaskRunning)).await;
+    // The same offer again: it was used.
+    let again = shell_task("again", &offer, 100, 32 * MIB, "sleep 600");
+    fw.accept(&offer, vec![again], None).await;
+    let s = fw.wait_update("again", is(v1::TaskState::TaskError)).await;
+    assert_eq!(s.reason, "invalid_offer");
+    // The good task is untouched.
+    assert_eq!(task_pids("good").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_offer_is_not_reoffered_before_refuse_seconds_but_others_get_it() {
+    // Proves decline filters: the declining framework sees the agent again only after
+    // refuse_seconds, while another framework is offered it meanwhile (no starvation).
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut a = TestFramework::subscribe(&cluster.addr, "a").await;
+    let offer = a.next_offer().await;
+    let declined_at = Instant::now();
+    a.decline(&offer, 3.0).await;
+    let mut b = TestFramework::subscribe(&cluster.addr, "b").await;
+    let to_b = b.next_offer().await;
+    assert_eq!(to_b.agent_id, offer.agent_id);
+    b.decline(&to_b, 600.0).await;
+    let again = a.next_offer().await;
+    let waited = declined_at.elapsed();
+    assert_eq!(again.agent_id, offer.agent_id);
+    assert!(
+        waited >= Duration::from_secs(3),
+        "re-offered after {waited:?}, before refuse_seconds = 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frameworks_with_equal_weights_get_equal_shares() {
+    // Proves DRF: two frameworks that each launch one small task per offer and decline the
+    // rest end with equal numbers of tasks (± 1) on a shared pool.
+    let cluster = Cluster::start(&[SMALL_AGENT, SMALL_AGENT], &[]);
+    cluster.wait_agents(2).await;
+    let mut fws = vec![
+        TestFramework::subscribe(&cluster.addr, "one").await,
+        TestFramework::subscribe(&cluster.addr, "two").await,
+    ];
+    // 4 cpus in all, 0.25 per task: 16 tasks fit. Run until the pool is full.
+    let mut launched = [0usize; 2];
+    let deadline = Instant::now() + WAIT;
+    while launched.iter().sum::<usize>() < 16 {
+        assert!(Instant::now() < deadline, "launched {launched:?}");
+        for (i, fw) in fws.iter_mut().enumerate() {
+            let Some(_) = fw.next_event(Duration::from_millis(50)).await else {
+                continue;
+            };
+            while let Some(offer) = (!fw.offers.is_empty()).then(|| fw.offers.remove(0)) {
+                let cpus = offer.resources.as_ref().map_or(0, |r| r.millicpus);
+                if cpus >= 250 {
+                    let id = format!("t{i}-{}", launched[i]);
+                    let task = shell_task(&id, &offer, 250, 16 * MIB, "sleep 600");
+                    fw.accept(&offer, vec![task], Some(0.0)).await;
+                    launched[i] += 1;
+                } else {
+                    fw.decline(&offer, 0.0).await;
+                }
+            }
+        }
+    }
+    assert!(
+        launched[0].abs_diff(launched[1]) <= 1,
+        "equal weights, equal shares: {launched:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
+    // Proves agent health: a stopped agent (SIGSTOP: no heartbeats) turns its tasks
+    // TASK_UNREACHABLE; when it resumes it re-registers and the task is running again.
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut fw = TestFramework::subscribe(&cluster.addr, "health").await;
+    let offer = fw.next_offer().await;
+    fw.accept(
+        &offer,
+        vec![shell_task("steady", &offer, 100, 32 * MIB, "sleep 600")],
+        Some(0.0),
+    )
+    .await;
+    fw.wait_update("steady", is(v1::TaskState::TaskRunning))
+        .await;
+    let agent = nix::unistd::Pid::from_raw(cluster.agents[0].pid());
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).expect("stop the agent");
+    let s = fw
+        .wait_update("steady", is(v1::TaskState::TaskUnreachable))
+        .await;
+    assert_eq!(s.reason, "agent_unreachable");
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).expect("resume the agent");
+    let count = fw.updates.len();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if fw.updates[count..]
+            .iter()
+            .any(|s| s.task_id == "steady" && state_of(s) == v1::TaskState::TaskRunning)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task is not reported running again"
+        );
+        fw.next_event(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        task_pids("steady").len(),
+        1,
+        "the task kept running throughout"
+    );
+}
