@@ -142,6 +142,14 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The agents first (their groups), then the detached supervisors and their tasks.
+        self.agents.clear();
+        util::stop_processes_under(self.dir.path());
+    }
+}
+
 /// Pids of live processes whose environment says they belong to task `task_id`.
 fn task_pids(task_id: &str) -> Vec<i32> {
     let needle = format!("DROVER_TASK_ID={task_id}\0");
@@ -529,9 +537,9 @@ async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "bad").await;
     let offer = fw.next_offer().await;
-    let good = shell_task("good", &offer, 100, 32 * MIB, "sleep 600");
-    let too_big = shell_task("too-big", &offer, 64_000, 32 * MIB, "sleep 600");
-    let mut elsewhere = shell_task("elsewhere", &offer, 100, 32 * MIB, "sleep 600");
+    let good = shell_task("good", &offer, 100, 32 * MIB, "exec sleep 600");
+    let too_big = shell_task("too-big", &offer, 64_000, 32 * MIB, "exec sleep 600");
+    let mut elsewhere = shell_task("elsewhere", &offer, 100, 32 * MIB, "exec sleep 600");
     elsewhere.agent_id = "no-such-agent".into();
     let mut malformed = shell_task("malformed", &offer, 100, 32 * MIB, "");
     malformed.command.as_mut().unwrap().shell.clear();
@@ -553,7 +561,7 @@ async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
     }
     fw.wait_update("good", is(v1::TaskState::TaskRunning)).await;
     // The same offer again: it was used.
-    let again = shell_task("again", &offer, 100, 32 * MIB, "sleep 600");
+    let again = shell_task("again", &offer, 100, 32 * MIB, "exec sleep 600");
     fw.accept(&offer, vec![again], None).await;
     let s = fw.wait_update("again", is(v1::TaskState::TaskError)).await;
     assert_eq!(s.reason, "invalid_offer");
@@ -607,7 +615,7 @@ async fn two_frameworks_with_equal_weights_get_equal_shares() {
                 let cpus = offer.resources.as_ref().map_or(0, |r| r.millicpus);
                 if cpus >= 250 {
                     let id = format!("t{i}-{}", launched[i]);
-                    let task = shell_task(&id, &offer, 250, 16 * MIB, "sleep 600");
+                    let task = shell_task(&id, &offer, 250, 16 * MIB, "exec sleep 600");
                     fw.accept(&offer, vec![task], Some(0.0)).await;
                     launched[i] += 1;
                 } else {
@@ -632,7 +640,7 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
     let offer = fw.next_offer().await;
     fw.accept(
         &offer,
-        vec![shell_task("steady", &offer, 100, 32 * MIB, "sleep 600")],
+        vec![shell_task("steady", &offer, 100, 32 * MIB, "exec sleep 600")],
         Some(0.0),
     )
     .await;

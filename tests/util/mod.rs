@@ -459,3 +459,42 @@ impl Ensemble {
             .then_some((leader, epoch))
     }
 }
+
+/// Stops every task supervisor (and task) started under `dir`: supervisors are detached from
+/// the agent on purpose (they outlive an agent restart), so killing the agent's process group
+/// does not stop them. SIGTERM first (a supervisor then kills its task's whole group), SIGKILL
+/// for whatever is left after a few seconds; a task is recognised by its working directory (its
+/// sandbox) under `dir`.
+pub fn stop_processes_under(dir: &Path) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let dir_str = dir.to_string_lossy().to_string();
+    let under = |pid: i32| -> bool {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let cwd = std::fs::read_link(proc_dir.join("cwd")).unwrap_or_default();
+        cmdline.contains(&dir_str) || cwd.starts_with(&dir)
+    };
+    let pids = || -> Vec<i32> {
+        let me = std::process::id() as i32;
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|&pid| pid != me && under(pid))
+            .collect()
+    };
+    for pid in pids() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !pids().is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
