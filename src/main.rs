@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run a master (serves coord; master logic arrives with the scheduling issue).
     Master(cli::master::MasterArgs),
+    /// Run an agent: register with the leading master (from --masters) and run its tasks.
+    Agent(cli::agent::AgentArgs),
     /// Read and write the coord store: ls, get, create, set, rm, watch.
     Coord {
         #[command(subcommand)]
@@ -88,6 +90,7 @@ fn main() {
         };
         match cli.command {
             Command::Master(args) => cli::master::run(args).await,
+            Command::Agent(args) => cli::agent::run(ctx.master_addrs(), args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),

@@ -1,17 +1,21 @@
-//! The agent: today the per-task supervisor, its isolation (cgroup v2, cgroup v1, else rlimits),
-//! the task sandbox on disk, resource discovery and flag parsing ([`resources`]) and the
-//! status-update manager that checkpoints updates and retries them until acknowledged
-//! ([`status_updates`]). The master connection and re-adoption after a restart come next and
-//! build on [`sandbox::inspect`] and [`status_updates::StatusUpdateManager::open`].
+//! The agent: the `drover agent` daemon ([`daemon`]) and the per-task supervisor it starts for
+//! every task (`drover supervise`, [`supervisor::run_supervisor`]), with its isolation (cgroup v2,
+//! cgroup v1, else rlimits), the task sandbox on disk, resource discovery and flag parsing
+//! ([`resources`]) and the status-update manager that checkpoints updates and retries them until
+//! acknowledged ([`status_updates`]).
 //!
 //! Must not touch coord: agents reach the cluster only through the master over gRPC (`drover-proto`).
-//! Nothing here is async or networked; a supervisor is a small synchronous process of its own.
+//! Two halves that do not mix: [`daemon`] is async and networked (tokio, tonic) and owns the
+//! master connection, the task table and recovery; everything else is synchronous, and a
+//! supervisor is a small synchronous process of its own that runs without the agent.
 //!
-//! Start at [`supervisor::run_supervisor`] (what `drover supervise` runs for one task), then
-//! [`sandbox`] (the files a supervisor leaves behind, and [`sandbox::inspect`] for recovery) and
+//! Start at [`daemon::run`] (what `drover agent` runs) and the duties listed in [`daemon`]; then
+//! [`supervisor::run_supervisor`] (what `drover supervise` runs for one task), [`sandbox`] (the
+//! files a supervisor leaves behind, and [`sandbox::inspect`] for recovery) and
 //! [`isolation::Isolation::detect`]; for what the agent offers, [`resources::discover`]; for status
 //! updates, [`status_updates::StatusUpdateManager`].
 
+pub mod daemon;
 pub mod isolation;
 pub mod limits;
 mod procfs;

@@ -52,6 +52,18 @@ pub(crate) fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Every process whose process group is `pgid`, with its stat (zombies included).
+pub(crate) fn group_members(pgid: i32) -> Vec<(i32, ProcStat)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| stat(pid).map(|s| (pid, s)))
+        .filter(|(_, s)| s.pgrp == pgid)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,10 @@ pub struct StatusUpdate {
     pub exit_code: Option<i32>,
     /// Terminating signal, when the task was signalled.
     pub signal: Option<i32>,
+    /// Machine-readable reason (`memory_limit`, `failed_to_start`, ...); may be empty. Absent in
+    /// checkpoints written before it existed, hence the default.
+    #[serde(default)]
+    pub reason: String,
     /// When the agent generated the update (Unix ms).
     pub timestamp_ms: u64,
 }
@@ -675,7 +679,9 @@ impl StatusUpdateManager {
     }
 }
 
-fn validate_framework_id(id: &str) -> Result<(), StatusUpdateError> {
+/// Checks a framework id: it becomes a directory name (1..=[`FRAMEWORK_ID_BYTES_MAX`] bytes of
+/// printable ASCII, no `/`, no `..`).
+pub fn validate_framework_id(id: &str) -> Result<(), StatusUpdateError> {
     validate_component("framework_id", id, FRAMEWORK_ID_BYTES_MAX, |c| {
         c.is_ascii_graphic() && c != '/'
     })
@@ -887,6 +893,7 @@ mod tests {
             exit_code: None,
             signal: None,
             timestamp_ms: 1_700_000_000_000 + n as u64,
+            reason: String::new(),
         }
     }
 

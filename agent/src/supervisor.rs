@@ -12,7 +12,8 @@
 //!    `DROVER_RUN_ID`, `DROVER_SANDBOX` and `DROVER_AGENT_ID` on top of the spec's env and `PATH`;
 //!    nothing else of the supervisor's environment leaks into the task.
 //! 5. Wait. SIGTERM/SIGINT to the supervisor means kill: SIGTERM to the task's group, then SIGKILL
-//!    to the group and the cgroup once the grace period is over.
+//!    to the group and the cgroup once the grace period is over. A second SIGTERM/SIGINT during
+//!    the grace period ends it at once (the agent's way to apply a shorter kill grace).
 //! 6. When the main process has exited (seen with `WNOWAIT`, so its pid — and thus its process
 //!    group id — cannot be reused yet), SIGKILL the group, reap the main process, then sweep: kill
 //!    whatever is left in the cgroup or among our children and reap it, until nothing is left; then
@@ -239,7 +240,7 @@ impl SupervisorSpec {
     }
 }
 
-fn is_reserved_env(key: &str) -> bool {
+pub(crate) fn is_reserved_env(key: &str) -> bool {
     key.starts_with("DROVER_")
         || key == "PORT"
         || key
@@ -486,9 +487,8 @@ fn wait_for_task(
         }
         while let Some(info) = signal_fd.read_signal().map_err(os("read signalfd"))? {
             let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
-            if (signo == Signal::SIGTERM as i32 || signo == Signal::SIGINT as i32)
-                && !waited.kill_requested
-            {
+            let kill_signal = signo == Signal::SIGTERM as i32 || signo == Signal::SIGINT as i32;
+            if kill_signal && !waited.kill_requested {
                 tracing::info!(
                     grace_period_ms,
                     "kill requested, sending SIGTERM to the task"
@@ -496,6 +496,11 @@ fn wait_for_task(
                 waited.kill_requested = true;
                 kill_deadline = Some(Instant::now() + Duration::from_millis(grace_period_ms));
                 let _ = killpg(task, Signal::SIGTERM);
+            } else if kill_signal && !waited.kill_escalated {
+                // A second kill request ends the grace period now: the agent uses it to honour a
+                // kill grace shorter than the one this run was started with.
+                tracing::info!("second kill request, grace period cut short");
+                kill_deadline = Some(Instant::now());
             }
             // SIGCHLD: the loop re-checks; SIGHUP: ignored, the supervisor outlives its terminal.
         }

@@ -313,6 +313,29 @@ fn task_ignoring_sigterm_is_sigkilled_after_grace() {
     assert!(!alive(task));
 }
 
+#[test]
+fn a_second_sigterm_ends_the_grace_period_at_once() {
+    // Proves the agent's way to apply a shorter kill grace: with a 10-minute grace and a task that
+    // traps SIGTERM, a second SIGTERM to the supervisor escalates to SIGKILL right away.
+    let mut h = Harness::new();
+    let mut spec = h.spec(
+        "term-twice",
+        sh("trap 'echo got-term' TERM; echo ready; while :; do sleep 0.05; done"),
+    );
+    spec.grace_period_ms = 600_000;
+    let s = h.start(&spec);
+    let task = h.wait_for_output(&s, "stdout", "ready");
+    kill(Pid::from_raw(s.pid), Signal::SIGTERM).unwrap();
+    // The first kill request has been taken (forwarded to the task) before the second is sent;
+    // two SIGTERMs pending at once would be read as one.
+    h.wait_for_output(&s, "stdout", "got-term");
+    kill(Pid::from_raw(s.pid), Signal::SIGTERM).unwrap();
+    let exit = h.finish(&s);
+    assert_eq!(exit.status, ExitStatus::Killed);
+    assert!(exit.kill_escalated);
+    assert!(!alive(task));
+}
+
 /// A script that starts a background child in the task's group and one that escapes into its own
 /// session, and records both pids in the sandbox.
 const BACKGROUND: &str = "sleep 1000 & echo $! > bg.pid; \

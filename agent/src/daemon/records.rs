@@ -1,0 +1,317 @@
+//! The agent's work directory and the records it keeps there.
+//!
+//! Layout of `--work-dir`:
+//! - `agent.lock`: held (`flock`, exclusive) while an agent runs on the directory, so two agents
+//!   never share one;
+//! - `agent.json`: the agent id the master assigned ([`AgentRecord`]), written atomically once
+//!   registered, so a restarted agent re-registers as itself;
+//! - `status_updates/`: the status-update manager's checkpoints ([`crate::status_updates`]);
+//! - `tasks/<framework_id>/<task_id>.json`: one task record ([`TaskEntry`]) per task the agent runs
+//!   or whose terminal update is unacknowledged; deleted when that update is acknowledged;
+//! - `frameworks/<framework_id>/sandboxes/<task_id>/<run_id>/`: a run's sandbox ([`Sandbox`]) with
+//!   `spec.json` and `supervisor.log` next to what the supervisor writes. The framework is part of
+//!   the path, so two frameworks' tasks with the same id never share a directory.
+//!
+//! Every record is written atomically (tmp file, fsync, rename, fsync of the directory).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::tasks::{TaskEntry, TaskKey};
+use crate::sandbox::{Sandbox, SandboxError, read_json, write_json_atomic};
+
+const LOCK_FILE: &str = "agent.lock";
+const AGENT_FILE: &str = "agent.json";
+const STATUS_UPDATES_DIR: &str = "status_updates";
+const TASKS_DIR: &str = "tasks";
+const FRAMEWORKS_DIR: &str = "frameworks";
+const RECORD_SUFFIX: &str = ".json";
+
+/// Errors about the work directory itself.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkDirError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("work dir {path} is in use by another agent (its {LOCK_FILE} is locked)")]
+    Locked { path: PathBuf },
+    #[error(transparent)]
+    Record(#[from] SandboxError),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WorkDirError + 'a {
+    move |source| WorkDirError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The content of `agent.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+}
+
+/// An open, locked work directory.
+#[derive(Debug)]
+pub struct WorkDir {
+    root: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl WorkDir {
+    /// Creates the directory if needed, makes its path absolute and locks it.
+    pub fn open(path: &Path) -> Result<WorkDir, WorkDirError> {
+        fs::create_dir_all(path).map_err(io_err("create work dir", path))?;
+        let root = path
+            .canonicalize()
+            .map_err(io_err("resolve work dir", path))?;
+        let lock_path = root.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(WorkDirError::Locked { path: root });
+            }
+            Err((_, errno)) => {
+                return Err(WorkDirError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source: io::Error::from(errno),
+                });
+            }
+        };
+        Ok(WorkDir { root, _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn status_updates_dir(&self) -> PathBuf {
+        self.root.join(STATUS_UPDATES_DIR)
+    }
+
+    /// The `work_dir` of a supervisor spec for one of the framework's tasks.
+    pub fn framework_dir(&self, framework_id: &str) -> PathBuf {
+        self.root.join(FRAMEWORKS_DIR).join(framework_id)
+    }
+
+    /// A run's sandbox; the ids are validated.
+    pub fn sandbox(&self, key: &TaskKey, run_id: &str) -> Result<Sandbox, SandboxError> {
+        Sandbox::new(&self.framework_dir(&key.framework_id), &key.task_id, run_id)
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.root.join(TASKS_DIR)
+    }
+
+    fn task_record_path(&self, key: &TaskKey) -> PathBuf {
+        self.tasks_dir()
+            .join(&key.framework_id)
+            .join(format!("{}{RECORD_SUFFIX}", key.task_id))
+    }
+
+    /// The agent id from `agent.json`, if the agent ever registered.
+    pub fn read_agent_id(&self) -> Result<Option<String>, WorkDirError> {
+        let record: Option<AgentRecord> = read_json(&self.root.join(AGENT_FILE))?;
+        Ok(record.map(|r| r.agent_id))
+    }
+
+    pub fn write_agent_id(&self, agent_id: &str) -> Result<(), WorkDirError> {
+        let record = AgentRecord {
+            agent_id: agent_id.to_owned(),
+        };
+        write_json_atomic(&self.root.join(AGENT_FILE), &record)?;
+        Ok(())
+    }
+
+    /// Writes (or rewrites) the task's record; durable when this returns.
+    pub fn save_task(&self, entry: &TaskEntry) -> Result<(), WorkDirError> {
+        let path = self.task_record_path(&entry.key());
+        let fw_dir = path.parent().unwrap_or(&self.root);
+        ensure_dir(&self.tasks_dir(), &self.root)?;
+        ensure_dir(fw_dir, &self.tasks_dir())?;
+        write_json_atomic(&path, entry)?;
+        Ok(())
+    }
+
+    /// Deletes the task's record (no error if it is already gone); durable when this returns.
+    pub fn remove_task(&self, key: &TaskKey) -> Result<(), WorkDirError> {
+        let path = self.task_record_path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Every task record, sorted by framework id then task id. A record that cannot be read is an
+    /// error naming the file: skipping it would forget a task that may still run.
+    pub fn load_tasks(&self) -> Result<Vec<TaskEntry>, WorkDirError> {
+        let mut out = Vec::new();
+        let tasks_dir = self.tasks_dir();
+        for fw_dir in sorted_entries(&tasks_dir)? {
+            if !fw_dir.is_dir() {
+                continue;
+            }
+            for path in sorted_entries(&fw_dir)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.ends_with(".tmp") {
+                    // An interrupted atomic write: the record it was replacing is still there.
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                if !name.ends_with(RECORD_SUFFIX) {
+                    tracing::warn!(path = %path.display(), "ignoring unexpected file among task records");
+                    continue;
+                }
+                let Some(entry) = read_json::<TaskEntry>(&path)? else {
+                    continue;
+                };
+                if self.task_record_path(&entry.key()) != path {
+                    return Err(WorkDirError::Io {
+                        op: "check task record",
+                        path,
+                        source: io::Error::other(format!(
+                            "it holds task {} of framework {}",
+                            entry.task.task_id, entry.framework.id
+                        )),
+                    });
+                }
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn ensure_dir(dir: &Path, parent: &Path) -> Result<(), WorkDirError> {
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("create dir", dir)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WorkDirError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, WorkDirError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read dir", dir)(e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(entry.map_err(io_err("read dir", dir))?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::task_info::{FrameworkDescription, TaskDescription};
+    use crate::status_updates::TaskState;
+
+    fn entry(fw: &str, task: &str) -> TaskEntry {
+        TaskEntry {
+            framework: FrameworkDescription {
+                id: fw.into(),
+                ..Default::default()
+            },
+            task: TaskDescription {
+                task_id: task.into(),
+                ..Default::default()
+            },
+            run_id: Some("r1".into()),
+            supervisor: None,
+            state: TaskState::Running,
+            kill: None,
+        }
+    }
+
+    #[test]
+    fn task_records_survive_reopening_and_removal_is_durable() {
+        // Proves what a restarted agent finds: the saved records (latest version), minus removed ones.
+        let tmp = tempfile::tempdir().unwrap();
+        let work = WorkDir::open(tmp.path()).unwrap();
+        let mut a = entry("fw-a", "web.1");
+        work.save_task(&a).unwrap();
+        work.save_task(&entry("fw-b", "web.1")).unwrap();
+        a.state = TaskState::Finished;
+        work.save_task(&a).unwrap();
+        work.save_task(&entry("fw-a", "gone")).unwrap();
+        work.remove_task(&TaskKey::new("fw-a", "gone")).unwrap();
+        work.remove_task(&TaskKey::new("fw-a", "never")).unwrap();
+        work.write_agent_id("agent-7").unwrap();
+        drop(work);
+        let work = WorkDir::open(tmp.path()).unwrap();
+        let loaded = work.load_tasks().unwrap();
+        assert_eq!(loaded, vec![a, entry("fw-b", "web.1")]);
+        assert_eq!(work.read_agent_id().unwrap().as_deref(), Some("agent-7"));
+    }
+
+    #[test]
+    fn two_agents_cannot_share_a_work_dir() {
+        // Proves the lock: a second open fails with Locked while the first is held, and works after.
+        let tmp = tempfile::tempdir().unwrap();
+        let first = WorkDir::open(tmp.path()).unwrap();
+        match WorkDir::open(tmp.path()) {
+            Err(WorkDirError::Locked { .. }) => {}
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        WorkDir::open(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn sandboxes_of_two_frameworks_never_collide() {
+        // Proves the same task id and run id under two frameworks map to different directories.
+        let tmp = tempfile::tempdir().unwrap();
+        let work = WorkDir::open(tmp.path()).unwrap();
+        let a = work.sandbox(&TaskKey::new("fw-a", "web.1"), "r1").unwrap();
+        let b = work.sandbox(&TaskKey::new("fw-b", "web.1"), "r1").unwrap();
+        assert_ne!(a.dir(), b.dir());
+        assert!(a.dir().starts_with(work.root()));
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_the_file() {
+        // Proves a corrupt task record stops recovery with its path instead of forgetting a task.
+        let tmp = tempfile::tempdir().unwrap();
+        let work = WorkDir::open(tmp.path()).unwrap();
+        work.save_task(&entry("fw", "t")).unwrap();
+        let path = work.task_record_path(&TaskKey::new("fw", "t"));
+        fs::write(&path, b"{\"framework\":").unwrap();
+        let e = work.load_tasks().unwrap_err();
+        assert!(
+            e.to_string().contains("t.json") || format!("{e:?}").contains("t.json"),
+            "{e:?}"
+        );
+    }
+}

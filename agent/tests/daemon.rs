@@ -1,0 +1,1252 @@
+//! The agent daemon against a master played by the test: a small in-test `AgentApi` server that
+//! speaks the master's side of the protocol (answers the hello, records what the agent sends, and
+//! lets the test send RunTask / KillTask / Acknowledgement / ShutdownFramework, redirect, refuse or
+//! drop the stream). Supervisors are real processes (`drover-supervise-test`) running real tasks.
+//!
+//! Every test uses its own master port, work dir and cgroup parent; on drop it stops the agent,
+//! kills every supervisor and task group it finds in the work dir and removes its cgroups.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_agent::daemon::{self, AgentConfig, AgentError, LinkError, SupervisorCommand};
+use drover_agent::{AgentResources, Isolation, IsolationKind, IsolationPolicy, Sandbox};
+use drover_proto::v1::{
+    self, agent_api_server::AgentApi, agent_api_server::AgentApiServer, agent_message,
+    master_message,
+};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(10);
+const HEARTBEAT_MS: u64 = 100;
+const MIB: u64 = 1024 * 1024;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+// ----- the master's side, played by the test -----
+
+/// What the test master does with a new stream.
+#[derive(Clone, Debug)]
+enum Mode {
+    /// Lead: answer the hello with Registered (a new agent gets `new_agent_id`).
+    Lead { new_agent_id: String },
+    /// Do not lead: UNAVAILABLE naming `leader` in `drover-leader`.
+    Redirect { leader: String },
+    /// Refuse the agent with this message.
+    Refuse { message: String },
+}
+
+/// One message the agent sent, with the number of the stream (1, 2, ...) it came on.
+#[derive(Clone, Debug)]
+struct Seen {
+    conn: u64,
+    msg: v1::AgentMessage,
+}
+
+struct Control {
+    mode: Mode,
+    conns: u64,
+    current: Option<(u64, mpsc::Sender<Result<v1::MasterMessage, Status>>)>,
+}
+
+#[derive(Clone)]
+struct TestMaster {
+    control: Arc<Mutex<Control>>,
+    seen: mpsc::Sender<Seen>,
+}
+
+#[tonic::async_trait]
+impl AgentApi for TestMaster {
+    type AttachStream = ReceiverStream<Result<v1::MasterMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mode = self.control.lock().unwrap().mode.clone();
+        let new_agent_id = match mode {
+            Mode::Redirect { leader } => {
+                let mut s = Status::unavailable("not the leader");
+                s.metadata_mut()
+                    .insert("drover-leader", leader.parse().unwrap());
+                return Err(s);
+            }
+            Mode::Refuse { .. } | Mode::Lead { .. } => match &mode {
+                Mode::Lead { new_agent_id } => Some(new_agent_id.clone()),
+                _ => None,
+            },
+        };
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no hello"))?;
+        let (tx, rx) = mpsc::channel(256);
+        let conn = {
+            let mut c = self.control.lock().unwrap();
+            c.conns += 1;
+            c.conns
+        };
+        let reply = match (&new_agent_id, &hello.message) {
+            (None, _) => master_message::Message::Refused(v1::AgentRefused {
+                message: match &mode {
+                    Mode::Refuse { message } => message.clone(),
+                    _ => unreachable!(),
+                },
+            }),
+            (Some(new_id), Some(agent_message::Message::Register(_))) => {
+                master_message::Message::Registered(v1::Registered {
+                    agent_id: new_id.clone(),
+                    heartbeat_interval_ms: HEARTBEAT_MS,
+                    master_id: "test-master".into(),
+                })
+            }
+            (Some(_), Some(agent_message::Message::Reregister(r))) => {
+                master_message::Message::Registered(v1::Registered {
+                    agent_id: r.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+                    heartbeat_interval_ms: HEARTBEAT_MS,
+                    master_id: "test-master".into(),
+                })
+            }
+            _ => return Err(Status::invalid_argument("first message is not a hello")),
+        };
+        tx.send(Ok(v1::MasterMessage {
+            message: Some(reply),
+        }))
+        .await
+        .unwrap();
+        // Only now may the test send on this stream (and learn of the hello): nothing it sends
+        // can overtake the answer to the hello.
+        self.control.lock().unwrap().current = Some((conn, tx.clone()));
+        let _ = self
+            .seen
+            .send(Seen {
+                conn,
+                msg: hello.clone(),
+            })
+            .await;
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                if seen.send(Seen { conn, msg }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A test master serving on a loopback port, plus everything the agent sent it.
+struct Master {
+    addr: String,
+    control: Arc<Mutex<Control>>,
+    rx: mpsc::Receiver<Seen>,
+    history: Vec<Seen>,
+    server: JoinHandle<()>,
+}
+
+impl Master {
+    async fn start(mode: Mode) -> Master {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let control = Arc::new(Mutex::new(Control {
+            mode,
+            conns: 0,
+            current: None,
+        }));
+        let (seen, rx) = mpsc::channel(4096);
+        let svc = TestMaster {
+            control: control.clone(),
+            seen,
+        };
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AgentApiServer::new(svc))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        Master {
+            addr,
+            control,
+            rx,
+            history: Vec::new(),
+            server,
+        }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.control.lock().unwrap().mode = mode;
+    }
+
+    fn conns(&self) -> u64 {
+        self.control.lock().unwrap().conns
+    }
+
+    /// Sends to the agent on the current stream.
+    async fn send(&self, message: master_message::Message) {
+        let tx = self
+            .control
+            .lock()
+            .unwrap()
+            .current
+            .as_ref()
+            .map(|(_, tx)| tx.clone())
+            .expect("an agent stream");
+        tx.send(Ok(v1::MasterMessage {
+            message: Some(message),
+        }))
+        .await
+        .expect("agent stream open");
+    }
+
+    /// Ends the current stream with `status` (as a master losing leadership does).
+    async fn end_stream(&self, status: Status) {
+        let tx = self
+            .control
+            .lock()
+            .unwrap()
+            .current
+            .take()
+            .map(|(_, tx)| tx)
+            .expect("an agent stream");
+        let _ = tx.send(Err(status)).await;
+    }
+
+    /// Waits until `f` finds something in everything the agent sent so far.
+    async fn wait_for<T>(&mut self, what: &str, mut f: impl FnMut(&[Seen]) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        loop {
+            if let Some(v) = f(&self.history) {
+                return v;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(s)) => self.history.push(s),
+                Ok(None) => panic!("master channel closed while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out after {WAIT_DEADLINE:?} waiting for {what}; the agent sent:\n{}",
+                    describe(&self.history)
+                ),
+            }
+        }
+    }
+
+    /// Waits for the first status update of `fw/task` in `state` and returns it.
+    async fn wait_update(&mut self, fw: &str, task: &str, state: v1::TaskState) -> v1::TaskStatus {
+        let what = format!("{state:?} of {fw}/{task}");
+        self.wait_for(&what, |h| {
+            updates(h)
+                .find(|(_, f, s)| f.as_str() == fw && s.task_id == task && s.state == state as i32)
+                .map(|(_, _, s)| s.clone())
+        })
+        .await
+    }
+
+    /// Waits for a hello on a stream after `after_conn`.
+    async fn wait_hello(&mut self, after_conn: u64) -> (u64, agent_message::Message) {
+        self.wait_for("a hello", |h| {
+            h.iter().find_map(|s| match &s.msg.message {
+                Some(
+                    m @ (agent_message::Message::Register(_)
+                    | agent_message::Message::Reregister(_)),
+                ) if s.conn > after_conn => Some((s.conn, m.clone())),
+                _ => None,
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn updates(h: &[Seen]) -> impl Iterator<Item = (u64, &String, &v1::TaskStatus)> {
+    h.iter().filter_map(|s| match &s.msg.message {
+        Some(agent_message::Message::StatusUpdate(u)) => {
+            u.status.as_ref().map(|st| (s.conn, &u.framework_id, st))
+        }
+        _ => None,
+    })
+}
+
+fn heartbeats(h: &[Seen]) -> usize {
+    h.iter()
+        .filter(|s| matches!(s.msg.message, Some(agent_message::Message::Heartbeat(_))))
+        .count()
+}
+
+fn describe(h: &[Seen]) -> String {
+    h.iter()
+        .filter(|s| !matches!(s.msg.message, Some(agent_message::Message::Heartbeat(_))))
+        .map(|s| format!("  [{}] {:?}", s.conn, s.msg.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ----- building the master's messages -----
+
+fn framework(id: &str) -> v1::FrameworkInfo {
+    v1::FrameworkInfo {
+        id: id.into(),
+        name: format!("{id}-name"),
+        role: "*".into(),
+        ..Default::default()
+    }
+}
+
+fn task(agent_id: &str, task_id: &str, command: v1::CommandInfo) -> v1::TaskInfo {
+    v1::TaskInfo {
+        task_id: task_id.into(),
+        name: task_id.into(),
+        agent_id: agent_id.into(),
+        resources: Some(v1::Resources {
+            millicpus: 100,
+            mem_bytes: 64 * MIB,
+            ports: vec![],
+        }),
+        command: Some(command),
+        kill_grace_period_ms: 0,
+        labels: Default::default(),
+    }
+}
+
+fn argv(args: &[&str]) -> v1::CommandInfo {
+    v1::CommandInfo {
+        argv: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn shell(script: &str) -> v1::CommandInfo {
+    v1::CommandInfo {
+        shell: script.into(),
+        ..Default::default()
+    }
+}
+
+fn run_task(fw: &str, t: v1::TaskInfo) -> master_message::Message {
+    master_message::Message::RunTask(v1::RunTask {
+        framework: Some(framework(fw)),
+        task: Some(t),
+    })
+}
+
+fn kill_task(fw: &str, task_id: &str, grace_ms: u64) -> master_message::Message {
+    master_message::Message::KillTask(v1::KillTask {
+        framework_id: fw.into(),
+        task_id: task_id.into(),
+        kill_grace_period_ms: grace_ms,
+    })
+}
+
+fn ack(fw: &str, status: &v1::TaskStatus) -> master_message::Message {
+    master_message::Message::Acknowledgement(v1::Acknowledgement {
+        framework_id: fw.into(),
+        task_id: status.task_id.clone(),
+        uuid: status.uuid.clone(),
+    })
+}
+
+// ----- processes -----
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let Some((_, rest)) = s.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.first().is_some_and(|st| *st != "Z" && *st != "X")
+                    && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ----- the agent under test -----
+
+struct RunningAgent {
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), AgentError>>,
+}
+
+struct Harness {
+    tmp: tempfile::TempDir,
+    master: Master,
+    agent: Option<RunningAgent>,
+    cgroup_parent: String,
+    isolation: Isolation,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        // The agent's log goes to the test's captured output (shown when a test fails).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "debug,h2=info,tonic=info,hyper=info,tower=info",
+                    )
+                }),
+            )
+            .with_test_writer()
+            .try_init();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Harness {
+            tmp: tempfile::tempdir().unwrap(),
+            master: Master::start(Mode::Lead {
+                new_agent_id: format!("agent-{n}"),
+            })
+            .await,
+            agent: None,
+            cgroup_parent: format!("drover-dtest-{}-{n}", std::process::id()),
+            isolation: Isolation::detect(),
+        }
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+
+    fn config(&self, masters: Vec<String>) -> AgentConfig {
+        let mut c = AgentConfig::new(
+            masters,
+            "127.0.0.1:5051".into(),
+            self.work_dir(),
+            "test-host".into(),
+            AgentResources {
+                cpus: 2.0,
+                mem_bytes: 1024 * MIB,
+                ports: vec![(31000, 31009)],
+                attributes: BTreeMap::from([("rack".to_string(), "r1".to_string())]),
+            },
+            SupervisorCommand {
+                program: PathBuf::from(env!("CARGO_BIN_EXE_drover-supervise-test")),
+                args: vec![],
+            },
+        );
+        c.cgroup_parent = self.cgroup_parent.clone();
+        c.isolation = IsolationPolicy::Auto;
+        let t = &mut c.timing;
+        t.reconnect_backoff_min = Duration::from_millis(20);
+        t.reconnect_backoff_max = Duration::from_millis(200);
+        t.connect_timeout = Duration::from_secs(2);
+        t.registration_timeout = Duration::from_secs(5);
+        t.status_update_retry_min = Duration::from_millis(100);
+        t.status_update_retry_max = Duration::from_millis(400);
+        t.kill_grace_default = Duration::from_secs(2);
+        t.kill_resend_interval = Duration::from_millis(500);
+        t.task_start_poll = Duration::from_millis(10);
+        t.task_exit_poll = Duration::from_millis(50);
+        c
+    }
+
+    fn start_agent_with(&mut self, config: AgentConfig) {
+        assert!(self.agent.is_none(), "agent already running");
+        let (stop, stopped) = oneshot::channel();
+        let handle = tokio::spawn(daemon::run(config, async move {
+            let _ = stopped.await;
+        }));
+        self.agent = Some(RunningAgent { stop, handle });
+    }
+
+    fn start_agent(&mut self) {
+        let config = self.config(vec![self.master.addr.clone()]);
+        self.start_agent_with(config);
+    }
+
+    /// Stops the agent (as a shutdown would); its tasks keep running.
+    async fn stop_agent(&mut self) {
+        let a = self.agent.take().expect("agent running");
+        let _ = a.stop.send(());
+        let result = tokio::time::timeout(WAIT_DEADLINE, a.handle)
+            .await
+            .expect("agent stops")
+            .expect("agent task");
+        result.expect("agent stopped cleanly");
+    }
+
+    /// Starts the agent and waits for its first registration; returns the agent id.
+    async fn registered_agent(&mut self) -> String {
+        self.start_agent();
+        let (_, hello) = self.master.wait_hello(0).await;
+        match hello {
+            agent_message::Message::Register(r) => {
+                assert_eq!(r.agent.unwrap().id, "", "a new agent has no id");
+            }
+            other => panic!("expected Register, got {other:?}"),
+        }
+        let id = match self.master.control.lock().unwrap().mode.clone() {
+            Mode::Lead { new_agent_id } => new_agent_id,
+            other => panic!("master mode {other:?}"),
+        };
+        let path = self.work_dir().join("agent.json");
+        wait_until("agent.json", || {
+            fs::read_to_string(&path).is_ok_and(|s| s.contains(&id))
+        })
+        .await;
+        id
+    }
+
+    /// The one run sandbox of `fw/task` (waits for it to exist).
+    async fn sandbox(&self, fw: &str, task: &str) -> Sandbox {
+        let dir = self
+            .work_dir()
+            .join("frameworks")
+            .join(fw)
+            .join("sandboxes")
+            .join(task);
+        let mut found = None;
+        wait_until(&format!("the sandbox of {fw}/{task}"), || {
+            let runs: Vec<PathBuf> = fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            if runs.len() == 1 {
+                found = Some(runs[0].clone());
+                true
+            } else {
+                assert!(runs.len() <= 1, "several runs of {fw}/{task}: {runs:?}");
+                false
+            }
+        })
+        .await;
+        Sandbox::at(found.unwrap())
+    }
+
+    /// The task's pid (its process group id too), once its supervisor recorded it.
+    async fn task_pid(&self, fw: &str, task: &str) -> i32 {
+        let sandbox = self.sandbox(fw, task).await;
+        let mut pid = None;
+        wait_until(&format!("the task pid of {fw}/{task}"), || {
+            pid = sandbox
+                .read_supervisor()
+                .ok()
+                .flatten()
+                .and_then(|r| r.task_pid);
+            pid.is_some()
+        })
+        .await;
+        pid.unwrap()
+    }
+
+    fn every_run(&self) -> Vec<Sandbox> {
+        let mut out = Vec::new();
+        let fws = self.work_dir().join("frameworks");
+        for fw in fs::read_dir(fws).into_iter().flatten().flatten() {
+            for task in fs::read_dir(fw.path().join("sandboxes"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for run in fs::read_dir(task.path()).into_iter().flatten().flatten() {
+                    out.push(Sandbox::at(run.path()));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.handle.abort();
+        }
+        // Supervisors run in sessions of their own and outlive the agent: take down whatever this
+        // test left running (a passing test leaves nothing; a failing one may).
+        for sandbox in self.every_run() {
+            if sandbox.read_exit().ok().flatten().is_some() {
+                continue;
+            }
+            if let Ok(Some(rec)) = sandbox.read_supervisor() {
+                if let Some(pgid) = rec.task_pgid
+                    && alive(pgid)
+                {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                if alive(rec.supervisor_pid) {
+                    let _ = kill(Pid::from_raw(rec.supervisor_pid), Signal::SIGKILL);
+                }
+            }
+        }
+        if let Err(e) = self.isolation.remove_parent(&self.cgroup_parent) {
+            eprintln!("could not remove test cgroup {}: {e}", self.cgroup_parent);
+        }
+    }
+}
+
+impl Harness {
+    /// Waits until the agent has checkpointed an acknowledgement for `fw/task` (the ack record in
+    /// its status-update stream), i.e. the ack is no longer in flight.
+    async fn wait_ack_checkpointed(&self, fw: &str, task: &str) {
+        let path = self
+            .work_dir()
+            .join("status_updates")
+            .join(fw)
+            .join(format!("{task}.updates"));
+        wait_until(&format!("the ack of {fw}/{task} checkpointed"), || {
+            fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains("\"kind\":\"ack\""))
+        })
+        .await;
+    }
+}
+
+fn uuid_of(s: &v1::TaskStatus) -> [u8; 16] {
+    s.uuid.as_slice().try_into().expect("a 16-byte uuid")
+}
+
+// ----- the tests -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_and_heartbeats_with_its_resources() {
+    // Proves the first hello is Register (no id) with the agent's resources, address, hostname
+    // and attributes, the id from Registered is persisted, and heartbeats carry it.
+    let mut h = Harness::new().await;
+    h.start_agent();
+    let (conn, hello) = h.master.wait_hello(0).await;
+    let agent_message::Message::Register(r) = hello else {
+        panic!("expected Register, got {hello:?}");
+    };
+    let info = r.agent.unwrap();
+    assert_eq!(info.id, "");
+    assert_eq!(info.hostname, "test-host");
+    assert_eq!(info.address, "127.0.0.1:5051");
+    assert_eq!(info.attributes.get("rack").map(String::as_str), Some("r1"));
+    let res = info.resources.unwrap();
+    assert_eq!(res.millicpus, 2000);
+    assert_eq!(res.mem_bytes, 1024 * MIB);
+    assert_eq!(
+        res.ports,
+        vec![v1::PortRange {
+            begin: 31000,
+            end: 31009
+        }]
+    );
+    let beats = h
+        .master
+        .wait_for("3 heartbeats", |hist| {
+            let ids: Vec<String> = hist
+                .iter()
+                .filter(|s| s.conn == conn)
+                .filter_map(|s| match &s.msg.message {
+                    Some(agent_message::Message::Heartbeat(hb)) => Some(hb.agent_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            (ids.len() >= 3).then_some(ids)
+        })
+        .await;
+    assert!(
+        beats
+            .iter()
+            .all(|id| id == "agent-0" || id.starts_with("agent-"))
+    );
+    let saved = fs::read_to_string(h.work_dir().join("agent.json")).unwrap();
+    assert!(saved.contains(&beats[0]), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_retry_ack_and_kill_leave_nothing_behind() {
+    // Proves RunTask → TASK_RUNNING (16-byte uuid, SOURCE_AGENT), resent until acknowledged and
+    // not after; KillTask → TASK_KILLED, and the task's whole process group is gone.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    h.master
+        .send(run_task(
+            "fw-1",
+            task(&id, "sleeper", argv(&["sleep", "30"])),
+        ))
+        .await;
+    let running = h
+        .master
+        .wait_update("fw-1", "sleeper", v1::TaskState::TaskRunning)
+        .await;
+    assert_eq!(running.source, v1::StatusSource::SourceAgent as i32);
+    assert_eq!(running.agent_id, id);
+    let uuid = uuid_of(&running);
+    let pid = h.task_pid("fw-1", "sleeper").await;
+    assert!(alive(pid));
+    // Unacknowledged: it comes again with the same uuid.
+    h.master
+        .wait_for("RUNNING resent", |hist| {
+            (updates(hist).filter(|(_, _, s)| s.uuid == uuid).count() >= 2).then_some(())
+        })
+        .await;
+    h.master.send(ack("fw-1", &running)).await;
+    // After the ack it is no longer resent. Resends come every 100..400 ms; heartbeats every
+    // 100 ms. Two heartbeats after the ack, at most one resend can still have crossed it; over the
+    // next 20 heartbeats (five resend intervals) the count of copies must not grow.
+    let at_ack = h.master.history.len();
+    let copies = h
+        .master
+        .wait_for("2 heartbeats after the ack", |hist| {
+            (heartbeats(&hist[at_ack..]) >= 2)
+                .then(|| updates(hist).filter(|(_, _, s)| s.uuid == uuid).count())
+        })
+        .await;
+    let then = h.master.history.len();
+    h.master
+        .wait_for("20 more heartbeats", |hist| {
+            (heartbeats(&hist[then..]) >= 20).then_some(())
+        })
+        .await;
+    assert_eq!(
+        updates(&h.master.history)
+            .filter(|(_, _, s)| s.uuid == uuid)
+            .count(),
+        copies,
+        "TASK_RUNNING was resent after its acknowledgement"
+    );
+
+    h.master.send(kill_task("fw-1", "sleeper", 0)).await;
+    let killed = h
+        .master
+        .wait_update("fw-1", "sleeper", v1::TaskState::TaskKilled)
+        .await;
+    assert_eq!(killed.reason, "killed");
+    assert_ne!(uuid_of(&killed), uuid);
+    assert!(!alive(pid), "task {pid} survived its kill");
+    assert!(
+        group_members(pid).is_empty(),
+        "processes of group {pid} survived"
+    );
+    h.master.send(ack("fw-1", &killed)).await;
+    let record = h.work_dir().join("tasks/fw-1/sleeper.json");
+    wait_until("the task record to go", || !record.exists()).await;
+    h.stop_agent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_are_reported_with_code_and_a_missing_binary_with_its_reason() {
+    // Proves exit 3 → TASK_FAILED exit_code 3, exit 0 → TASK_FINISHED, a binary that does not
+    // exist → TASK_FAILED with reason failed_to_start and the OS error in the message.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    h.master
+        .send(run_task("fw", task(&id, "three", shell("exit 3"))))
+        .await;
+    h.master
+        .send(run_task("fw", task(&id, "zero", argv(&["true"]))))
+        .await;
+    h.master
+        .send(run_task(
+            "fw",
+            task(&id, "nobin", argv(&["/nonexistent/drover-test-binary"])),
+        ))
+        .await;
+    // Each task's updates come one at a time: acknowledge RUNNING to release the terminal one.
+    for t in ["three", "zero"] {
+        let r = h
+            .master
+            .wait_update("fw", t, v1::TaskState::TaskRunning)
+            .await;
+        h.master.send(ack("fw", &r)).await;
+    }
+    let failed = h
+        .master
+        .wait_update("fw", "three", v1::TaskState::TaskFailed)
+        .await;
+    assert_eq!(failed.exit_code, Some(3));
+    assert_eq!(failed.signal, None);
+    let finished = h
+        .master
+        .wait_update("fw", "zero", v1::TaskState::TaskFinished)
+        .await;
+    assert_eq!(finished.exit_code, Some(0));
+    let nobin = h
+        .master
+        .wait_update("fw", "nobin", v1::TaskState::TaskFailed)
+        .await;
+    assert_eq!(nobin.reason, "failed_to_start");
+    assert!(nobin.message.contains("No such file"), "{}", nobin.message);
+    assert!(
+        !updates(&h.master.history)
+            .any(|(_, _, s)| s.task_id == "nobin" && s.state == v1::TaskState::TaskRunning as i32),
+        "a task that never started was reported RUNNING"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tasks_and_unknown_kills_are_answered() {
+    // Proves a TaskInfo the agent will not run gets TASK_ERROR naming the field (and runs nothing),
+    // and a kill for a task the agent does not know gets TASK_LOST "unknown task".
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    let mut both = task(&id, "both", argv(&["true"]));
+    both.command.as_mut().unwrap().shell = "true".into();
+    let mut port = task(&id, "port", argv(&["true"]));
+    port.resources.as_mut().unwrap().ports = vec![v1::PortRange {
+        begin: 40000,
+        end: 40000,
+    }];
+    let wrong_agent = task("someone-else", "wrong", argv(&["true"]));
+    let mut no_res = task(&id, "nores", argv(&["true"]));
+    no_res.resources = None;
+    for t in [both, port, wrong_agent, no_res] {
+        h.master.send(run_task("fw", t)).await;
+    }
+    for (t, field) in [
+        ("both", "task.command"),
+        ("port", "task.resources.ports"),
+        ("wrong", "task.agent_id"),
+        ("nores", "task.resources"),
+    ] {
+        let e = h
+            .master
+            .wait_update("fw", t, v1::TaskState::TaskError)
+            .await;
+        assert!(
+            e.message.starts_with(&format!("invalid {field}:")),
+            "{t}: {}",
+            e.message
+        );
+        assert_eq!(e.reason, "invalid_task");
+    }
+    assert!(h.every_run().is_empty(), "a refused task got a sandbox");
+    h.master.send(kill_task("fw", "ghost", 0)).await;
+    let lost = h
+        .master
+        .wait_update("fw", "ghost", v1::TaskState::TaskLost)
+        .await;
+    assert_eq!(lost.message, "unknown task");
+    assert_eq!(uuid_of(&lost).len(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frameworks_may_use_the_same_task_id() {
+    // Proves (framework, task) is the key: same task id in two frameworks runs twice in separate
+    // sandboxes, and killing one leaves the other running; ShutdownFramework kills all of its tasks.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    for fw in ["fw-a", "fw-b"] {
+        h.master
+            .send(run_task(fw, task(&id, "web.1", argv(&["sleep", "30"]))))
+            .await;
+    }
+    h.master
+        .send(run_task("fw-b", task(&id, "web.2", argv(&["sleep", "30"]))))
+        .await;
+    let ra = h
+        .master
+        .wait_update("fw-a", "web.1", v1::TaskState::TaskRunning)
+        .await;
+    let rb = h
+        .master
+        .wait_update("fw-b", "web.1", v1::TaskState::TaskRunning)
+        .await;
+    let rb2 = h
+        .master
+        .wait_update("fw-b", "web.2", v1::TaskState::TaskRunning)
+        .await;
+    for (fw, s) in [("fw-a", &ra), ("fw-b", &rb), ("fw-b", &rb2)] {
+        h.master.send(ack(fw, s)).await;
+    }
+    let a = h.sandbox("fw-a", "web.1").await;
+    let b = h.sandbox("fw-b", "web.1").await;
+    assert_ne!(a.dir(), b.dir());
+    let pa = h.task_pid("fw-a", "web.1").await;
+    let pb = h.task_pid("fw-b", "web.1").await;
+    let pb2 = h.task_pid("fw-b", "web.2").await;
+    h.master.send(kill_task("fw-a", "web.1", 0)).await;
+    h.master
+        .wait_update("fw-a", "web.1", v1::TaskState::TaskKilled)
+        .await;
+    assert!(!alive(pa));
+    assert!(alive(pb), "fw-b's web.1 was killed with fw-a's");
+    h.master
+        .send(master_message::Message::ShutdownFramework(
+            v1::ShutdownFramework {
+                framework_id: "fw-b".into(),
+            },
+        ))
+        .await;
+    h.master
+        .wait_update("fw-b", "web.1", v1::TaskState::TaskKilled)
+        .await;
+    h.master
+        .wait_update("fw-b", "web.2", v1::TaskState::TaskKilled)
+        .await;
+    assert!(!alive(pb) && !alive(pb2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_grace_shorter_than_the_tasks_is_honoured() {
+    // Proves KillTask's kill_grace_period_ms applies when shorter than the task's own: a task that
+    // ignores SIGTERM with a 10-minute grace is SIGKILLed after ~the requested 300 ms.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    let mut t = task(
+        &id,
+        "stubborn",
+        shell("trap '' TERM; echo ready; while :; do sleep 0.05; done"),
+    );
+    t.kill_grace_period_ms = 600_000;
+    h.master.send(run_task("fw", t)).await;
+    let r = h
+        .master
+        .wait_update("fw", "stubborn", v1::TaskState::TaskRunning)
+        .await;
+    h.master.send(ack("fw", &r)).await;
+    let sandbox = h.sandbox("fw", "stubborn").await;
+    wait_until("ready", || {
+        fs::read_to_string(sandbox.stdout_path()).is_ok_and(|s| s.contains("ready"))
+    })
+    .await;
+    let pid = h.task_pid("fw", "stubborn").await;
+    h.master.send(kill_task("fw", "stubborn", 300)).await;
+    let killed = h
+        .master
+        .wait_update("fw", "stubborn", v1::TaskState::TaskKilled)
+        .await;
+    assert!(killed.message.contains("SIGKILL"), "{}", killed.message);
+    assert!(!alive(pid));
+    let exit = sandbox.read_exit().unwrap().expect("exit.json");
+    assert!(exit.kill_escalated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_re_adopts_running_tasks_and_reports_those_that_exited_meanwhile() {
+    // Proves recovery: after an agent restart on the same work dir it re-registers with its id
+    // (Reregister lists its tasks and frameworks), a task still running is left running and not
+    // reported again, a task that exited while the agent was down is reported with its real exit
+    // code, and an update that was never acknowledged is resent with its uuid.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    h.master
+        .send(run_task("fw", task(&id, "long", argv(&["sleep", "30"]))))
+        .await;
+    h.master
+        .send(run_task(
+            "fw",
+            task(
+                &id,
+                "gated",
+                shell("while [ ! -e go ]; do sleep 0.02; done; exit 7"),
+            ),
+        ))
+        .await;
+    h.master
+        .send(run_task(
+            "fw-x",
+            task(&id, "unacked", argv(&["sleep", "30"])),
+        ))
+        .await;
+    let long = h
+        .master
+        .wait_update("fw", "long", v1::TaskState::TaskRunning)
+        .await;
+    let gated = h
+        .master
+        .wait_update("fw", "gated", v1::TaskState::TaskRunning)
+        .await;
+    let unacked = h
+        .master
+        .wait_update("fw-x", "unacked", v1::TaskState::TaskRunning)
+        .await;
+    h.master.send(ack("fw", &long)).await;
+    h.master.send(ack("fw", &gated)).await;
+    let long_pid = h.task_pid("fw", "long").await;
+    let gated_box = h.sandbox("fw", "gated").await;
+    h.wait_ack_checkpointed("fw", "long").await;
+    h.wait_ack_checkpointed("fw", "gated").await;
+    h.stop_agent().await;
+    let conns_before = h.master.conns();
+
+    // While the agent is down, "gated" exits 7.
+    fs::write(gated_box.dir().join("go"), b"").unwrap();
+    wait_until("gated's exit.json", || {
+        gated_box.read_exit().ok().flatten().is_some()
+    })
+    .await;
+
+    h.start_agent();
+    let (conn, hello) = h.master.wait_hello(conns_before).await;
+    let agent_message::Message::Reregister(rr) = hello else {
+        panic!("expected Reregister, got {hello:?}");
+    };
+    assert_eq!(rr.agent.as_ref().unwrap().id, id);
+    let listed: BTreeMap<(String, String), i32> = rr
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                (
+                    t.framework_id.clone(),
+                    t.task.as_ref().unwrap().task_id.clone(),
+                ),
+                t.state,
+            )
+        })
+        .collect();
+    let running = v1::TaskState::TaskRunning as i32;
+    assert_eq!(listed.get(&("fw".into(), "long".into())), Some(&running));
+    assert_eq!(
+        listed.get(&("fw-x".into(), "unacked".into())),
+        Some(&running)
+    );
+    assert!(listed.contains_key(&("fw".into(), "gated".into())));
+    let mut fws: Vec<&str> = rr.frameworks.iter().map(|f| f.id.as_str()).collect();
+    fws.sort();
+    assert_eq!(fws, vec!["fw", "fw-x"]);
+    let listed_long = rr
+        .tasks
+        .iter()
+        .find(|t| t.task.as_ref().unwrap().task_id == "long")
+        .unwrap();
+    assert_eq!(
+        listed_long
+            .task
+            .as_ref()
+            .unwrap()
+            .command
+            .as_ref()
+            .unwrap()
+            .argv,
+        vec!["sleep", "30"]
+    );
+
+    let failed = h
+        .master
+        .wait_for("gated's TASK_FAILED after the restart", |hist| {
+            updates(hist)
+                .find(|(c, _, s)| {
+                    *c == conn
+                        && s.task_id == "gated"
+                        && s.state == v1::TaskState::TaskFailed as i32
+                })
+                .map(|(_, _, s)| s.clone())
+        })
+        .await;
+    assert_eq!(failed.exit_code, Some(7));
+    let resent = h
+        .master
+        .wait_for("the unacknowledged RUNNING resent", |hist| {
+            updates(hist)
+                .find(|(c, _, s)| *c == conn && s.task_id == "unacked")
+                .map(|(_, _, s)| s.clone())
+        })
+        .await;
+    assert_eq!(
+        resent.uuid, unacked.uuid,
+        "a new update instead of the checkpointed one"
+    );
+    assert!(
+        alive(long_pid),
+        "the running task did not survive the agent restart"
+    );
+    assert!(
+        !updates(&h.master.history).any(|(c, _, s)| c == conn && s.task_id == "long"),
+        "the re-adopted task was reported again"
+    );
+    // The re-adopted task is still the agent's to kill.
+    h.master.send(kill_task("fw", "long", 0)).await;
+    h.master
+        .wait_update("fw", "long", v1::TaskState::TaskKilled)
+        .await;
+    assert!(!alive(long_pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_adopted_task_that_ends_later_is_reported() {
+    // Proves a task whose supervisor is no longer the agent's child is still watched: it exits
+    // after the restart and its end is reported with the exit code.
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    h.master
+        .send(run_task(
+            "fw",
+            task(
+                &id,
+                "later",
+                shell("while [ ! -e go ]; do sleep 0.02; done; exit 5"),
+            ),
+        ))
+        .await;
+    let r = h
+        .master
+        .wait_update("fw", "later", v1::TaskState::TaskRunning)
+        .await;
+    h.master.send(ack("fw", &r)).await;
+    let sandbox = h.sandbox("fw", "later").await;
+    h.wait_ack_checkpointed("fw", "later").await;
+    h.stop_agent().await;
+    let before = h.master.conns();
+    h.start_agent();
+    h.master.wait_hello(before).await;
+    fs::write(sandbox.dir().join("go"), b"").unwrap();
+    let failed = h
+        .master
+        .wait_update("fw", "later", v1::TaskState::TaskFailed)
+        .await;
+    assert_eq!(failed.exit_code, Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_leader_redirects_and_reregisters_after_a_failover() {
+    // Proves leader discovery: a non-leading master's UNAVAILABLE + drover-leader is followed; when
+    // the leader's stream ends with UNAVAILABLE naming another leader, the agent re-registers there
+    // with the same id and its tasks, and resends what is unacknowledged.
+    let mut h = Harness::new().await;
+    let leader2 = Master::start(Mode::Lead {
+        new_agent_id: "unused".into(),
+    })
+    .await;
+    let follower = Master::start(Mode::Redirect {
+        leader: h.master.addr.clone(),
+    })
+    .await;
+    // The follower is listed first: the agent must be redirected to the leader.
+    let config = h.config(vec![follower.addr.clone(), h.master.addr.clone()]);
+    h.start_agent_with(config);
+    let (_, hello) = h.master.wait_hello(0).await;
+    assert!(matches!(hello, agent_message::Message::Register(_)));
+    let id = match h.master.control.lock().unwrap().mode.clone() {
+        Mode::Lead { new_agent_id } => new_agent_id,
+        _ => unreachable!(),
+    };
+    h.master
+        .send(run_task("fw", task(&id, "t", argv(&["sleep", "30"]))))
+        .await;
+    let running = h
+        .master
+        .wait_update("fw", "t", v1::TaskState::TaskRunning)
+        .await;
+
+    // Failover: the old leader ends the stream naming leader2 and redirects from now on.
+    let mut leader2 = leader2;
+    h.master.set_mode(Mode::Redirect {
+        leader: leader2.addr.clone(),
+    });
+    let mut s = Status::unavailable("lost leadership");
+    s.metadata_mut()
+        .insert("drover-leader", leader2.addr.parse().unwrap());
+    h.master.end_stream(s).await;
+    let (conn, hello) = leader2.wait_hello(0).await;
+    let agent_message::Message::Reregister(rr) = hello else {
+        panic!("expected Reregister, got {hello:?}");
+    };
+    assert_eq!(rr.agent.unwrap().id, id);
+    assert_eq!(rr.tasks.len(), 1);
+    assert_eq!(rr.tasks[0].state, v1::TaskState::TaskRunning as i32);
+    let resent = leader2
+        .wait_for("RUNNING resent to the new leader", |hist| {
+            updates(hist)
+                .find(|(c, _, s)| *c == conn && s.task_id == "t")
+                .map(|(_, _, s)| s.clone())
+        })
+        .await;
+    assert_eq!(resent.uuid, running.uuid);
+    leader2.send(ack("fw", &resent)).await;
+    leader2.send(kill_task("fw", "t", 0)).await;
+    leader2
+        .wait_update("fw", "t", v1::TaskState::TaskKilled)
+        .await;
+    drop(follower);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_agent_stops_with_the_masters_message() {
+    // Proves AgentRefused ends the agent with an error carrying the master's message.
+    let mut h = Harness::new().await;
+    h.master.set_mode(Mode::Refuse {
+        message: "agent id agent-9 was removed".into(),
+    });
+    h.start_agent();
+    let a = h.agent.take().unwrap();
+    let result = tokio::time::timeout(WAIT_DEADLINE, a.handle)
+        .await
+        .expect("agent stops")
+        .unwrap();
+    match result {
+        Err(AgentError::Link(LinkError::Refused { message, .. })) => {
+            assert_eq!(message, "agent id agent-9 was removed")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_memory_limit_is_failed_with_reason_memory_limit() {
+    // Proves OOM reporting: under cgroups a task using more than its memory is TASK_FAILED with
+    // reason memory_limit and a message naming the limit (under rlimits-only hosts: a plain
+    // non-zero exit, since the kernel never OOM-kills there).
+    let mut h = Harness::new().await;
+    let id = h.registered_agent().await;
+    let mut t = task(
+        &id,
+        "hog",
+        shell("head -c 300M /dev/zero | tail > /dev/null"),
+    );
+    t.resources.as_mut().unwrap().mem_bytes = 32 * MIB;
+    h.master.send(run_task("fw", t)).await;
+    let r = h
+        .master
+        .wait_update("fw", "hog", v1::TaskState::TaskRunning)
+        .await;
+    h.master.send(ack("fw", &r)).await;
+    let failed = h
+        .master
+        .wait_update("fw", "hog", v1::TaskState::TaskFailed)
+        .await;
+    if h.isolation.kind() == IsolationKind::Rlimits {
+        assert!(failed.exit_code.is_some_and(|c| c != 0), "{failed:?}");
+    } else {
+        assert_eq!(failed.reason, "memory_limit", "{failed:?}");
+        assert!(failed.message.contains("32 MiB"), "{}", failed.message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_cannot_use_the_same_work_dir() {
+    // Proves the work dir lock: a second agent on a directory in use fails at once, naming it.
+    let mut h = Harness::new().await;
+    h.registered_agent().await;
+    let config = h.config(vec![h.master.addr.clone()]);
+    let err = daemon::run(config, std::future::pending())
+        .await
+        .expect_err("a second agent on the same work dir");
+    assert!(err.to_string().contains("in use by another agent"), "{err}");
+    assert!(Path::new(&h.work_dir()).exists());
+}

@@ -1,0 +1,158 @@
+//! `drover agent`: the agent daemon. Registers with the leading master (found from the global
+//! `--masters`), offers this machine's resources, runs tasks under `drover supervise` processes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use drover_agent::daemon::{self, AgentConfig, AgentTiming, SupervisorCommand, defaults};
+use drover_agent::{IsolationPolicy, ResourceOverrides};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsolationArg {
+    /// cgroup v2 where delegated, else cgroup v1, else rlimits (with a warning).
+    Auto,
+    /// rlimits only (no cgroups).
+    Rlimits,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The agent's own address, sent to the master as `AgentInfo.address` (the agent's API on it
+    /// comes with a later issue).
+    #[arg(long, env = "DROVER_AGENT_LISTEN", default_value = "127.0.0.1:5051")]
+    pub listen: String,
+    /// Directory for the agent's id, checkpoints and task sandboxes; created if missing. A
+    /// restarted agent on the same directory re-adopts its tasks.
+    #[arg(long, env = "DROVER_AGENT_WORK_DIR")]
+    pub work_dir: PathBuf,
+    /// Host name reported to the master (default: this machine's).
+    #[arg(long, env = "DROVER_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// CPUs to offer (default: the machine's logical CPUs).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory to offer, e.g. `8GiB` (default: RAM minus --mem-reserve).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Memory kept for the agent when --mem is not given: bytes (`512MiB`) or a percentage (`10%`).
+    #[arg(long)]
+    pub mem_reserve: Option<String>,
+    /// Port ranges to offer, e.g. `31000-32000,33000` (default: 31000-32000).
+    #[arg(long)]
+    pub ports: Option<String>,
+    /// An attribute `key=value` offered with the resources; repeat for several.
+    #[arg(long = "attr")]
+    pub attrs: Vec<String>,
+    /// Task isolation.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    pub isolation: IsolationArg,
+    /// Cgroup (below the agent's own) that holds the task cgroups.
+    #[arg(long, default_value = defaults::CGROUP_PARENT)]
+    pub cgroup_parent: String,
+    /// Deadline of one connection attempt to a master.
+    #[arg(long, default_value_t = defaults::CONNECT_TIMEOUT_MS)]
+    pub connect_timeout_ms: u64,
+    /// Deadline for a master's answer to Register/Reregister.
+    #[arg(long, default_value_t = defaults::REGISTRATION_TIMEOUT_MS)]
+    pub registration_timeout_ms: u64,
+    /// First wait after a round of masters found no leader (doubles up to the max, jittered).
+    #[arg(long, default_value_t = defaults::RECONNECT_BACKOFF_MIN_MS)]
+    pub reconnect_backoff_min_ms: u64,
+    #[arg(long, default_value_t = defaults::RECONNECT_BACKOFF_MAX_MS)]
+    pub reconnect_backoff_max_ms: u64,
+    /// HTTP/2 keepalive ping interval on the master stream.
+    #[arg(long, default_value_t = defaults::KEEPALIVE_INTERVAL_MS)]
+    pub keepalive_interval_ms: u64,
+    /// A keepalive ping unanswered for this long ends the master stream.
+    #[arg(long, default_value_t = defaults::KEEPALIVE_TIMEOUT_MS)]
+    pub keepalive_timeout_ms: u64,
+    /// First resend interval of an unacknowledged status update (doubles up to the max).
+    #[arg(long, default_value_t = defaults::STATUS_UPDATE_RETRY_MIN_MS)]
+    pub status_update_retry_min_ms: u64,
+    #[arg(long, default_value_t = defaults::STATUS_UPDATE_RETRY_MAX_MS)]
+    pub status_update_retry_max_ms: u64,
+    /// Grace between SIGTERM and SIGKILL for tasks that give none.
+    #[arg(long, default_value_t = defaults::KILL_GRACE_MS)]
+    pub kill_grace_ms: u64,
+    /// After a kill's grace, how often the supervisor is signalled again until the task ended.
+    #[arg(long, default_value_t = defaults::KILL_RESEND_INTERVAL_MS)]
+    pub kill_resend_interval_ms: u64,
+    /// How long a supervisor may take to report that its task started.
+    #[arg(long, default_value_t = defaults::TASK_START_TIMEOUT_MS)]
+    pub task_start_timeout_ms: u64,
+    /// How often a starting task's supervisor record is read.
+    #[arg(long, default_value_t = defaults::TASK_START_POLL_MS)]
+    pub task_start_poll_ms: u64,
+    /// How often a re-adopted task (supervisor not our child) is checked for its end.
+    #[arg(long, default_value_t = defaults::TASK_EXIT_POLL_MS)]
+    pub task_exit_poll_ms: u64,
+}
+
+pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
+    let overrides = ResourceOverrides::from_flags(
+        args.cpus.as_deref(),
+        args.mem.as_deref(),
+        args.mem_reserve.as_deref(),
+        args.ports.as_deref(),
+        &args.attrs,
+    )?;
+    let resources = drover_agent::discover(overrides)?;
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => daemon::local_hostname()
+            .context("cannot read this machine's host name; pass --hostname")?,
+    };
+    let supervisor =
+        SupervisorCommand::current_exe().context("cannot find the drover executable")?;
+    let ms = Duration::from_millis;
+    let mut config = AgentConfig::new(
+        masters,
+        args.listen,
+        args.work_dir,
+        hostname,
+        resources,
+        supervisor,
+    );
+    config.isolation = match args.isolation {
+        IsolationArg::Auto => IsolationPolicy::Auto,
+        IsolationArg::Rlimits => IsolationPolicy::Rlimits,
+    };
+    config.cgroup_parent = args.cgroup_parent;
+    config.timing = AgentTiming {
+        connect_timeout: ms(args.connect_timeout_ms),
+        registration_timeout: ms(args.registration_timeout_ms),
+        reconnect_backoff_min: ms(args.reconnect_backoff_min_ms),
+        reconnect_backoff_max: ms(args.reconnect_backoff_max_ms),
+        keepalive_interval: ms(args.keepalive_interval_ms),
+        keepalive_timeout: ms(args.keepalive_timeout_ms),
+        status_update_retry_min: ms(args.status_update_retry_min_ms),
+        status_update_retry_max: ms(args.status_update_retry_max_ms),
+        kill_grace_default: ms(args.kill_grace_ms),
+        kill_resend_interval: ms(args.kill_resend_interval_ms),
+        task_start_timeout: ms(args.task_start_timeout_ms),
+        task_start_poll: ms(args.task_start_poll_ms),
+        task_exit_poll: ms(args.task_exit_poll_ms),
+    };
+    daemon::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM. The agent then stops; its tasks keep running for the next start.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping the agent");
+}
