@@ -16,6 +16,8 @@ pub const ENV_VARS_MAX: usize = 1024;
 pub const MEM_BYTES_MIN: u64 = 4 * 1024 * 1024;
 /// Most CPUs a task may ask for.
 pub const CPUS_MAX: f64 = 4096.0;
+/// Longest interval between two OOM checks of a running task's cgroup.
+pub const OOM_POLL_INTERVAL_MS_MAX: u64 = 60_000;
 /// Longest grace period between SIGTERM and SIGKILL.
 pub const GRACE_PERIOD_MS_MAX: u64 = 10 * 60 * 1000;
 /// How long the supervisor keeps sweeping (SIGKILL, reap, cgroup rmdir) after a task before it

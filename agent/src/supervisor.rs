@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::isolation::{Isolation, IsolationError, IsolationPolicy, TaskCgroup};
 use crate::limits::{
     ARGV_ENTRIES_MAX, CGROUP_PARENT_BYTES_MAX, CLEANUP_DEADLINE_MS, CPUS_MAX, ENV_VARS_MAX,
-    GRACE_PERIOD_MS_MAX, MEM_BYTES_MIN, PORTS_PER_TASK_MAX,
+    GRACE_PERIOD_MS_MAX, MEM_BYTES_MIN, OOM_POLL_INTERVAL_MS_MAX, PORTS_PER_TASK_MAX,
 };
 use crate::procfs;
 use crate::sandbox::{
@@ -79,6 +79,11 @@ pub struct SupervisorSpec {
     pub mem_bytes: u64,
     /// Time between SIGTERM and SIGKILL when the task is killed.
     pub grace_period_ms: u64,
+    /// How often the task's cgroup is checked for OOM kills while it runs. An OOM kill of any of
+    /// its processes ends the whole task (cgroup v1 kills only the one process; the task may not
+    /// notice). Unused under rlimits.
+    #[serde(default = "default_oom_poll_interval_ms")]
+    pub oom_poll_interval_ms: u64,
     #[serde(default)]
     pub agent_id: Option<String>,
     #[serde(default)]
@@ -90,6 +95,13 @@ pub struct SupervisorSpec {
 
 fn default_cgroup_parent() -> String {
     "drover".to_owned()
+}
+
+/// Default of [`SupervisorSpec::oom_poll_interval_ms`].
+pub const OOM_POLL_INTERVAL_MS_DEFAULT: u64 = 100;
+
+fn default_oom_poll_interval_ms() -> u64 {
+    OOM_POLL_INTERVAL_MS_DEFAULT
 }
 
 /// Why a supervisor could not do its job. A task that merely fails to start is not an error: it is
@@ -185,6 +197,15 @@ impl SupervisorSpec {
             return bad(
                 "mem_bytes",
                 format!("{} is below the minimum {MEM_BYTES_MIN}", self.mem_bytes),
+            );
+        }
+        if !(1..=OOM_POLL_INTERVAL_MS_MAX).contains(&self.oom_poll_interval_ms) {
+            return bad(
+                "oom_poll_interval_ms",
+                format!(
+                    "{} is not in 1..={OOM_POLL_INTERVAL_MS_MAX}",
+                    self.oom_poll_interval_ms
+                ),
             );
         }
         if self.grace_period_ms > GRACE_PERIOD_MS_MAX {
@@ -398,7 +419,13 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
         .unwrap_or_default();
     sandbox.write_supervisor(&record)?;
 
-    let waited = wait_for_task(task, &signal_fd, spec.grace_period_ms, cgroup.as_ref())?;
+    let waited = wait_for_task(
+        task,
+        &signal_fd,
+        spec.grace_period_ms,
+        spec.oom_poll_interval_ms,
+        cgroup.as_ref(),
+    )?;
 
     // The main process is a zombie: its pid, and so its process group id, are still ours.
     let _ = killpg(task, Signal::SIGKILL);
@@ -446,10 +473,12 @@ struct Waited {
 }
 
 /// Waits until the main task process has exited (leaving it unreaped), handling kill requests.
+/// Under a cgroup, an OOM kill of any process of the task ends the whole task.
 fn wait_for_task(
     task: Pid,
     signal_fd: &SignalFd,
     grace_period_ms: u64,
+    oom_poll_interval_ms: u64,
     cgroup: Option<&TaskCgroup>,
 ) -> Result<Waited, SupervisorError> {
     let mut waited = Waited {
@@ -457,9 +486,22 @@ fn wait_for_task(
         kill_escalated: false,
     };
     let mut kill_deadline: Option<Instant> = None;
+    let mut oom_handled = false;
+    let oom_poll = Duration::from_millis(oom_poll_interval_ms);
     loop {
         if main_exited(task)? {
             return Ok(waited);
+        }
+        if let Some(cg) = cgroup
+            && !oom_handled
+            && cg.oom_kills() > 0
+        {
+            // The kernel killed one process of the task (cgroup v1 picks one; v2 without
+            // memory.oom.group too): the task as a whole ran out of memory, so it ends here.
+            tracing::warn!("the task ran out of memory; killing all of it");
+            oom_handled = true;
+            let _ = killpg(task, Signal::SIGKILL);
+            cg.signal_all(Signal::SIGKILL);
         }
         if let Some(deadline) = kill_deadline
             && !waited.kill_escalated
@@ -472,13 +514,19 @@ fn wait_for_task(
                 cg.signal_all(Signal::SIGKILL);
             }
         }
-        let timeout = match kill_deadline {
+        let mut wait = match kill_deadline {
+            // Round up so we do not spin on a sub-millisecond remainder.
             Some(d) if !waited.kill_escalated => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so we do not spin on a sub-millisecond remainder.
-                PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+                Some(d.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
             }
-            _ => PollTimeout::NONE,
+            _ => None,
+        };
+        if cgroup.is_some() && !oom_handled {
+            wait = Some(wait.map_or(oom_poll, |w| w.min(oom_poll)));
+        }
+        let timeout = match wait {
+            Some(w) => PollTimeout::try_from(w).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
         };
         let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
@@ -589,6 +637,7 @@ mod tests {
             cpus: 0.5,
             mem_bytes: 64 << 20,
             grace_period_ms: 1000,
+            oom_poll_interval_ms: OOM_POLL_INTERVAL_MS_DEFAULT,
             agent_id: Some("a1".into()),
             isolation: IsolationPolicy::Auto,
             cgroup_parent: "drover".into(),
@@ -632,6 +681,7 @@ mod tests {
                           "cpus":1.0,"mem_bytes":67108864,"grace_period_ms":0}"#;
         let m: SupervisorSpec = serde_json::from_str(minimal).unwrap();
         assert_eq!(m.cgroup_parent, "drover");
+        assert_eq!(m.oom_poll_interval_ms, OOM_POLL_INTERVAL_MS_DEFAULT);
         assert_eq!(m.isolation, IsolationPolicy::Auto);
     }
 }

@@ -99,6 +99,7 @@ impl Harness {
             cpus: 0.5,
             mem_bytes: 64 * MIB,
             grace_period_ms: 30_000,
+            oom_poll_interval_ms: 100,
             agent_id: Some("agent-1".into()),
             isolation: IsolationPolicy::Auto,
             cgroup_parent: self.cgroup_parent.clone(),

@@ -88,6 +88,9 @@ pub struct AgentArgs {
     /// How often a re-adopted task (supervisor not our child) is checked for its end.
     #[arg(long, default_value_t = defaults::TASK_EXIT_POLL_MS)]
     pub task_exit_poll_ms: u64,
+    /// How often a task's cgroup is checked for OOM kills (one OOM-killed process ends the task).
+    #[arg(long, default_value_t = defaults::OOM_POLL_MS)]
+    pub oom_poll_interval_ms: u64,
 }
 
 pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
@@ -134,6 +137,7 @@ pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
         task_start_timeout: ms(args.task_start_timeout_ms),
         task_start_poll: ms(args.task_start_poll_ms),
         task_exit_poll: ms(args.task_exit_poll_ms),
+        oom_poll: ms(args.oom_poll_interval_ms),
     };
     daemon::run(config, shutdown_signal()).await?;
     Ok(())

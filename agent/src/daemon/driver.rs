@@ -585,6 +585,7 @@ impl Driver {
             cpus: valid.cpus,
             mem_bytes: valid.mem_bytes,
             grace_period_ms: valid.grace_period_ms,
+            oom_poll_interval_ms: duration_ms(self.config.timing.oom_poll),
             agent_id: Some(agent_id.clone()),
             isolation: self.config.isolation,
             cgroup_parent: self.config.cgroup_parent.clone(),

@@ -70,6 +70,8 @@ pub struct AgentTiming {
     pub task_start_poll: Duration,
     /// How often a run whose supervisor is not our child (after a restart) is checked for its end.
     pub task_exit_poll: Duration,
+    /// How often a supervisor checks its task's cgroup for OOM kills (an OOM kill ends the task).
+    pub oom_poll: Duration,
 }
 
 /// Production values of [`AgentTiming`], in milliseconds (the `drover agent` flag defaults).
@@ -87,6 +89,7 @@ pub mod defaults {
     pub const TASK_START_TIMEOUT_MS: u64 = 60_000;
     pub const TASK_START_POLL_MS: u64 = 20;
     pub const TASK_EXIT_POLL_MS: u64 = 1_000;
+    pub const OOM_POLL_MS: u64 = crate::supervisor::OOM_POLL_INTERVAL_MS_DEFAULT;
     /// Name of the cgroup (below the agent's own) that holds the task cgroups.
     pub const CGROUP_PARENT: &str = "drover";
 }
@@ -109,6 +112,7 @@ impl Default for AgentTiming {
             task_start_timeout: ms(TASK_START_TIMEOUT_MS),
             task_start_poll: ms(TASK_START_POLL_MS),
             task_exit_poll: ms(TASK_EXIT_POLL_MS),
+            oom_poll: ms(OOM_POLL_MS),
         }
     }
 }
@@ -215,6 +219,7 @@ impl AgentConfig {
             ("task_start_timeout", t.task_start_timeout),
             ("task_start_poll", t.task_start_poll),
             ("task_exit_poll", t.task_exit_poll),
+            ("oom_poll", t.oom_poll),
         ] {
             if d.is_zero() {
                 return bad(field, "must be > 0".into());
