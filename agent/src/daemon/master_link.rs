@@ -98,6 +98,7 @@ pub async fn connect(
             }
         }
         let mut tried: Vec<String> = Vec::new();
+        let mut last_failure = String::new();
         let mut next = 0;
         while next < queue.len() {
             let addr = queue[next].clone();
@@ -117,18 +118,21 @@ pub async fn connect(
                 }
                 Attempt::Redirect(leader) => {
                     tracing::debug!(master = %addr, %leader, "not the leader, following the redirect");
+                    last_failure = format!("{addr}: redirected to {leader}");
                     if !tried.contains(&leader) {
                         queue.insert(next, leader);
                     }
                 }
                 Attempt::Failed(reason) => {
                     tracing::debug!(master = %addr, %reason, "cannot register with this master");
+                    last_failure = format!("{addr}: {reason}");
                 }
             }
         }
         let delay = jittered(backoff);
         tracing::info!(
             delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            last_failure = %last_failure,
             "no leading master answered; retrying"
         );
         sleep(delay).await;
