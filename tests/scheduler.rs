@@ -598,7 +598,7 @@ async fn two_frameworks_with_equal_weights_get_equal_shares() {
     // rest end with equal numbers of tasks (± 1) on a shared pool.
     let cluster = Cluster::start(&[SMALL_AGENT, SMALL_AGENT], &[]);
     cluster.wait_agents(2).await;
-    let mut fws = vec![
+    let mut fws = [
         TestFramework::subscribe(&cluster.addr, "one").await,
         TestFramework::subscribe(&cluster.addr, "two").await,
     ];

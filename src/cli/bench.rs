@@ -41,6 +41,13 @@ pub enum BenchCmd {
     /// write unavailability after a leader is killed. Starts its own 3-master ensemble unless
     /// --masters (or DROVER_MASTERS) names one.
     Coord(CoordBenchArgs),
+    /// Placement throughput of a real master: simulated agents in a second process, SDK
+    /// frameworks in this one. Starts its own master unless --masters names one.
+    Scheduler(super::bench_scheduler::SchedulerBenchArgs),
+    /// (Used by `bench scheduler`.) Many simulated agents in one process, each reporting
+    /// TASK_RUNNING at once for every task it is given.
+    #[command(hide = true)]
+    SimAgents(super::bench_scheduler::SimAgentsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +110,12 @@ const FAILED_WRITE_PAUSE: Duration = Duration::from_millis(1);
 pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Coord(args) => bench_coord(ctx, args).await,
+        BenchCmd::Scheduler(args) => {
+            until_interrupted(super::bench_scheduler::bench_scheduler(ctx, args)).await
+        }
+        BenchCmd::SimAgents(args) => {
+            until_interrupted(super::bench_scheduler::sim_agents(ctx, args)).await
+        }
     }
 }
 
@@ -177,7 +190,7 @@ fn check_args(args: &CoordBenchArgs) -> anyhow::Result<()> {
 
 /// Whether the user named masters: `--masters` on the command line or `DROVER_MASTERS` set.
 /// (The global flag has a default, so its value alone cannot tell.)
-fn masters_given() -> bool {
+pub(super) fn masters_given() -> bool {
     std::env::var_os("DROVER_MASTERS").is_some_and(|v| !v.is_empty())
         || std::env::args_os()
             .any(|a| a == "--masters" || a.to_str().is_some_and(|s| s.starts_with("--masters=")))

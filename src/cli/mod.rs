@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_scheduler;
 pub mod coord;
 pub mod ensemble;
 pub mod master;
