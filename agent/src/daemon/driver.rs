@@ -202,7 +202,7 @@ impl Driver {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
-        loop {
+        let result = loop {
             let deadline = self.next_deadline();
             let step = tokio::select! {
                 _ = &mut shutdown => Step::Shutdown,
@@ -212,29 +212,30 @@ impl Driver {
                 Some(done) = self.watchers.join_next() => Step::WatcherDone(done),
                 _ = sleep_until(deadline) => Step::Timer,
             };
-            match step {
-                Step::Shutdown => {
-                    self.stop().await;
-                    return Ok(());
-                }
-                Step::Run(ev) => self.on_run_event(ev)?,
-                Step::Link(ev) => self.on_link_event(ev)?,
-                Step::Registered(Ok(Ok(link))) => self.on_registered(link)?,
-                Step::Registered(Ok(Err(e))) => {
-                    self.stop().await;
-                    return Err(e.into());
-                }
+            let handled = match step {
+                Step::Shutdown => break Ok(()),
+                Step::Run(ev) => self.on_run_event(ev),
+                Step::Link(ev) => self.on_link_event(ev),
+                Step::Registered(Ok(Ok(link))) => self.on_registered(link),
+                Step::Registered(Ok(Err(e))) => Err(e.into()),
                 Step::Registered(Err(join)) => {
                     tracing::error!(error = %join, "the connect task failed; reconnecting");
                     self.start_connecting(None, self.config.timing.reconnect_backoff_min);
+                    Ok(())
                 }
                 Step::WatcherDone(Err(join)) if join.is_panic() => {
                     tracing::error!(error = %join, "a task watcher panicked");
+                    Ok(())
                 }
-                Step::WatcherDone(_) => {}
-                Step::Timer => self.on_timer()?,
+                Step::WatcherDone(_) => Ok(()),
+                Step::Timer => self.on_timer(),
+            };
+            if let Err(e) = handled {
+                break Err(e);
             }
-        }
+        };
+        self.stop().await;
+        result
     }
 
     async fn stop(&mut self) {
@@ -544,6 +545,16 @@ impl Driver {
         }
         if self.table.contains(&key) {
             tracing::warn!(task_id = %key.task_id, framework_id = %key.framework_id, "ignoring RunTask for a task this agent already has");
+            return Ok(());
+        }
+        if !self
+            .updates
+            .pending(&key.framework_id, &key.task_id)
+            .is_empty()
+        {
+            // An earlier task with this id still has an unacknowledged terminal update (e.g. the
+            // TASK_LOST of a kill for it): its stream takes no more updates until acknowledged.
+            tracing::warn!(task_id = %key.task_id, framework_id = %key.framework_id, "ignoring RunTask for a task id whose last update is not acknowledged yet");
             return Ok(());
         }
         let agent_id = self.agent_id.clone().unwrap_or_default();

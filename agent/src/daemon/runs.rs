@@ -256,7 +256,10 @@ async fn wait_started(w: &mut Watch, timing: WatchTiming) -> Result<(), RunOutco
             return Err(match w.sandbox.read_exit() {
                 Ok(Some(record)) => RunOutcome::Exited(record),
                 _ => RunOutcome::SupervisorLost {
-                    detail: "the supervisor exited before starting the task".into(),
+                    detail: with_log_tail(
+                        "the supervisor exited before starting the task",
+                        &w.sandbox,
+                    ),
                 },
             });
         }
@@ -309,7 +312,10 @@ async fn wait_ended(w: &mut Watch, timing: WatchTiming) -> RunOutcome {
             Ok(RunState::Lost) => {
                 cleanup_lost_run(&w.sandbox).await;
                 return RunOutcome::SupervisorLost {
-                    detail: "the supervisor exited without writing exit.json".into(),
+                    detail: with_log_tail(
+                        "the supervisor exited without writing exit.json",
+                        &w.sandbox,
+                    ),
                 };
             }
             Ok(RunState::Running { .. }) => {}
@@ -375,6 +381,51 @@ pub async fn cleanup_lost_run(sandbox: &Sandbox) {
     }
 }
 
+/// Longest piece of `supervisor.log` quoted in a status message.
+const LOG_TAIL_BYTES_MAX: u64 = 512;
+
+/// `what`, followed by the last line the supervisor logged, if any (it usually says why).
+fn with_log_tail(what: &str, sandbox: &Sandbox) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = sandbox.dir().join(SUPERVISOR_LOG_FILE);
+    let Ok(mut file) = fs::File::open(&path) else {
+        return what.to_owned();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut tail = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES_MAX)))
+        .and_then(|_| file.take(LOG_TAIL_BYTES_MAX).read_to_end(&mut tail))
+        .is_err()
+    {
+        return what.to_owned();
+    }
+    let text = strip_ansi(&String::from_utf8_lossy(&tail));
+    match text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => format!("{what}; its last log line: {line}"),
+        None => what.to_owned(),
+    }
+}
+
+/// `text` without ANSI escape sequences (a log written with colours).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -384,4 +435,27 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_supervisor_is_explained_by_its_last_log_line() {
+        // Proves the message of a lost run quotes the supervisor's last (colour-free) log line.
+        let tmp = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::at(tmp.path());
+        assert_eq!(with_log_tail("gone", &sandbox), "gone");
+        fs::write(
+            tmp.path().join(SUPERVISOR_LOG_FILE),
+            "\u{1b}[32m INFO\u{1b}[0m starting\ndrover: supervisor failed: invalid cpus\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            with_log_tail("gone", &sandbox),
+            "gone; its last log line: drover: supervisor failed: invalid cpus"
+        );
+        assert_eq!(strip_ansi("\u{1b}[2mx\u{1b}[0m y"), "x y");
+    }
 }
