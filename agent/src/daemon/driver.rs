@@ -294,6 +294,8 @@ impl Driver {
         if let LinkState::Connected(c) = &self.link {
             c.reader.abort();
         }
+        self.link = LinkState::Idle;
+        self.refresh_hello();
         self.link = LinkState::Connecting(tokio::spawn(master_link::connect(
             self.config.link_config(),
             self.hello_tx.subscribe(),
@@ -344,7 +346,6 @@ impl Driver {
             heartbeat_interval,
             next_heartbeat: Instant::now() + heartbeat_interval,
         });
-        self.refresh_hello();
         self.updates.retry_all_now();
         self.flush_updates();
         Ok(())
@@ -482,7 +483,12 @@ impl Driver {
         }
     }
 
+    /// Keeps the hello the connect task sends current. While connected nobody reads it, so it is
+    /// rebuilt (a walk over every task) only when connecting or about to.
     fn refresh_hello(&mut self) {
+        if matches!(self.link, LinkState::Connected(_)) {
+            return;
+        }
         let hello = self.hello();
         self.hello_tx.send_replace(hello);
     }

@@ -178,6 +178,9 @@ impl AgentConfig {
         if let Some(m) = self.masters.iter().find(|m| !looks_like_host_port(m)) {
             return bad("masters", format!("{m:?} is not host:port"));
         }
+        if !looks_like_host_port(&self.listen) {
+            return bad("listen", format!("{:?} is not host:port", self.listen));
+        }
         if self.hostname.is_empty() {
             return bad("hostname", "must not be empty".into());
         }
