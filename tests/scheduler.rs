@@ -186,6 +186,10 @@ struct TestFramework {
 
 impl TestFramework {
     async fn subscribe(addr: &str, name: &str) -> TestFramework {
+        TestFramework::subscribe_with_failover(addr, name, 60.0).await
+    }
+
+    async fn subscribe_with_failover(addr: &str, name: &str, failover_s: f64) -> TestFramework {
         let mut client = SchedulerClient::connect(format!("http://{addr}"))
             .await
             .expect("scheduler client");
@@ -194,7 +198,7 @@ impl TestFramework {
             let request = v1::SubscribeRequest {
                 framework: Some(v1::FrameworkInfo {
                     name: name.into(),
-                    failover_timeout_seconds: 60.0,
+                    failover_timeout_seconds: failover_s,
                     ..Default::default()
                 }),
                 suppressed: false,
@@ -640,7 +644,13 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
     let offer = fw.next_offer().await;
     fw.accept(
         &offer,
-        vec![shell_task("steady", &offer, 100, 32 * MIB, "exec sleep 600")],
+        vec![shell_task(
+            "steady",
+            &offer,
+            100,
+            32 * MIB,
+            "exec sleep 600",
+        )],
         Some(0.0),
     )
     .await;
@@ -672,5 +682,175 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
         task_pids("steady").len(),
         1,
         "the task kept running throughout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_gone_past_its_failover_timeout_is_torn_down_and_its_tasks_killed() {
+    // Proves framework failover: while away for less than its timeout a framework keeps its
+    // tasks; past it, it is removed and its tasks' processes are killed.
+    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    cluster.wait_agents(1).await;
+    let mut fw = TestFramework::subscribe_with_failover(&cluster.addr, "brief", 2.0).await;
+    let offer = fw.next_offer().await;
+    let task = shell_task("orphan", &offer, 100, 32 * MIB, "exec sleep 600");
+    fw.accept(&offer, vec![task], Some(0.0)).await;
+    fw.wait_update("orphan", is(v1::TaskState::TaskRunning))
+        .await;
+    let gone_at = Instant::now();
+    drop(fw);
+    // Still there a moment after the disconnect...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        task_pids("orphan").len(),
+        1,
+        "the task outlives a short disconnect"
+    );
+    // ...and killed once the timeout has passed.
+    util::wait_for("the torn-down framework's task to be killed", WAIT, || {
+        task_pids("orphan").is_empty().then_some(())
+    });
+    assert!(
+        gone_at.elapsed() >= Duration::from_secs(2),
+        "killed before the failover timeout"
+    );
+    let state = cluster.state().await;
+    assert!(state.frameworks.is_empty(), "{:?}", state.frameworks);
+}
+
+/// Stops the supervisors and tasks under a directory when dropped (before the masters go).
+struct StopUnder(PathBuf);
+
+impl Drop for StopUnder {
+    fn drop(&mut self) {
+        util::stop_processes_under(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_keeps_tasks_running_and_the_framework_subscribed() {
+    // Proves leadership follows coord: a follower redirects with drover-leader; after kill -9
+    // of the leading master, the new leader learns the running tasks from the re-registering
+    // agent, hello re-subscribes with its id, and no task was stopped or launched again.
+    let ensemble = util::Ensemble::start(
+        3,
+        &[
+            "--allocation-interval-ms",
+            "20",
+            "--agent-heartbeat-interval-ms",
+            "200",
+            "--agent-unreachable-after-ms",
+            "5000",
+            "--framework-heartbeat-interval-ms",
+            "500",
+        ],
+    );
+    let _cleanup = StopUnder(ensemble.dir().to_path_buf());
+    let (leader, _) = ensemble.wait_stable(WAIT);
+    let all = ensemble
+        .ids()
+        .map(|id| ensemble.addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    // A follower redirects to the leader.
+    let follower = ensemble.ids().find(|&id| id != leader).unwrap();
+    let leader_addr = ensemble.addr(leader);
+    util::wait_until("the follower to name the leader", WAIT, || async {
+        let mut op = OperatorClient::connect(format!("http://{}", ensemble.addr(follower)))
+            .await
+            .ok()?;
+        let err = op.get_state(v1::GetStateRequest {}).await.err()?;
+        let named = err
+            .metadata()
+            .get("drover-leader")?
+            .to_str()
+            .ok()?
+            .to_string();
+        (err.code() == tonic::Code::Unavailable && named == leader_addr).then_some(())
+    })
+    .await;
+    let work = ensemble.dir().join("agent0");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _agent = Proc::spawn(
+        "agent0",
+        &[
+            "agent",
+            "--masters",
+            &all,
+            "--listen",
+            &listen,
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--mem",
+            "1GiB",
+            "--ports",
+            "31000-31099",
+        ],
+        ensemble.dir(),
+    );
+    let _hello = Proc::spawn_program(
+        "hello",
+        &hello_bin(),
+        &[
+            "--masters",
+            &all,
+            "--instances",
+            "2",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "16MiB",
+            "--",
+            "sleep",
+            "600",
+        ],
+        ensemble.dir(),
+    );
+    let running_on = |addr: String| async move {
+        let mut op = OperatorClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        let state = op
+            .get_state(v1::GetStateRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let mut ids: Vec<String> = state
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| state_of(s) == v1::TaskState::TaskRunning)
+            })
+            .map(|t| t.task.as_ref().unwrap().task_id.clone())
+            .collect();
+        ids.sort();
+        let connected = state.frameworks.iter().filter(|f| f.connected).count();
+        (ids.len() == 2 && connected == 1).then_some(ids)
+    };
+    let before = util::wait_until("2 tasks running under the first leader", WAIT, || {
+        running_on(leader_addr.clone())
+    })
+    .await;
+    let pids: Vec<Vec<i32>> = before.iter().map(|id| task_pids(id)).collect();
+    assert!(pids.iter().all(|p| p.len() == 1), "{pids:?}");
+    let mut ensemble = ensemble;
+    ensemble.kill9(leader);
+    let (new_leader, _) = ensemble.wait_stable(WAIT);
+    assert_ne!(new_leader, leader);
+    let after = util::wait_until(
+        "the same 2 tasks running under the new leader",
+        WAIT,
+        || running_on(ensemble.addr(new_leader)),
+    )
+    .await;
+    assert_eq!(after, before, "the same tasks, none launched again");
+    let pids_after: Vec<Vec<i32>> = after.iter().map(|id| task_pids(id)).collect();
+    assert_eq!(
+        pids_after, pids,
+        "the task processes ran through the failover"
     );
 }
