@@ -530,7 +530,9 @@ async fn a_task_over_its_memory_limit_is_killed_and_reported() {
             "only the rlimits fallback may report a memory hog without reason memory_limit: {failed:?}"
         );
     }
-    assert!(task_pids("hog").is_empty());
+    util::wait_for("every process of the hog to be gone", WAIT, || {
+        task_pids("hog").is_empty().then_some(())
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,9 +703,8 @@ async fn a_framework_gone_past_its_failover_timeout_is_torn_down_and_its_tasks_k
     drop(fw);
     // Still there a moment after the disconnect...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        task_pids("orphan").len(),
-        1,
+    assert!(
+        !task_pids("orphan").is_empty(),
         "the task outlives a short disconnect"
     );
     // ...and killed once the timeout has passed.
