@@ -279,6 +279,8 @@ struct Following {
     /// NEWLEADER waiting to be acknowledged once the log is durable up to this zxid.
     ack_new_leader_at: Option<Zxid>,
     acked_new_leader: bool,
+    /// The leader has every proposal up to here durable (its `Ack`s to us, in broadcast).
+    leader_durable: Zxid,
     /// Local sessions heard from, sent with the next PINGACK.
     touches: BTreeSet<SessionId>,
 }
@@ -668,7 +670,15 @@ impl ZabPeer {
                 }
             }
             PeerMsg::Ack { epoch, zxid } => {
-                if let Some(view) = self.my_follower(now, from, epoch)
+                if matches!(self.state, State::Following(_)) {
+                    // The leader's own durability, so we may commit without its COMMIT.
+                    if self.heard_from_leader(now, from, epoch, FollowerPhase::Broadcast)
+                        && let State::Following(f) = &mut self.state
+                    {
+                        f.leader_durable = f.leader_durable.max(zxid);
+                        self.commit_known_durable(out);
+                    }
+                } else if let Some(view) = self.my_follower(now, from, epoch)
                     && view.acked_new_leader
                 {
                     view.acked = view.acked.max(zxid);
@@ -864,6 +874,7 @@ impl ZabPeer {
             last_info_ms: now.mono_ms,
             ack_new_leader_at: None,
             acked_new_leader: false,
+            leader_durable: Zxid::ZERO,
             touches: BTreeSet::new(),
         });
         out.push(ZabAction::Send {
@@ -1224,11 +1235,15 @@ impl ZabPeer {
                             zxid: durable,
                         },
                     });
+                    self.commit_known_durable(out);
                 }
             }
             State::Leading(l) => match l.phase {
                 LeaderPhase::Syncing => self.check_established(now, out),
-                LeaderPhase::Broadcast => self.advance_commit(out),
+                LeaderPhase::Broadcast => {
+                    self.advance_commit(out);
+                    self.tell_followers_durable(out);
+                }
                 _ => {}
             },
             State::Looking(_) => {}
@@ -1305,6 +1320,47 @@ impl ZabPeer {
                 self.history_base = t.zxid;
             }
         }
+    }
+
+    /// Leader in broadcast, after its own fsync: if that did not commit everything it has durable
+    /// (a follower's ACK is still missing), tell the followers how far it is durable, so each can
+    /// commit as soon as it has the proposals durable itself (see `commit_known_durable`).
+    fn tell_followers_durable(&mut self, out: &mut Vec<ZabAction>) {
+        let (durable, committed) = (self.durable, self.committed);
+        let State::Leading(l) = &self.state else {
+            return;
+        };
+        if l.phase != LeaderPhase::Broadcast || durable <= committed || self.config.quorum() > 2 {
+            return;
+        }
+        for (&to, v) in &l.followers {
+            if v.synced {
+                out.push(ZabAction::Send {
+                    to,
+                    msg: PeerMsg::Ack {
+                        epoch: l.epoch,
+                        zxid: durable,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Follower in broadcast: commits what it knows a quorum has durable without waiting for the
+    /// leader's COMMIT. It knows two holders: itself (its log is a prefix of the leader's in this
+    /// epoch, durable up to `durable`) and the leader (its `Ack`s). That is a quorum only in
+    /// ensembles of up to three voters; larger ones wait for COMMIT as before. The transactions
+    /// are committed either way (a quorum holds them durably in this epoch, so every later leader
+    /// has them); this only learns it one network round trip sooner.
+    fn commit_known_durable(&mut self, out: &mut Vec<ZabAction>) {
+        let State::Following(f) = &self.state else {
+            return;
+        };
+        if f.phase != FollowerPhase::Broadcast || self.config.quorum() > 2 {
+            return;
+        }
+        let upto = self.durable.min(f.leader_durable);
+        self.commit_upto(upto, out);
     }
 
     /// Leader in broadcast: commit whatever a quorum has durable.
