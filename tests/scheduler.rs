@@ -142,6 +142,12 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    fn task_pids(&self, task_id: &str) -> Vec<i32> {
+        task_pids_under(self.dir.path(), task_id)
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // The agents first (their groups), then the detached supervisors and their tasks.
@@ -150,8 +156,11 @@ impl Drop for Cluster {
     }
 }
 
-/// Pids of live processes whose environment says they belong to task `task_id`.
-fn task_pids(task_id: &str) -> Vec<i32> {
+/// Pids of live processes whose environment says they belong to task `task_id` and whose working
+/// directory (their sandbox) is under `dir`: another run of these tests on the same machine uses
+/// the same task ids.
+fn task_pids_under(dir: &Path, task_id: &str) -> Vec<i32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let needle = format!("DROVER_TASK_ID={task_id}\0");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -166,7 +175,11 @@ fn task_pids(task_id: &str) -> Vec<i32> {
         let zombie = stat
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie && env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        if !zombie
+            && cwd.starts_with(&dir)
+            && env.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
             pids.push(pid);
         }
     }
@@ -438,12 +451,12 @@ async fn hello_keeps_n_real_processes_running_across_two_agents() {
     };
     for t in &tasks {
         let id = &t.task.as_ref().unwrap().task_id;
-        let pids = task_pids(id);
+        let pids = cluster.task_pids(id);
         assert_eq!(pids.len(), 1, "task {id} is one real process: {pids:?}");
     }
     // Kill one instance from outside the cluster.
     let victim = tasks[0].task.as_ref().unwrap().task_id.clone();
-    let pid = task_pids(&victim)[0];
+    let pid = cluster.task_pids(&victim)[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -502,12 +515,12 @@ async fn kill_gives_task_killed_and_the_whole_process_group_is_gone() {
     fw.wait_update("group", is(v1::TaskState::TaskRunning))
         .await;
     util::wait_for("the task's processes", WAIT, || {
-        (task_pids("group").len() >= 3).then_some(())
+        (cluster.task_pids("group").len() >= 3).then_some(())
     });
     fw.kill("group").await;
     fw.wait_update("group", is(v1::TaskState::TaskKilled)).await;
     util::wait_for("every process of the task to be gone", WAIT, || {
-        task_pids("group").is_empty().then_some(())
+        cluster.task_pids("group").is_empty().then_some(())
     });
 }
 
@@ -531,7 +544,7 @@ async fn a_task_over_its_memory_limit_is_killed_and_reported() {
         );
     }
     util::wait_for("every process of the hog to be gone", WAIT, || {
-        task_pids("hog").is_empty().then_some(())
+        cluster.task_pids("hog").is_empty().then_some(())
     });
 }
 
@@ -572,7 +585,7 @@ async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
     let s = fw.wait_update("again", is(v1::TaskState::TaskError)).await;
     assert_eq!(s.reason, "invalid_offer");
     // The good task is untouched.
-    assert_eq!(task_pids("good").len(), 1);
+    assert_eq!(cluster.task_pids("good").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,7 +694,7 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
         fw.next_event(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        task_pids("steady").len(),
+        cluster.task_pids("steady").len(),
         1,
         "the task kept running throughout"
     );
@@ -704,12 +717,12 @@ async fn a_framework_gone_past_its_failover_timeout_is_torn_down_and_its_tasks_k
     // Still there a moment after the disconnect...
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !task_pids("orphan").is_empty(),
+        !cluster.task_pids("orphan").is_empty(),
         "the task outlives a short disconnect"
     );
     // ...and killed once the timeout has passed.
     util::wait_for("the torn-down framework's task to be killed", WAIT, || {
-        task_pids("orphan").is_empty().then_some(())
+        cluster.task_pids("orphan").is_empty().then_some(())
     });
     assert!(
         gone_at.elapsed() >= Duration::from_secs(2),
@@ -836,7 +849,10 @@ async fn a_master_failover_keeps_tasks_running_and_the_framework_subscribed() {
         running_on(leader_addr.clone())
     })
     .await;
-    let pids: Vec<Vec<i32>> = before.iter().map(|id| task_pids(id)).collect();
+    let pids: Vec<Vec<i32>> = before
+        .iter()
+        .map(|id| task_pids_under(ensemble.dir(), id))
+        .collect();
     assert!(pids.iter().all(|p| p.len() == 1), "{pids:?}");
     let mut ensemble = ensemble;
     ensemble.kill9(leader);
@@ -849,7 +865,10 @@ async fn a_master_failover_keeps_tasks_running_and_the_framework_subscribed() {
     )
     .await;
     assert_eq!(after, before, "the same tasks, none launched again");
-    let pids_after: Vec<Vec<i32>> = after.iter().map(|id| task_pids(id)).collect();
+    let pids_after: Vec<Vec<i32>> = after
+        .iter()
+        .map(|id| task_pids_under(ensemble.dir(), id))
+        .collect();
     assert_eq!(
         pids_after, pids,
         "the task processes ran through the failover"
