@@ -125,9 +125,10 @@ fn bad_input_gets_a_one_line_reason_and_changes_nothing() {
             "{args:?}: not one line: {err}"
         );
     }
-    // The CLI's ephemeral died with its session; nothing else was created.
+    // The CLI's ephemeral died with its session; nothing else was created (`/drover` is the
+    // leading master's registry).
     let out = drover(&addr, &["coord", "ls", "/"]);
-    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert_eq!(stdout(&out), "drover\n", "{}", stderr(&out));
 
     // Data over 1 MiB, from stdin.
     let mut child = Command::new(drover_bin())

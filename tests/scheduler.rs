@@ -874,3 +874,42 @@ async fn a_master_failover_keeps_tasks_running_and_the_framework_subscribed() {
         "the task processes ran through the failover"
     );
 }
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_mirrors_state_and_metrics() {
+    // Proves `--http`: /api/v1/state is the operator state as JSON, /metrics is Prometheus text
+    // with the leader's counters, / is the dashboard page.
+    let http = format!("127.0.0.1:{}", free_port());
+    let cluster = Cluster::start(&[SMALL_AGENT], &["--http", &http]);
+    cluster.wait_agents(1).await;
+    wait_listening(&http);
+    let (code, body) = http_get(&http, "/api/v1/state");
+    assert_eq!(code, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(state["leader"], cluster.addr.as_str());
+    assert_eq!(state["agents"].as_array().map(Vec::len), Some(1));
+    assert_eq!(state["agents"][0]["resources"]["cpus"], 2.0);
+    let (code, metrics) = http_get(&http, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("drover_master_leading 1"), "{metrics}");
+    assert!(metrics.contains("drover_master_agents 1"), "{metrics}");
+    let (code, page) = http_get(&http, "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("/api/v1/state"));
+}

@@ -267,6 +267,25 @@ pub struct MasterServices {
     pub scheduler: SchedulerServer<SchedulerService>,
     pub agent_api: AgentApiServer<AgentApiService>,
     pub operator: OperatorServer<OperatorService>,
+    /// For in-process readers (the HTTP endpoints).
+    pub handle: MasterHandle,
+}
+
+/// Reads the leading master's state from inside the process (same rules as the operator API:
+/// a master that does not lead answers `UNAVAILABLE` naming the leader).
+#[derive(Clone)]
+pub struct MasterHandle {
+    shared: Arc<Shared>,
+}
+
+impl MasterHandle {
+    pub async fn state(&self) -> Result<v1::ClusterState, Status> {
+        self.shared.ask(|reply| Input::GetState { reply }).await
+    }
+
+    pub async fn metrics(&self) -> Result<v1::MasterMetrics, Status> {
+        self.shared.ask(|reply| Input::GetMetrics { reply }).await
+    }
 }
 
 /// Starts following `leadership` (coord's) and returns the services.
@@ -290,9 +309,12 @@ pub fn start(config: MasterConfig, leadership: watch::Receiver<Leadership>) -> M
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
-        operator: OperatorServer::new(OperatorService { shared })
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        operator: OperatorServer::new(OperatorService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
+        handle: MasterHandle { shared },
     }
 }
 

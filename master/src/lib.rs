@@ -12,6 +12,7 @@
 pub mod allocator;
 pub mod core;
 pub mod driver;
+pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod registry;

@@ -74,6 +74,9 @@ pub struct MasterArgs {
     /// Frameworks get a Heartbeat event this often.
     #[arg(long, default_value_t = drover_master::core::FRAMEWORK_HEARTBEAT_INTERVAL_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     pub framework_heartbeat_interval_ms: u64,
+    /// Address for the HTTP side: dashboard `/`, `/api/v1/state`, `/metrics`. Off when unset.
+    #[arg(long, env = "DROVER_HTTP")]
+    pub http: Option<SocketAddr>,
     /// Decline filter applied when an Accept or Decline gives none.
     #[arg(long, default_value_t = drover_master::core::REFUSE_MS_DEFAULT)]
     pub refuse_default_ms: u64,
@@ -129,6 +132,18 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), "master serving");
     let mut stopped = handle.stopped;
     let services = drover_master::driver::start(master, handle.leadership.clone());
+    if let Some(http) = args.http {
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen on {http} (--http)"))?;
+        let app = drover_master::http::router(services.handle.clone());
+        tracing::info!(%http, "dashboard and HTTP API serving");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
     let server = tonic::transport::Server::builder()
         .add_service(handle.service)
         .add_service(handle.peer_service)
