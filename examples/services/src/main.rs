@@ -1,6 +1,5 @@
-//! `services`: the flagship framework keeping N instances of each service running.
-//! Not built yet: it arrives with the services issue.
+//! `services`: the services framework binary (the framework itself arrives next).
 fn main() {
-    eprintln!("services: not built yet; it arrives with the services framework issue");
+    eprintln!("services: the framework loop is not built yet; the spec library is");
     std::process::exit(2);
 }
