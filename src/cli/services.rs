@@ -1,0 +1,16 @@
+//! `drover services`: runs the services framework (`services::run`); run several for HA.
+
+use super::Context;
+
+/// Flags of `drover services` (the masters come from the global `--masters`).
+#[derive(clap::Args, Debug)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub flags: services::Flags,
+}
+
+/// Runs one copy of the framework until Ctrl-C or SIGTERM.
+pub async fn run(ctx: &Context, args: ServicesArgs) -> anyhow::Result<()> {
+    let config = args.flags.config(&ctx.masters);
+    services::run(config, services::shutdown_signal()).await
+}
