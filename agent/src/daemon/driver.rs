@@ -1,12 +1,14 @@
 //! The driver: the one task that owns the agent's state. See the duties in [`super`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_proto::v1::{self, agent_message, master_message};
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tonic::Streaming;
@@ -14,8 +16,9 @@ use uuid::Uuid;
 
 use super::convert;
 use super::master_link::{self, Link, LinkError, leader_hint};
-use super::records::WorkDir;
+use super::records::{self, WorkDir};
 use super::runs::{self, ProcessIdentity, RunEvent, Watch, WatchTiming, spawn_supervisor};
+use super::sandbox_gc::{Collected, GcReason, GcRound, select};
 use super::task_info::{
     FrameworkDescription, LaunchContext, TaskDescription, validate, validate_ids,
 };
@@ -37,6 +40,36 @@ const LINK_EVENTS_MAX: usize = 256;
 const HEARTBEAT_INTERVAL_FALLBACK: Duration = Duration::from_secs(1);
 /// How far ahead the loop sleeps when no timer is due (it wakes on every event anyway).
 const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
+/// Questions from the file API and the sandbox GC waiting for the driver.
+pub(super) const QUERIES_MAX: usize = 256;
+/// Tasks whose sandboxes the GC removed that the driver remembers (to tell a reader "removed by
+/// the GC" rather than "never ran here"); the oldest are forgotten first.
+const GC_REMOVED_REMEMBERED_MAX: usize = 65_536;
+
+/// What the file API and the sandbox GC ask the driver (the owner of the task table).
+#[derive(Debug)]
+pub enum Query {
+    /// What the table says about one task.
+    Task {
+        key: TaskKey,
+        reply: oneshot::Sender<TaskView>,
+    },
+    /// A GC round: pick from the scanned runs and move the picked sandboxes to the trash.
+    Collect {
+        round: GcRound,
+        reply: oneshot::Sender<Collected>,
+    },
+}
+
+/// The driver's view of one task, for the file API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    /// The run the table tracks, and whether it is still going (not in a terminal state).
+    pub run: Option<(String, bool)>,
+    /// The sandbox GC removed sandboxes of this task (remembered since the agent started, up to
+    /// a bound).
+    pub removed_by_gc: bool,
+}
 
 fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -80,6 +113,7 @@ enum Step {
     Link(LinkEvent),
     Registered(Result<Result<Link, LinkError>, JoinError>),
     WatcherDone(Result<(), JoinError>),
+    Query(Query),
     Timer,
 }
 
@@ -101,11 +135,20 @@ pub(super) struct Driver {
     kill_timers: BTreeMap<TaskKey, Instant>,
     /// Origin of the status-update manager's millisecond clock.
     clock_origin: Instant,
+    queries_rx: mpsc::Receiver<Query>,
+    /// Tasks whose sandboxes the GC removed, and the order they were added in (bounded by
+    /// `GC_REMOVED_REMEMBERED_MAX`).
+    gc_removed: BTreeSet<TaskKey>,
+    gc_removed_order: VecDeque<TaskKey>,
 }
 
 impl Driver {
     /// Opens the checkpoints, recovers the tasks of an earlier run and starts connecting.
-    pub(super) fn start(config: AgentConfig, work: WorkDir) -> Result<Driver, AgentError> {
+    pub(super) fn start(
+        config: AgentConfig,
+        work: WorkDir,
+        queries_rx: mpsc::Receiver<Query>,
+    ) -> Result<Driver, AgentError> {
         let (updates, recovered) =
             StatusUpdateManager::open(work.status_updates_dir(), config.status_update_config())?;
         let agent_id = work.read_agent_id()?;
@@ -130,6 +173,9 @@ impl Driver {
             generation: 0,
             kill_timers: BTreeMap::new(),
             clock_origin: Instant::now(),
+            queries_rx,
+            gc_removed: BTreeSet::new(),
+            gc_removed_order: VecDeque::new(),
         };
         tracing::info!(
             agent_id = driver.agent_id.as_deref().unwrap_or(""),
@@ -210,6 +256,7 @@ impl Driver {
                 Some(ev) = self.link_events_rx.recv() => Step::Link(ev),
                 res = registration(&mut self.link) => Step::Registered(res),
                 Some(done) = self.watchers.join_next() => Step::WatcherDone(done),
+                Some(q) = self.queries_rx.recv() => Step::Query(q),
                 _ = sleep_until(deadline) => Step::Timer,
             };
             let handled = match step {
@@ -228,6 +275,10 @@ impl Driver {
                     Ok(())
                 }
                 Step::WatcherDone(_) => Ok(()),
+                Step::Query(q) => {
+                    self.on_query(q);
+                    Ok(())
+                }
                 Step::Timer => self.on_timer(),
             };
             if let Err(e) = handled {
@@ -286,6 +337,106 @@ impl Driver {
 
     fn default_grace_ms(&self) -> u64 {
         duration_ms(self.config.timing.kill_grace_default)
+    }
+
+    // ----- questions from the file API and the sandbox GC -----
+
+    fn on_query(&mut self, query: Query) {
+        match query {
+            Query::Task { key, reply } => {
+                let run = self
+                    .table
+                    .get(&key)
+                    .and_then(|e| e.run_id.clone().map(|run| (run, !e.state.is_terminal())));
+                let removed_by_gc = self.gc_removed.contains(&key);
+                let _ = reply.send(TaskView { run, removed_by_gc });
+            }
+            Query::Collect { round, reply } => {
+                let collected = self.collect(round);
+                let _ = reply.send(collected);
+            }
+        }
+    }
+
+    /// The driver's part of a GC round (see [`super::sandbox_gc`]): picks the runs to remove and
+    /// moves their sandboxes into the trash, then removes task and framework directories left
+    /// empty. Failures are logged and skipped: the next round tries again.
+    fn collect(&mut self, round: GcRound) -> Collected {
+        let table = &self.table;
+        let tracked = |r: &super::sandbox_gc::RunOnDisk| {
+            table
+                .get(&r.key)
+                .is_some_and(|e| e.run_id.as_deref() == Some(r.run_id.as_str()))
+        };
+        let picked = select(&round.runs, tracked, round.now_ms, &round.policy);
+        let mut out = Collected {
+            bytes_left: round
+                .runs
+                .iter()
+                .fold(0u64, |t, r| t.saturating_add(r.bytes)),
+            ..Collected::default()
+        };
+        if picked.is_empty() {
+            return out;
+        }
+        let trash_dir = records::gc_trash_dir(self.work.root());
+        if let Err(e) = std::fs::create_dir_all(&trash_dir) {
+            tracing::error!(dir = %trash_dir.display(), error = %e, "cannot create the sandbox GC's trash directory");
+            return out;
+        }
+        let mut emptied: BTreeSet<TaskKey> = BTreeSet::new();
+        for (i, reason) in picked {
+            let run = &round.runs[i];
+            let trash: PathBuf = trash_dir.join(Uuid::new_v4().simple().to_string());
+            match std::fs::rename(&run.dir, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(sandbox = %run.dir.display(), error = %e, "cannot remove a sandbox");
+                    continue;
+                }
+            }
+            tracing::info!(task_id = %run.key.task_id, framework_id = %run.key.framework_id, run_id = %run.run_id, bytes = run.bytes, ?reason, "sandbox GC: removing the sandbox of a finished run");
+            match reason {
+                GcReason::Age => out.by_age += 1,
+                GcReason::Disk => out.by_disk += 1,
+            }
+            out.bytes = out.bytes.saturating_add(run.bytes);
+            out.bytes_left = out.bytes_left.saturating_sub(run.bytes);
+            out.trash.push(trash);
+            emptied.insert(run.key.clone());
+        }
+        let mut frameworks: BTreeSet<String> = BTreeSet::new();
+        for key in emptied {
+            self.remember_gc_removed(key.clone());
+            if !self.table.contains(&key) {
+                // Fails (harmlessly) while other runs of the task are still there.
+                let _ = std::fs::remove_dir(records::task_sandboxes_dir(self.work.root(), &key));
+                frameworks.insert(key.framework_id);
+            }
+        }
+        for fw in frameworks {
+            if self.table.iter().any(|e| e.framework.id == fw) {
+                continue;
+            }
+            let fw_dir = records::framework_dir(self.work.root(), &fw);
+            if std::fs::remove_dir(fw_dir.join(records::SANDBOXES_DIR)).is_ok() {
+                let _ = std::fs::remove_dir(&fw_dir);
+            }
+        }
+        out
+    }
+
+    fn remember_gc_removed(&mut self, key: TaskKey) {
+        if !self.gc_removed.insert(key.clone()) {
+            return;
+        }
+        self.gc_removed_order.push_back(key);
+        while self.gc_removed_order.len() > GC_REMOVED_REMEMBERED_MAX {
+            if let Some(old) = self.gc_removed_order.pop_front() {
+                self.gc_removed.remove(&old);
+            }
+        }
     }
 
     // ----- the master link -----

@@ -20,12 +20,21 @@
 //! 4. A task record is written before its supervisor is started, and again with the supervisor's
 //!    identity right after, so a restarted agent finds every run it may have started.
 //! 5. Processes are signalled only after checking pid *and* start time.
+//! 6. Sandboxes are created and removed only by the driver: the sandbox GC ([`sandbox_gc`])
+//!    scans on a worker thread, but the driver picks what goes (never a run the task table
+//!    tracks, never one whose supervisor lives) and moves it out of the way itself.
+//!
+//! Next to the driver, [`run`] serves the agent's file API ([`files`], `drover.v1.AgentFiles`) on
+//! `--listen` and runs the sandbox GC loop; both ask the driver what they need to know about tasks
+//! through one bounded query channel ([`driver::Query`]).
 
 pub mod convert;
 mod driver;
+pub mod files;
 pub mod master_link;
 pub mod records;
 pub mod runs;
+pub mod sandbox_gc;
 pub mod task_info;
 pub mod tasks;
 
@@ -33,9 +42,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use files::FileApiConfig;
 pub use master_link::{LinkConfig, LinkError};
 pub use records::{WorkDir, WorkDirError};
 pub use runs::{ProcessIdentity, SupervisorCommand};
+pub use sandbox_gc::{DiskLimit, SandboxGcConfig};
 
 use crate::isolation::{Isolation, IsolationKind, IsolationPolicy};
 use crate::resources::AgentResources;
@@ -90,6 +101,19 @@ pub mod defaults {
     pub const TASK_START_POLL_MS: u64 = 20;
     pub const TASK_EXIT_POLL_MS: u64 = 1_000;
     pub const OOM_POLL_MS: u64 = crate::supervisor::OOM_POLL_INTERVAL_MS_DEFAULT;
+    /// Sandboxes of finished (and acknowledged) runs older than this are removed: a week.
+    pub const SANDBOX_GC_AGE: &str = "7d";
+    /// The sandboxes together may take this much (bytes like `10GiB`, or a percentage of the
+    /// work dir's file system); past it, finished runs go oldest first.
+    pub const SANDBOX_GC_DISK_MAX: &str = "10%";
+    /// How often the sandbox GC looks.
+    pub const SANDBOX_GC_INTERVAL_MS: u64 = 60_000;
+    /// How often a followed file is checked for appended bytes (and its run for its end).
+    pub const FILE_FOLLOW_POLL_MS: u64 = 250;
+    /// Most `ReadFile` streams open at once.
+    pub const FILE_STREAMS_MAX: usize = 256;
+    /// How long open file streams get to end when the agent stops.
+    pub const FILE_API_STOP_GRACE_MS: u64 = 2_000;
     /// Name of the cgroup (below the agent's own) that holds the task cgroups.
     pub const CGROUP_PARENT: &str = "drover";
 }
@@ -143,6 +167,10 @@ pub struct AgentConfig {
     /// Cgroup (below the agent's own) that holds the task cgroups.
     pub cgroup_parent: String,
     pub timing: AgentTiming,
+    /// When sandboxes of finished runs are removed.
+    pub sandbox_gc: SandboxGcConfig,
+    /// The file API served on `listen`.
+    pub files: FileApiConfig,
 }
 
 impl AgentConfig {
@@ -166,6 +194,8 @@ impl AgentConfig {
             isolation: IsolationPolicy::Auto,
             cgroup_parent: defaults::CGROUP_PARENT.into(),
             timing: AgentTiming::default(),
+            sandbox_gc: SandboxGcConfig::default(),
+            files: FileApiConfig::default(),
         }
     }
 
@@ -228,6 +258,12 @@ impl AgentConfig {
                 return bad(field, "must be > 0".into());
             }
         }
+        if let Err((field, reason)) = self.sandbox_gc.validate() {
+            return bad(field, reason);
+        }
+        if let Err((field, reason)) = self.files.validate() {
+            return bad(field, reason);
+        }
         let grace_ms = duration_ms(t.kill_grace_default);
         if grace_ms > crate::limits::GRACE_PERIOD_MS_MAX {
             return bad(
@@ -284,6 +320,13 @@ pub enum AgentError {
     StatusUpdates(#[from] StatusUpdateError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The file API cannot listen on `--listen`.
+    #[error("cannot listen on {address} (--listen)")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The master answered a re-registration with another id.
     #[error("master {master} re-registered agent {ours} under another id {theirs}")]
     IdChanged {
@@ -330,6 +373,40 @@ pub async fn run(
         work_dir = %work.root().display(),
         "agent resources"
     );
-    let driver = driver::Driver::start(config, work)?;
-    driver.run(shutdown).await
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| AgentError::Bind {
+            address: config.listen.clone(),
+            source,
+        })?;
+    let root = work.root().to_path_buf();
+    let (queries_tx, queries_rx) = tokio::sync::mpsc::channel(driver::QUERIES_MAX);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = files::spawn_server(
+        listener,
+        files::FileService::new(
+            root.clone(),
+            config.files.clone(),
+            queries_tx.clone(),
+            stop_rx.clone(),
+        ),
+        &config,
+        stop_rx.clone(),
+    );
+    let gc = tokio::spawn(sandbox_gc::run(
+        root,
+        config.sandbox_gc.clone(),
+        queries_tx,
+        stop_rx,
+    ));
+    let stop_grace = config.files.stop_grace;
+    let result = match driver::Driver::start(config, work, queries_rx) {
+        Ok(driver) => driver.run(shutdown).await,
+        Err(e) => Err(e),
+    };
+    let _ = stop_tx.send(true);
+    gc.abort();
+    let _ = gc.await;
+    files::stop_server(server, stop_grace).await;
+    result
 }

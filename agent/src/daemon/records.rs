@@ -10,7 +10,9 @@
 //!   or whose terminal update is unacknowledged; deleted when that update is acknowledged;
 //! - `frameworks/<framework_id>/sandboxes/<task_id>/<run_id>/`: a run's sandbox ([`Sandbox`]) with
 //!   `spec.json` and `supervisor.log` next to what the supervisor writes. The framework is part of
-//!   the path, so two frameworks' tasks with the same id never share a directory.
+//!   the path, so two frameworks' tasks with the same id never share a directory. Removed by
+//!   the sandbox GC ([`super::sandbox_gc`]) once the run is over and acknowledged;
+//! - `sandbox-gc-trash/`: sandboxes the GC has taken out of the tree and is deleting.
 //!
 //! Every record is written atomically (tmp file, fsync, rename, fsync of the directory).
 
@@ -28,7 +30,11 @@ const LOCK_FILE: &str = "agent.lock";
 const AGENT_FILE: &str = "agent.json";
 const STATUS_UPDATES_DIR: &str = "status_updates";
 const TASKS_DIR: &str = "tasks";
-const FRAMEWORKS_DIR: &str = "frameworks";
+/// Directory (in the work dir) of the frameworks' sandboxes.
+pub const FRAMEWORKS_DIR: &str = "frameworks";
+/// Directory (in a framework's directory) of its tasks' sandboxes, as [`Sandbox::new`] lays out.
+pub const SANDBOXES_DIR: &str = "sandboxes";
+const GC_TRASH_DIR: &str = "sandbox-gc-trash";
 const RECORD_SUFFIX: &str = ".json";
 
 /// Errors about the work directory itself.
@@ -108,7 +114,7 @@ impl WorkDir {
 
     /// The `work_dir` of a supervisor spec for one of the framework's tasks.
     pub fn framework_dir(&self, framework_id: &str) -> PathBuf {
-        self.root.join(FRAMEWORKS_DIR).join(framework_id)
+        framework_dir(&self.root, framework_id)
     }
 
     /// A run's sandbox; the ids are validated.
@@ -202,6 +208,25 @@ impl WorkDir {
         }
         Ok(out)
     }
+}
+
+/// `<root>/frameworks/<framework_id>`: a supervisor spec's `work_dir`. The ids must be valid
+/// ([`super::task_info::validate_ids`]).
+pub fn framework_dir(root: &Path, framework_id: &str) -> PathBuf {
+    root.join(FRAMEWORKS_DIR).join(framework_id)
+}
+
+/// `<root>/frameworks/<fw>/sandboxes/<task>`: the run sandboxes of one task. The ids must be
+/// valid ([`super::task_info::validate_ids`]).
+pub fn task_sandboxes_dir(root: &Path, key: &TaskKey) -> PathBuf {
+    framework_dir(root, &key.framework_id)
+        .join(SANDBOXES_DIR)
+        .join(&key.task_id)
+}
+
+/// Where the sandbox GC moves sandboxes before deleting them (same file system: a rename).
+pub fn gc_trash_dir(root: &Path) -> PathBuf {
+    root.join(GC_TRASH_DIR)
 }
 
 fn ensure_dir(dir: &Path, parent: &Path) -> Result<(), WorkDirError> {
@@ -298,6 +323,12 @@ mod tests {
         let b = work.sandbox(&TaskKey::new("fw-b", "web.1"), "r1").unwrap();
         assert_ne!(a.dir(), b.dir());
         assert!(a.dir().starts_with(work.root()));
+        // The file API and the sandbox GC find runs where the supervisor puts them.
+        let key = TaskKey::new("fw-a", "web.1");
+        assert_eq!(
+            a.dir().parent(),
+            Some(task_sandboxes_dir(work.root(), &key).as_path())
+        );
     }
 
     #[test]
