@@ -94,44 +94,40 @@ fn cluster(timeout_ms: u64) -> MasterCore {
     core
 }
 
+/// What `pick` finds in each action, in order.
+fn pick<T>(actions: &[Action], f: impl Fn(&Action) -> Option<T>) -> Vec<T> {
+    actions.iter().filter_map(f).collect()
+}
+
 fn offers(actions: &[Action]) -> Vec<OfferOut> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::ToFramework {
-                event: FrameworkEvent::Offers(o),
-                ..
-            } => Some(o.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
+    pick(actions, |a| match a {
+        Action::ToFramework {
+            event: FrameworkEvent::Offers(o),
+            ..
+        } => Some(o.clone()),
+        _ => None,
+    })
+    .concat()
 }
 
 fn updates(actions: &[Action]) -> Vec<TaskStatus> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::ToFramework {
-                event: FrameworkEvent::Update(s),
-                ..
-            } => Some(s.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::ToFramework {
+            event: FrameworkEvent::Update(s),
+            ..
+        } => Some(s.clone()),
+        _ => None,
+    })
 }
 
 fn runs(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::ToAgent {
-                command: AgentCommand::RunTask { task, .. },
-                ..
-            } => Some(task.id.to_string()),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::ToAgent {
+            command: AgentCommand::RunTask { task, .. },
+            ..
+        } => Some(task.id.to_string()),
+        _ => None,
+    })
 }
 
 fn offer_one(core: &mut MasterCore, now: u64) -> OfferOut {
