@@ -10,7 +10,7 @@
 //!    Then the `Persist`ed transactions are appended and fsynced once (group commit), by the log
 //!    thread under load (the core goes on with new inputs meanwhile) or, under light load, by the
 //!    core itself, which then tells the replica at once what is durable: no thread hand-off (two
-//!    wakeups, ~50 µs each on a small VM) on the commit path (`CoordConfig::inline_log_cooldown`).
+//!    wakeups, ~50 µs each on a small VM) on the commit path (`CoordConfig::inline_log_idle`).
 //!    ZAB acknowledges (and so commits and answers) only what is durable. Installing a leader's
 //!    snapshot goes the same way, in order with appends.
 //! 3. `PersistEpochs` is written and fsynced before the next action is carried out: a follower's
@@ -61,11 +61,8 @@ const OUTBOUND_CAP: usize = 8_192;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Inbox messages the core handles before it flushes actions (batches the log's group commit).
 const INBOX_BATCH_MAX: usize = 1_024;
-/// The core writes the log itself only for batches of at most this many transactions...
+/// The core writes the log itself only for batches of at most this many transactions.
 const INLINE_TXNS_MAX: usize = 2;
-/// ...and pauses doing so (`CoordConfig::inline_log_cooldown`) when more than this many inputs
-/// arrived while it was writing: that is load.
-const INLINE_BACKLOG_MAX: usize = 4;
 /// Completions waiting for the core.
 const COMPLETIONS_CAP: usize = 1_024;
 /// Batches waiting for the log thread; the core blocks (briefly) when it is full.
@@ -91,10 +88,12 @@ pub struct CoordConfig {
     /// Snapshots kept by purge (with the logs they need).
     pub snapshots_to_keep: usize,
     pub log: LogOptions,
-    /// Under light load the core appends and fsyncs small batches itself instead of handing them
-    /// to the log thread (two thread wakeups less per commit, ~0.1 ms on a small VM); when work
-    /// piles up meanwhile it leaves the log to the thread for this long. None: always the thread.
-    pub inline_log_cooldown: Option<Duration>,
+    /// Under light load the core appends and fsyncs a small batch itself instead of handing it to
+    /// the log thread (two thread wakeups less per commit, ~0.1 ms on a small VM): when the log
+    /// has been idle at least this long and nothing else waits. Under load batches follow each
+    /// other closely and go to the thread, so the core goes on with new inputs while it fsyncs.
+    /// None: always the thread.
+    pub inline_log_idle: Option<Duration>,
 }
 
 impl CoordConfig {
@@ -109,7 +108,7 @@ impl CoordConfig {
             tick_interval: Duration::from_millis(10),
             snapshots_to_keep: 3,
             log: LogOptions::default(),
-            inline_log_cooldown: Some(Duration::from_millis(100)),
+            inline_log_idle: Some(Duration::from_micros(50)),
         }
     }
 }
@@ -268,8 +267,8 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         log_tx,
         log_thread_batches: 0,
         pending: Vec::new(),
-        inline_log_cooldown: config.inline_log_cooldown,
-        inline_paused_until: None,
+        inline_log_idle: config.inline_log_idle,
+        log_idle_since: Instant::now(),
     };
     let tick = config.tick_interval;
     tokio::spawn(async move {
@@ -498,10 +497,10 @@ struct Core {
     log_thread_batches: usize,
     /// Log commands of the actions being carried out.
     pending: Vec<LogCmd>,
-    /// `CoordConfig::inline_log_cooldown`: None when the core never writes the log itself.
-    inline_log_cooldown: Option<Duration>,
-    /// The core does not write the log itself before this (it saw load).
-    inline_paused_until: Option<Instant>,
+    /// `CoordConfig::inline_log_idle`: None when the core never writes the log itself.
+    inline_log_idle: Option<Duration>,
+    /// When the last log batch was done (by the core or the thread).
+    log_idle_since: Instant,
 }
 
 impl Core {
@@ -523,6 +522,7 @@ impl Core {
                     match completion {
                         Some(Completion::Done { durable, batches }) => {
                             self.log_thread_batches -= batches;
+                            self.log_idle_since = Instant::now();
                             if let Some((upto, installs)) = durable {
                                 let now = self.clock.now();
                                 self.replica
@@ -624,11 +624,11 @@ impl Core {
                     _ => 0,
                 })
                 .sum();
-            let inline = self.inline_log_cooldown.is_some_and(|_| {
+            let inline = self.inline_log_idle.is_some_and(|idle| {
                 self.log_thread_batches == 0
                     && inbox.is_empty()
                     && txns <= INLINE_TXNS_MAX
-                    && self.inline_paused_until.is_none_or(|t| Instant::now() >= t)
+                    && self.log_idle_since.elapsed() >= idle
             });
             if !inline {
                 // Blocks only while the log thread is LOG_QUEUE_CAP batches behind.
@@ -639,13 +639,7 @@ impl Core {
                 return Ok(());
             }
             let durable = lock_log(&self.log).run(cmds);
-            if inbox.len() > INLINE_BACKLOG_MAX
-                && let Some(pause) = self.inline_log_cooldown
-            {
-                // Work piled up while the core was writing: that is load, where the log thread
-                // does better (the core goes on while it fsyncs).
-                self.inline_paused_until = Some(Instant::now() + pause);
-            }
+            self.log_idle_since = Instant::now();
             let Some((upto, installs)) = durable? else {
                 return Ok(());
             };
