@@ -54,6 +54,9 @@ pub struct CoreConfig {
     /// An instance the master does not know (TASK_UNKNOWN, or no answer to reconciliation) this
     /// long is given up and replaced.
     pub unknown_replace_after: Duration,
+    /// How often tasks in state UNKNOWN are reconciled again (the master learns tasks from
+    /// agents that re-register after a master failover).
+    pub reconcile_interval: Duration,
     /// Shortest time between two status writes of one service.
     pub status_interval: Duration,
     /// Host for http/tcp health checks instead of each agent's hostname; `None`: the hostname.
@@ -72,6 +75,7 @@ impl Default for CoreConfig {
             kill_retry_interval: Duration::from_secs(10),
             unreachable_replace_after: Duration::from_secs(60),
             unknown_replace_after: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(5),
             status_interval: Duration::from_millis(250),
             check_host: None,
         }
@@ -267,6 +271,8 @@ pub struct Core {
     services: BTreeMap<String, Service>,
     /// What we last told the master: `Some(true)` revived, `Some(false)` suppressed.
     offers_wanted: Option<bool>,
+    /// When tasks in state UNKNOWN were last reconciled explicitly.
+    last_reconcile: Duration,
     next_seq: u64,
     rng: u64,
     out: Vec<Action>,
@@ -279,6 +285,7 @@ impl Core {
             config,
             services: BTreeMap::new(),
             offers_wanted: None,
+            last_reconcile: Duration::ZERO,
             next_seq: 0,
             rng: seed,
             out: Vec::new(),
@@ -346,9 +353,9 @@ impl Core {
         self.reconcile(now);
     }
 
-    /// The framework is subscribed (first time in this term, or again after a disconnection):
-    /// reconcile every tracked task explicitly (the master answers TASK_UNKNOWN for those it does
-    /// not know) and all of the framework's tasks implicitly.
+    /// The framework is subscribed for the first time in this term: reconcile every tracked task
+    /// explicitly (the master answers TASK_UNKNOWN for those it does not know) and all of the
+    /// framework's tasks implicitly.
     pub fn subscribed(&mut self, now: Now) {
         let tracked: Vec<TaskId> = self
             .services
@@ -358,6 +365,13 @@ impl Core {
         if !tracked.is_empty() {
             self.out.push(Action::Reconcile(tracked));
         }
+        self.last_reconcile = now.mono;
+        self.reconnected(now);
+    }
+
+    /// Subscribed again after a disconnection (e.g. a master failover): implicit reconciliation
+    /// only, since a new master may not know every task until its agents re-register.
+    pub fn reconnected(&mut self, now: Now) {
         self.out.push(Action::Reconcile(Vec::new()));
         self.offers_wanted = None;
         self.reconcile(now);
@@ -712,6 +726,19 @@ impl Core {
     /// Timers: health probes, kill retries, backoff expiry and reset, given-up instances, status
     /// publication.
     pub fn tick(&mut self, now: Now) {
+        if now.mono.saturating_sub(self.last_reconcile) >= self.config.reconcile_interval {
+            let unknown: Vec<TaskId> = self
+                .services
+                .values()
+                .flat_map(|s| s.instances.values())
+                .filter(|i| i.state == TaskState::Unknown)
+                .map(|i| i.task_id.clone())
+                .collect();
+            if !unknown.is_empty() {
+                self.last_reconcile = now.mono;
+                self.out.push(Action::Reconcile(unknown));
+            }
+        }
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
             let service = self.services.get_mut(&name).expect("iterating its names");

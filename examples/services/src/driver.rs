@@ -106,6 +106,7 @@ impl Config {
             ("--retry-backoff-initial", self.retry_backoff_initial),
             ("--backoff-initial", self.core.backoff_initial),
             ("--kill-retry-interval", self.core.kill_retry_interval),
+            ("--reconcile-interval", self.core.reconcile_interval),
         ] {
             if value.is_zero() {
                 bail!("{flag}: must be more than zero");
@@ -410,7 +411,7 @@ impl Leader<'_> {
                         }
                         Some(Event::Reconnected) => {
                             info!("subscribed again; reconciling");
-                            self.core.subscribed(now);
+                            self.core.reconnected(now);
                         }
                         Some(Event::Disconnected) => warn!("lost the master; the SDK is reconnecting"),
                         Some(Event::Failure { agent_id }) => warn!(%agent_id, "agent lost"),

@@ -96,6 +96,9 @@ pub struct Flags {
     /// An instance the master does not know this long is replaced.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     pub unknown_replace_after: Duration,
+    /// How often tasks the master does not know are asked about again.
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    pub reconcile_interval: Duration,
     /// Shortest time between two status writes of one service.
     #[arg(long, default_value = "250ms", value_parser = duration_arg)]
     pub status_interval: Duration,
@@ -146,6 +149,7 @@ impl Flags {
             kill_retry_interval: self.kill_retry_interval,
             unreachable_replace_after: self.unreachable_replace_after,
             unknown_replace_after: self.unknown_replace_after,
+            reconcile_interval: self.reconcile_interval,
             status_interval: self.status_interval,
             check_host: self.check_host.clone(),
         };

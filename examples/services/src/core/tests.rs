@@ -387,10 +387,7 @@ fn rolling_upgrade_with_surge_keeps_every_instance_healthy() {
         );
         assert!(remaining_old.contains(&killed[0]));
         let s = core.status("web", at(now)).expect("tracked");
-        assert!(
-            s.healthy > 4,
-            "the killed one still counts until it ends"
-        );
+        assert!(s.healthy > 4, "the killed one still counts until it ends");
         remaining_old.retain(|id| *id != killed[0]);
         core.update(at(now + 10), &status(&killed[0], TaskState::Killed));
         core.take_actions();
@@ -626,6 +623,24 @@ fn a_new_leader_recovers_records_reconciles_and_gives_up_unknown_tasks() {
     let s = core.status("web", at(100)).expect("tracked");
     assert_eq!(s.instances[0].ports, vec![31000]);
     assert_eq!(s.instances[0].restarts, 2);
+    // The master is asked again about tasks it did not know (agents may still re-register).
+    core.tick(at(100 + 5_000));
+    let actions = core.take_actions();
+    assert!(
+        has(
+            &actions,
+            &Action::Reconcile(vec![TaskId::from("web.1.bbbbbb")])
+        ),
+        "{actions:?}"
+    );
+    // A reconnection (say, after a master failover) reconciles implicitly only.
+    core.reconnected(at(100 + 6_000));
+    let reconciles: Vec<_> = core
+        .take_actions()
+        .into_iter()
+        .filter(|a| matches!(a, Action::Reconcile(_)))
+        .collect();
+    assert_eq!(reconciles, vec![Action::Reconcile(vec![])]);
     // Past unknown_replace_after the unknown one is given up and replaced.
     core.tick(at(100 + 30_000));
     let actions = core.take_actions();
