@@ -448,3 +448,112 @@ async fn read_link(
     }
     let _ = inbox.send(CoreMsg::Input(Input::PeerDown(from))).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zxid::Zxid;
+    use std::net::Ipv4Addr;
+    use tokio::time::timeout;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn connect_raw(addr: SocketAddr, from: PeerId) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut hello = PEER_HELLO_MAGIC.to_vec();
+        hello.extend_from_slice(&from.to_le_bytes());
+        s.write_all(&hello).await.expect("hello");
+        s
+    }
+
+    fn frame(msg: &PeerMsg) -> Vec<u8> {
+        let bytes = msg.encode();
+        let mut out = (bytes.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&bytes);
+        out
+    }
+
+    /// Reads until the peer closes the connection; false if it stays open past `WAIT`.
+    async fn closed_by_peer(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 16];
+        matches!(timeout(WAIT, s.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn inbound_links_deliver_frames_in_order_and_report_the_peer_down() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, tx);
+        let addr = listeners
+            .endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .expect("listen");
+        assert_eq!(
+            listeners.endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap(),
+            addr,
+            "one listener per IP"
+        );
+        let mut s = connect_raw(addr, 2).await;
+        let first = PeerMsg::Ack {
+            epoch: 4,
+            zxid: Zxid(7),
+        };
+        let second = PeerMsg::Commit {
+            epoch: 4,
+            zxid: Zxid(7),
+        };
+        let mut bytes = frame(&first);
+        bytes.extend(frame(&second));
+        // Split mid-frame: the reader must reassemble.
+        let (a, b) = bytes.split_at(5);
+        s.write_all(a).await.unwrap();
+        s.flush().await.unwrap();
+        s.write_all(b).await.unwrap();
+        for want in [first, second] {
+            let got = timeout(WAIT, rx.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            match got {
+                CoreMsg::Input(Input::Peer { from: 2, msg }) => {
+                    assert_eq!(format!("{msg:?}"), format!("{want:?}"))
+                }
+                _ => panic!("expected a message from peer 2"),
+            }
+        }
+        drop(s);
+        let got = timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert!(matches!(got, CoreMsg::Input(Input::PeerDown(2))));
+    }
+
+    #[tokio::test]
+    async fn strangers_bad_hellos_and_oversized_frames_are_closed() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, tx);
+        let addr = listeners
+            .endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .expect("listen");
+        // Not a voter, and ourselves.
+        for from in [9, 1] {
+            let mut s = connect_raw(addr, from).await;
+            assert!(closed_by_peer(&mut s).await, "peer {from} was not refused");
+        }
+        // Not a peer link at all.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        // A length over the limit.
+        let mut s = connect_raw(addr, 3).await;
+        s.write_all(&(u32::MAX).to_le_bytes()).await.unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        let got = timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert!(
+            matches!(got, CoreMsg::Input(Input::PeerDown(3))),
+            "only the accepted link reports anything"
+        );
+    }
+}
