@@ -32,6 +32,8 @@ enum Command {
     Master(cli::master::MasterArgs),
     /// Run an agent: register with the leading master (from --masters) and run its tasks.
     Agent(cli::agent::AgentArgs),
+    /// Run the services framework (keeps every service at its spec); run several for HA.
+    Services(cli::services::ServicesArgs),
     /// Read and write the coord store: ls, get, create, set, rm, watch.
     Coord {
         #[command(subcommand)]
@@ -91,6 +93,7 @@ fn main() {
         match cli.command {
             Command::Master(args) => cli::master::run(args).await,
             Command::Agent(args) => cli::agent::run(ctx.master_addrs(), args).await,
+            Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),

@@ -6,6 +6,7 @@ pub mod bench_scheduler;
 pub mod coord;
 pub mod ensemble;
 pub mod master;
+pub mod services;
 pub mod supervise;
 
 /// How user commands print their results.
