@@ -248,8 +248,8 @@ fn free_port_range(len: u16) -> String {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let start = low + (h.finish() % u64::from(ephemeral_low - low - len)) as u16;
-        let free = (start..start + len)
-            .all(|port| std::net::TcpListener::bind(("0.0.0.0", port)).is_ok());
+        let free =
+            (start..start + len).all(|port| std::net::TcpListener::bind(("0.0.0.0", port)).is_ok());
         if free {
             return format!("{start}-{}", start + len - 1);
         }
