@@ -19,8 +19,8 @@ pub enum IsolationArg {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The agent's own address, sent to the master as `AgentInfo.address` (the agent's API on it
-    /// comes with a later issue).
+    /// The agent's own address: it serves its file API there (task logs for `drover logs`) and
+    /// sends it to the master as `AgentInfo.address`.
     #[arg(long, env = "DROVER_AGENT_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: String,
     /// Directory for the agent's id, checkpoints and task sandboxes; created if missing. A
@@ -91,6 +91,20 @@ pub struct AgentArgs {
     /// How often a task's cgroup is checked for OOM kills (one OOM-killed process ends the task).
     #[arg(long, default_value_t = defaults::OOM_POLL_MS)]
     pub oom_poll_interval_ms: u64,
+    /// Sandboxes (logs) of finished, acknowledged tasks are removed once they ended this long
+    /// ago: a number and ms, s, m, h or d.
+    #[arg(long, default_value = defaults::SANDBOX_GC_AGE)]
+    pub sandbox_gc_age: String,
+    /// Most disk all sandboxes may take, in bytes (`10GiB`) or as a percentage of the work dir's
+    /// file system (`10%`); past it, finished tasks' sandboxes are removed oldest first.
+    #[arg(long, default_value = defaults::SANDBOX_GC_DISK_MAX)]
+    pub sandbox_gc_disk_max: String,
+    /// How often the sandbox GC looks.
+    #[arg(long, default_value_t = defaults::SANDBOX_GC_INTERVAL_MS)]
+    pub sandbox_gc_interval_ms: u64,
+    /// How often a followed log (`drover logs --follow`) is checked for new output.
+    #[arg(long, default_value_t = defaults::FILE_FOLLOW_POLL_MS)]
+    pub file_follow_poll_ms: u64,
 }
 
 pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
@@ -139,6 +153,12 @@ pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
         task_exit_poll: ms(args.task_exit_poll_ms),
         oom_poll: ms(args.oom_poll_interval_ms),
     };
+    config.sandbox_gc = daemon::SandboxGcConfig {
+        max_age: daemon::sandbox_gc::parse_duration("--sandbox-gc-age", &args.sandbox_gc_age)?,
+        disk_max: daemon::DiskLimit::parse(&args.sandbox_gc_disk_max)?,
+        interval: ms(args.sandbox_gc_interval_ms),
+    };
+    config.files.follow_poll = ms(args.file_follow_poll_ms);
     daemon::run(config, shutdown_signal()).await?;
     Ok(())
 }
