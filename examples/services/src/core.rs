@@ -655,7 +655,7 @@ impl Core {
                 service: name.clone(),
                 task_id: status.task_id.clone(),
             });
-            if instance.kill.is_none() {
+            if instance.kill.is_none() && !launch_refused_by_circumstance(status) {
                 let what = describe_end(status);
                 self.fail_index(&name, instance.index, now, what);
             }
@@ -1052,6 +1052,16 @@ pub fn service_of(task_id: &TaskId) -> Option<&str> {
     let name = parts.next()?;
     let index = parts.next()?;
     (!name.is_empty() && index.parse::<u32>().is_ok() && parts.next().is_some()).then_some(name)
+}
+
+/// A launch the master refused because of the offer rather than the task (the offer was
+/// rescinded or used up, the agent left): relaunch at once, it is not the instance's failure.
+fn launch_refused_by_circumstance(status: &TaskStatus) -> bool {
+    status.state == TaskState::Error
+        && matches!(
+            status.reason.as_str(),
+            "invalid_offer" | "insufficient_resources" | "unknown_agent" | "duplicate_task_id"
+        )
 }
 
 fn describe_end(status: &TaskStatus) -> String {

@@ -762,3 +762,31 @@ fn task_ids_name_their_service() {
     assert_eq!(service_of(&TaskId::from("web.x.abcdef")), None);
     assert_eq!(service_of(&TaskId::from("hello-1")), None);
 }
+
+#[test]
+fn launches_refused_for_the_offer_relaunch_at_once_but_invalid_tasks_back_off() {
+    let mut core = core_with(spec("instances = 1"));
+    core.offers(at(0), vec![offer(1, 4.0)]);
+    let id = launched(&core.take_actions())[0].clone();
+    let mut refused = status(&id, TaskState::Error);
+    refused.source = StatusSource::Master;
+    refused.uuid.clear();
+    refused.reason = "invalid_offer".into();
+    core.update(at(10), &refused);
+    assert!(
+        has(&core.take_actions(), &Action::Revive),
+        "no backoff for a rescinded offer"
+    );
+    core.offers(at(20), vec![offer(2, 4.0)]);
+    let id = launched(&core.take_actions())[0].clone();
+    refused.task_id = id;
+    refused.reason = "invalid_task".into();
+    core.update(at(30), &refused);
+    let actions = core.take_actions();
+    assert!(
+        !has(&actions, &Action::Revive),
+        "an invalid task backs off: {actions:?}"
+    );
+    let message = core.status("web", at(30)).expect("tracked").message;
+    assert!(message.contains("restarts in"), "{message}");
+}
