@@ -155,7 +155,7 @@ pub fn local_hostname() -> Option<String> {
 pub struct AgentConfig {
     /// `host:port` of every master.
     pub masters: Vec<String>,
-    /// The agent's own address (`AgentInfo.address`).
+    /// The agent's own address (`AgentInfo.address`), where it serves its file API.
     pub listen: String,
     pub work_dir: PathBuf,
     pub hostname: String,
