@@ -10,7 +10,7 @@
 //!    Then the `Persist`ed transactions are appended and fsynced once (group commit), by the log
 //!    thread under load (the core goes on with new inputs meanwhile) or, under light load, by the
 //!    core itself, which then tells the replica at once what is durable: no thread hand-off (two
-//!    wakeups, ~50 µs each on a small VM) on the commit path (`CoordConfig::inline_log_idle`).
+//!    wakeups, ~50 µs each on a small VM) on the commit path (`CoordConfig::inline_log_txns_per_sec_max`).
 //!    ZAB acknowledges (and so commits and answers) only what is durable. Installing a leader's
 //!    snapshot goes the same way, in order with appends.
 //! 3. `PersistEpochs` is written and fsynced before the next action is carried out: a follower's
@@ -61,8 +61,10 @@ const OUTBOUND_CAP: usize = 8_192;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Inbox messages the core handles before it flushes actions (batches the log's group commit).
 const INBOX_BATCH_MAX: usize = 1_024;
-/// The core writes the log itself only for batches of at most this many transactions.
+/// The core writes the log itself only for batches of at most this many transactions...
 const INLINE_TXNS_MAX: usize = 2;
+/// ...and only while the log's rate, counted over windows this long, is light.
+const INLINE_RATE_WINDOW: Duration = Duration::from_millis(10);
 /// Completions waiting for the core.
 const COMPLETIONS_CAP: usize = 1_024;
 /// Batches waiting for the log thread; the core blocks (briefly) when it is full.
@@ -89,11 +91,11 @@ pub struct CoordConfig {
     pub snapshots_to_keep: usize,
     pub log: LogOptions,
     /// Under light load the core appends and fsyncs a small batch itself instead of handing it to
-    /// the log thread (two thread wakeups less per commit, ~0.1 ms on a small VM): when the log
-    /// has been idle at least this long and nothing else waits. Under load batches follow each
-    /// other closely and go to the thread, so the core goes on with new inputs while it fsyncs.
+    /// the log thread (two thread wakeups less per commit, ~0.1 ms on a small VM): while the log
+    /// takes at most this many transactions per second, the log thread is idle and no input
+    /// waits. Under load the thread writes, so the core goes on with new inputs while it fsyncs.
     /// None: always the thread.
-    pub inline_log_idle: Option<Duration>,
+    pub inline_log_txns_per_sec_max: Option<u32>,
 }
 
 impl CoordConfig {
@@ -108,7 +110,7 @@ impl CoordConfig {
             tick_interval: Duration::from_millis(10),
             snapshots_to_keep: 3,
             log: LogOptions::default(),
-            inline_log_idle: Some(Duration::from_micros(50)),
+            inline_log_txns_per_sec_max: Some(4_000),
         }
     }
 }
@@ -267,8 +269,10 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         log_tx,
         log_thread_batches: 0,
         pending: Vec::new(),
-        inline_log_idle: config.inline_log_idle,
-        log_idle_since: Instant::now(),
+        inline_log_txns_max: config
+            .inline_log_txns_per_sec_max
+            .map(|per_sec| u64::from(per_sec) * INLINE_RATE_WINDOW.as_millis() as u64 / 1000),
+        log_rate: LogRate::new(),
     };
     let tick = config.tick_interval;
     tokio::spawn(async move {
@@ -484,6 +488,40 @@ fn log_thread(
     }
 }
 
+/// Transactions logged per `INLINE_RATE_WINDOW`: how busy the log is.
+struct LogRate {
+    window_start: Instant,
+    in_window: u64,
+    last_window: u64,
+}
+
+impl LogRate {
+    fn new() -> LogRate {
+        LogRate {
+            window_start: Instant::now(),
+            in_window: 0,
+            last_window: 0,
+        }
+    }
+
+    /// Counts `txns` and returns the busier of this window and the last one.
+    fn add(&mut self, txns: u64) -> u64 {
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= INLINE_RATE_WINDOW {
+            // A window with nothing logged in between counts as idle.
+            self.last_window = if elapsed >= 2 * INLINE_RATE_WINDOW {
+                0
+            } else {
+                self.in_window
+            };
+            self.in_window = 0;
+            self.window_start = Instant::now();
+        }
+        self.in_window += txns;
+        self.in_window.max(self.last_window)
+    }
+}
+
 struct Core {
     leadership: watch::Sender<Leadership>,
     replica: Replica,
@@ -497,10 +535,10 @@ struct Core {
     log_thread_batches: usize,
     /// Log commands of the actions being carried out.
     pending: Vec<LogCmd>,
-    /// `CoordConfig::inline_log_idle`: None when the core never writes the log itself.
-    inline_log_idle: Option<Duration>,
-    /// When the last log batch was done (by the core or the thread).
-    log_idle_since: Instant,
+    /// Most transactions per `INLINE_RATE_WINDOW` for the core to write the log itself; None
+    /// when it never does.
+    inline_log_txns_max: Option<u64>,
+    log_rate: LogRate,
 }
 
 impl Core {
@@ -522,7 +560,6 @@ impl Core {
                     match completion {
                         Some(Completion::Done { durable, batches }) => {
                             self.log_thread_batches -= batches;
-                            self.log_idle_since = Instant::now();
                             if let Some((upto, installs)) = durable {
                                 let now = self.clock.now();
                                 self.replica
@@ -624,11 +661,12 @@ impl Core {
                     _ => 0,
                 })
                 .sum();
-            let inline = self.inline_log_idle.is_some_and(|idle| {
+            let light = self.log_rate.add(txns as u64);
+            let inline = self.inline_log_txns_max.is_some_and(|max| {
                 self.log_thread_batches == 0
                     && inbox.is_empty()
                     && txns <= INLINE_TXNS_MAX
-                    && self.log_idle_since.elapsed() >= idle
+                    && light <= max
             });
             if !inline {
                 // Blocks only while the log thread is LOG_QUEUE_CAP batches behind.
@@ -639,7 +677,6 @@ impl Core {
                 return Ok(());
             }
             let durable = lock_log(&self.log).run(cmds);
-            self.log_idle_since = Instant::now();
             let Some((upto, installs)) = durable? else {
                 return Ok(());
             };
