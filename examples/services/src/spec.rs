@@ -13,7 +13,7 @@
 //! cmd = ["python3", "-m", "http.server", "$PORT0"]  # argv; a single string runs under `sh -c`
 //! instances = 4
 //! cpus = 0.25
-//! mem = "64MiB"
+//! mem = "64MiB"           # 4MiB..=16TiB (the agent runs nothing smaller)
 //! ports = 1
 //! env = { GREETING = "hi" }
 //! kill_grace = "5s"        # optional: SIGTERM → SIGKILL on a kill (default: the agent's)
@@ -61,6 +61,9 @@ pub const INSTANCES_MAX: u32 = 10_000;
 pub const CPUS_MAX: f64 = 1024.0;
 /// Most memory one instance may ask for (16 TiB).
 pub const MEM_BYTES_MAX: u64 = 16 << 40;
+/// Least memory one instance may ask for: what the agent accepts (a task below it gets
+/// TASK_ERROR), since the runtime of any program needs a few MiB.
+pub const MEM_BYTES_MIN: u64 = 4 << 20;
 /// Most ports one instance may ask for.
 pub const PORTS_MAX: u32 = 32;
 /// Longest service name (a DNS label).
@@ -368,7 +371,7 @@ pub struct ServiceSpec {
     pub instances: u32,
     /// > 0 (at least 0.001), <= CPUS_MAX.
     pub cpus: f64,
-    /// > 0, <= MEM_BYTES_MAX.
+    /// MEM_BYTES_MIN..=MEM_BYTES_MAX.
     pub mem_bytes: u64,
     /// 0..=PORTS_MAX.
     pub ports: u32,
@@ -750,7 +753,8 @@ fn validate_cpus(cpus: Option<f64>) -> Result<f64, SpecError> {
 
 fn validate_mem(mem: Option<RawMem>) -> Result<u64, SpecError> {
     let rule = format!(
-        "more than 0 and at most {}, e.g. \"64MiB\", \"1GiB\" or a number of bytes",
+        "{}..={}, e.g. \"64MiB\", \"1GiB\" or a number of bytes",
+        format_mem(MEM_BYTES_MIN),
         format_mem(MEM_BYTES_MAX)
     );
     let bytes = match mem {
@@ -761,7 +765,7 @@ fn validate_mem(mem: Option<RawMem>) -> Result<u64, SpecError> {
             SpecError::invalid("mem", format!("{text:?} is not a size ({e}); {rule}"))
         })?,
     };
-    if bytes == 0 || bytes > MEM_BYTES_MAX {
+    if !(MEM_BYTES_MIN..=MEM_BYTES_MAX).contains(&bytes) {
         return Err(SpecError::invalid(
             "mem",
             format!("{bytes} bytes is out of range ({rule})"),
@@ -1149,7 +1153,7 @@ name = "all-fields"
 cmd = "echo hi && sleep 100"
 instances = 0
 cpus = 1
-mem = 1000
+mem = 4194305
 ports = 3
 kill_grace = "1500ms"
 [health]
@@ -1168,7 +1172,7 @@ max_unavailable = 2
 "#;
         let spec = parse(text, Format::Toml).expect("valid");
         assert_eq!(spec.cmd, Cmd::Shell("echo hi && sleep 100".into()));
-        assert_eq!(spec.mem_bytes, 1000);
+        assert_eq!(spec.mem_bytes, 4194305);
         assert_eq!(spec.kill_grace, Some(Duration::from_millis(1500)));
         assert_eq!(spec.placement.strategy, Strategy::BinPack);
         let back = ServiceSpec::from_json(&spec.to_json()).expect("reads back");
@@ -1373,8 +1377,8 @@ upgrade:
         refused(&with("mem", None), "mem");
         let spec = parse(&with("mem", Some("mem = \"1GiB\"")), Format::Toml).expect("1GiB");
         assert_eq!(spec.mem_bytes, 1 << 30);
-        let spec = parse(&with("mem", Some("mem = 4096")), Format::Toml).expect("bytes");
-        assert_eq!(spec.mem_bytes, 4096);
+        let spec = parse(&with("mem", Some("mem = 4194304")), Format::Toml).expect("bytes");
+        assert_eq!(spec.mem_bytes, 4 << 20);
     }
 
     #[test]
