@@ -30,8 +30,29 @@ struct Cli {
 enum Command {
     /// Run a master (serves coord; master logic arrives with the scheduling issue).
     Master(cli::master::MasterArgs),
-    /// Run an agent: register with the leading master (from --masters) and run its tasks.
-    Agent(cli::agent::AgentArgs),
+    /// Run an agent: register with the leading master (from --masters) and run its tasks;
+    /// `drover agent ls` lists the cluster's agents.
+    Agent(cli::agent::AgentCmd),
+    /// Services run by the services framework: deploy, ls, status, scale, rm.
+    Service {
+        #[command(subcommand)]
+        command: cli::service::ServiceCmd,
+    },
+    /// Tasks the leading master knows: ls [--service NAME].
+    Task {
+        #[command(subcommand)]
+        command: cli::task::TaskCmd,
+    },
+    /// Frameworks the leading master knows: ls.
+    Framework {
+        #[command(subcommand)]
+        command: cli::framework::FrameworkCmd,
+    },
+    /// The cluster at a glance: status (fails while no master leads).
+    Cluster {
+        #[command(subcommand)]
+        command: cli::cluster::ClusterCmd,
+    },
     /// Run the services framework (keeps every service at its spec); run several for HA.
     Services(cli::services::ServicesArgs),
     /// Read and write the coord store: ls, get, create, set, rm, watch.
@@ -92,7 +113,11 @@ fn main() {
         };
         match cli.command {
             Command::Master(args) => cli::master::run(args).await,
-            Command::Agent(args) => cli::agent::run(ctx.master_addrs(), args).await,
+            Command::Agent(cmd) => cli::agent::run_cmd(&ctx, cmd).await,
+            Command::Service { command } => cli::service::run(&ctx, command).await,
+            Command::Task { command } => cli::task::run(&ctx, command).await,
+            Command::Framework { command } => cli::framework::run(&ctx, command).await,
+            Command::Cluster { command } => cli::cluster::run(&ctx, command).await,
             Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,

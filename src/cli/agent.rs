@@ -17,6 +17,35 @@ pub enum IsolationArg {
     Rlimits,
 }
 
+/// `drover agent [FLAGS]` runs the daemon; `drover agent ls` lists the cluster's agents. The
+/// daemon's flags and the subcommands exclude each other, and `--work-dir` is required only
+/// without a subcommand.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentCmd {
+    #[command(subcommand)]
+    pub command: Option<AgentSubcommand>,
+    #[command(flatten)]
+    pub daemon: AgentArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AgentSubcommand {
+    /// List agents: id, hostname, address, reachable, cpus and memory used/total, tasks.
+    Ls {
+        #[command(flatten)]
+        connect: super::operator::ConnectArgs,
+    },
+}
+
+/// Runs the daemon, or the subcommand.
+pub async fn run_cmd(ctx: &super::Context, cmd: AgentCmd) -> anyhow::Result<()> {
+    match cmd.command {
+        None => run(ctx.master_addrs(), cmd.daemon).await,
+        Some(AgentSubcommand::Ls { connect }) => super::agents::ls(ctx, &connect).await,
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// The agent's own address: it serves its file API there (task logs for `drover logs`) and
@@ -25,8 +54,9 @@ pub struct AgentArgs {
     pub listen: String,
     /// Directory for the agent's id, checkpoints and task sandboxes; created if missing. A
     /// restarted agent on the same directory re-adopts its tasks.
-    #[arg(long, env = "DROVER_AGENT_WORK_DIR")]
-    pub work_dir: PathBuf,
+    // Required to run the daemon; an `Option` only so that `drover agent ls` parses without it.
+    #[arg(long, env = "DROVER_AGENT_WORK_DIR", required = true)]
+    pub work_dir: Option<PathBuf>,
     /// Host name reported to the master (default: this machine's).
     #[arg(long, env = "DROVER_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
@@ -121,13 +151,16 @@ pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
         None => daemon::local_hostname()
             .context("cannot read this machine's host name; pass --hostname")?,
     };
+    let work_dir = args
+        .work_dir
+        .context("--work-dir is required to run the agent")?;
     let supervisor =
         SupervisorCommand::current_exe().context("cannot find the drover executable")?;
     let ms = Duration::from_millis;
     let mut config = AgentConfig::new(
         masters,
         args.listen,
-        args.work_dir,
+        work_dir,
         hostname,
         resources,
         supervisor,

@@ -1,13 +1,21 @@
 //! One module per command family; each parses its own flags and calls into the libraries.
 
 pub mod agent;
+pub mod agents;
 pub mod bench;
 pub mod bench_scheduler;
+pub mod cluster;
 pub mod coord;
 pub mod ensemble;
+pub mod framework;
 pub mod master;
+pub mod operator;
+pub mod render;
+pub mod service;
+pub mod service_wait;
 pub mod services;
 pub mod supervise;
+pub mod task;
 
 /// How user commands print their results.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,493 @@
+//! `drover service deploy|scale --wait`: follows `/services/status/NAME` until the service is at
+//! the deployed spec, or fails with the framework's reason.
+//!
+//! The status node is watched (a persistent watch: every write wakes us) and also re-read every
+//! `--poll-ms`, so a lost watch or a lost session costs at most one interval. What to make of a
+//! status is [`Judge`]'s job, a plain struct fed `(now, status)`, so the rules are tested without
+//! coord or a clock:
+//! - **done** when the status is of the deployed version, `at_spec`, and wants the deployed
+//!   number of instances;
+//! - **failed** when instances of the deployed version are still pending (not launched), the
+//!   framework says why (`message`, other than that they are just waiting for offers), and
+//!   nothing moved for `--place-grace-ms`: a placement the cluster cannot satisfy ("1 instance
+//!   pending: needs 4 cpus per instance, the most offered is 2"), or a replacement backing off
+//!   after repeated failures;
+//!   instances that run but are not healthy yet are waited for (health checks have their grace);
+//! - otherwise wait, up to `--timeout-ms`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use drover_coord::client::Client;
+use drover_coord::op::ErrorCode;
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use services::status::{Health, ServiceStatus};
+use tokio::time::Instant;
+
+use super::coord::cli_error;
+
+/// Where the framework publishes a service's status.
+pub fn status_path(name: &str) -> String {
+    format!("/services/status/{name}")
+}
+
+/// How long and how often `--wait` follows the status.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Give up waiting after this long (the spec stays stored).
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// With instances pending and a reason from the framework, how long nothing may move before
+    /// the deploy counts as failed (the framework's time to place).
+    #[arg(long, default_value_t = 10_000)]
+    pub place_grace_ms: u64,
+    /// Re-read the status this often besides watching it.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_ms: u64,
+}
+
+/// The deployed version's instances, counted from a status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Launched, not running yet.
+    pub staged: u32,
+    pub running: u32,
+    /// Running and healthy (or running with no health check).
+    pub healthy: u32,
+    /// Wanted and not launched.
+    pub pending: u32,
+}
+
+impl Counts {
+    pub fn of(status: &ServiceStatus, version: &str, desired: u32) -> Counts {
+        let mut c = Counts::default();
+        let mut live = 0u32;
+        for i in status.instances.iter().filter(|i| i.version == version) {
+            match i.state.as_str() {
+                "TASK_STAGING" | "TASK_STARTING" => {
+                    c.staged += 1;
+                    live += 1;
+                }
+                "TASK_RUNNING" => {
+                    c.running += 1;
+                    live += 1;
+                    if matches!(i.health, Health::Healthy | Health::None) {
+                        c.healthy += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        c.pending = desired.saturating_sub(live);
+        c
+    }
+}
+
+/// The framework's message while instances wait for offers with no reason to think they will not
+/// fit (no placement explanation yet): never a failure by itself.
+const WAITING_FOR_OFFERS: &str = "waiting for offers";
+
+/// What the waiting command should do after a status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Done,
+    Failed(String),
+    Wait,
+}
+
+/// Decides from a stream of statuses; see the module doc for the rules.
+#[derive(Debug)]
+pub struct Judge {
+    version: String,
+    desired: u32,
+    place_grace: Duration,
+    /// The counts last seen and since when they have not changed.
+    last: Option<(Counts, Instant)>,
+}
+
+impl Judge {
+    pub fn new(version: String, desired: u32, place_grace: Duration) -> Judge {
+        Judge {
+            version,
+            desired,
+            place_grace,
+            last: None,
+        }
+    }
+
+    pub fn step(&mut self, now: Instant, status: Option<&ServiceStatus>) -> Verdict {
+        let Some(status) = status else {
+            return Verdict::Wait;
+        };
+        if status.version != self.version {
+            // The framework has not seen the new spec yet.
+            return Verdict::Wait;
+        }
+        if status.at_spec && status.desired == self.desired {
+            return Verdict::Done;
+        }
+        let counts = Counts::of(status, &self.version, self.desired);
+        let since = match &self.last {
+            Some((c, since)) if *c == counts => *since,
+            _ => now,
+        };
+        self.last = Some((counts.clone(), since));
+        if counts.pending > 0
+            && !status.message.is_empty()
+            && !status.message.contains(WAITING_FOR_OFFERS)
+            && now.saturating_duration_since(since) >= self.place_grace
+        {
+            return Verdict::Failed(status.message.clone());
+        }
+        Verdict::Wait
+    }
+}
+
+/// How progress is shown while waiting.
+pub enum Display {
+    /// indicatif bars on a terminal.
+    Bars(Bars),
+    /// One line on stderr per change (stderr is not a terminal).
+    Lines { last: Option<String> },
+    /// Nothing (`--output json`).
+    Quiet,
+}
+
+pub struct Bars {
+    _multi: MultiProgress,
+    staged: ProgressBar,
+    running: ProgressBar,
+    healthy: ProgressBar,
+    message: ProgressBar,
+}
+
+impl Display {
+    pub fn new(json: bool, desired: u32) -> Display {
+        if json {
+            return Display::Quiet;
+        }
+        let target = ProgressDrawTarget::stderr();
+        if target.is_hidden() {
+            return Display::Lines { last: None };
+        }
+        let multi = MultiProgress::with_draw_target(target);
+        let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = |label: &'static str| {
+            let b = multi.add(ProgressBar::new(u64::from(desired)));
+            b.set_style(style.clone());
+            b.set_prefix(label);
+            b
+        };
+        let staged = bar("staged");
+        let running = bar("running");
+        let healthy = bar("healthy");
+        let message = multi.add(ProgressBar::new_spinner());
+        message.set_style(
+            ProgressStyle::with_template("{spinner} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        message.enable_steady_tick(Duration::from_millis(120));
+        Display::Bars(Bars {
+            _multi: multi,
+            staged,
+            running,
+            healthy,
+            message,
+        })
+    }
+
+    pub fn show(&mut self, name: &str, desired: u32, counts: &Counts, message: &str) {
+        match self {
+            Display::Quiet => {}
+            Display::Bars(b) => {
+                b.staged.set_position(u64::from(counts.staged));
+                b.running.set_position(u64::from(counts.running));
+                b.healthy.set_position(u64::from(counts.healthy));
+                b.message.set_message(message.to_string());
+            }
+            Display::Lines { last } => {
+                let mut line = format!(
+                    "{name}: {}/{desired} staged, {}/{desired} running, {}/{desired} healthy",
+                    counts.staged, counts.running, counts.healthy
+                );
+                if !message.is_empty() {
+                    line.push_str(" - ");
+                    line.push_str(message);
+                }
+                if last.as_deref() != Some(line.as_str()) {
+                    eprintln!("{line}");
+                    *last = Some(line);
+                }
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Display::Bars(b) = self {
+            for bar in [&b.staged, &b.running, &b.healthy] {
+                bar.finish();
+            }
+            b.message.finish_and_clear();
+        }
+    }
+}
+
+/// The status of `name`, if published.
+pub async fn read_status(client: &Client, name: &str) -> anyhow::Result<Option<ServiceStatus>> {
+    let path = status_path(name);
+    match client.get(&path).await {
+        Ok((data, _)) => {
+            let text = std::str::from_utf8(&data)
+                .with_context(|| format!("{path} does not hold UTF-8 JSON"))?;
+            let status = ServiceStatus::from_json(text)
+                .with_context(|| format!("{path} does not hold a service status"))?;
+            Ok(Some(status))
+        }
+        Err(e) if e.code() == Some(ErrorCode::NoNode) => Ok(None),
+        Err(e) => Err(cli_error(e)),
+    }
+}
+
+/// Follows the status of `name` until the judge decides or `--timeout-ms` passes. Returns the
+/// last status on success.
+pub async fn wait_at_spec(
+    client: &Client,
+    name: &str,
+    version: &str,
+    desired: u32,
+    args: &WaitArgs,
+    display: &mut Display,
+) -> anyhow::Result<ServiceStatus> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let mut judge = Judge::new(
+        version.to_string(),
+        desired,
+        Duration::from_millis(args.place_grace_ms),
+    );
+    // A watch that fails or ends only costs promptness: the poll still reads.
+    let mut watch = client.watch(&status_path(name), false).await.ok();
+    let mut poll = tokio::time::interval(Duration::from_millis(args.poll_ms));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<ServiceStatus> = None;
+    loop {
+        let status = read_status(client, name).await?;
+        let counts = status
+            .as_ref()
+            .map(|s| Counts::of(s, version, desired))
+            .unwrap_or(Counts {
+                pending: desired,
+                ..Counts::default()
+            });
+        let message = match &status {
+            None => "waiting for the services framework to publish a status".to_string(),
+            Some(s) if s.version != version => {
+                "waiting for the services framework to pick up the new spec".to_string()
+            }
+            Some(s) => s.message.clone(),
+        };
+        display.show(name, desired, &counts, &message);
+        match judge.step(Instant::now(), status.as_ref()) {
+            Verdict::Done => {
+                display.finish();
+                return status.context("a done verdict comes with a status");
+            }
+            Verdict::Failed(reason) => {
+                display.finish();
+                anyhow::bail!("service {name} cannot reach its spec: {reason}");
+            }
+            Verdict::Wait => {}
+        }
+        if status.is_some() {
+            last = status;
+        }
+        tokio::select! {
+            event = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if event.is_none() {
+                    watch = None;
+                }
+            }
+            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                display.finish();
+                let why = match &last {
+                    None => format!(
+                        "no status was published at {} (is the services framework running?)",
+                        status_path(name)
+                    ),
+                    Some(s) if s.version != version => format!(
+                        "the services framework still works on version {} (is it running?)",
+                        s.version
+                    ),
+                    Some(s) => {
+                        let c = Counts::of(s, version, desired);
+                        let mut why = format!(
+                            "{}/{desired} running, {}/{desired} healthy",
+                            c.running, c.healthy
+                        );
+                        if !s.message.is_empty() {
+                            why.push_str(": ");
+                            why.push_str(&s.message);
+                        }
+                        why
+                    }
+                };
+                anyhow::bail!("timed out after {timeout:?} waiting for service {name}: {why}");
+            }
+            _ = tokio::signal::ctrl_c() => {
+                display.finish();
+                anyhow::bail!("interrupted; the spec of {name} stays stored");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use services::status::InstanceStatus;
+
+    fn instance(i: u32, state: &str, health: Health, version: &str) -> InstanceStatus {
+        InstanceStatus {
+            task_id: format!("web.{i}.abcd"),
+            instance: i,
+            agent_id: "a1".into(),
+            host: "127.0.0.1".into(),
+            ports: vec![31000 + i as u16],
+            state: state.into(),
+            health,
+            restarts: 0,
+            version: version.into(),
+            started_at_ms: None,
+            message: String::new(),
+        }
+    }
+
+    fn status(version: &str, desired: u32, instances: Vec<InstanceStatus>) -> ServiceStatus {
+        ServiceStatus {
+            name: "web".into(),
+            version: version.into(),
+            desired,
+            staged: 0,
+            running: 0,
+            healthy: 0,
+            at_spec: false,
+            removing: false,
+            message: String::new(),
+            instances,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn counts_only_the_deployed_version() {
+        // Proves old-version instances (a rolling upgrade) do not count towards the new spec.
+        let s = status(
+            "v2",
+            3,
+            vec![
+                instance(0, "TASK_RUNNING", Health::Healthy, "v2"),
+                instance(1, "TASK_RUNNING", Health::Unknown, "v2"),
+                instance(2, "TASK_STAGING", Health::Unknown, "v2"),
+                instance(3, "TASK_RUNNING", Health::Healthy, "v1"),
+            ],
+        );
+        assert_eq!(
+            Counts::of(&s, "v2", 3),
+            Counts {
+                staged: 1,
+                running: 2,
+                healthy: 1,
+                pending: 0
+            }
+        );
+        assert_eq!(Counts::of(&s, "v2", 5).pending, 2);
+    }
+
+    #[test]
+    fn done_only_at_spec_with_the_deployed_version_and_count() {
+        let now = Instant::now();
+        let mut j = Judge::new("v2".into(), 1, Duration::from_secs(5));
+        assert_eq!(j.step(now, None), Verdict::Wait);
+        let mut old = status("v1", 1, vec![]);
+        old.at_spec = true;
+        assert_eq!(j.step(now, Some(&old)), Verdict::Wait, "old version");
+        let mut other_count = status("v2", 2, vec![]);
+        other_count.at_spec = true;
+        assert_eq!(
+            j.step(now, Some(&other_count)),
+            Verdict::Wait,
+            "scaled meanwhile"
+        );
+        let mut done = status(
+            "v2",
+            1,
+            vec![instance(0, "TASK_RUNNING", Health::None, "v2")],
+        );
+        done.at_spec = true;
+        assert_eq!(j.step(now, Some(&done)), Verdict::Done);
+    }
+
+    #[test]
+    fn pending_instances_with_a_reason_fail_after_the_grace_without_progress() {
+        // Proves the failure rule: pending + message + no change for place_grace; any change of
+        // the counts restarts the grace.
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut j = Judge::new("v1".into(), 2, grace);
+        let mut s = status("v1", 2, vec![]);
+        s.message = "needs 2.0 cpus per instance; the largest agent offers 1.5".into();
+        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
+        assert_eq!(j.step(t0 + grace / 2, Some(&s)), Verdict::Wait);
+        // Progress: one launched. The grace starts over.
+        let mut moved = s.clone();
+        moved.instances = vec![instance(0, "TASK_STAGING", Health::Unknown, "v1")];
+        assert_eq!(j.step(t0 + grace, Some(&moved)), Verdict::Wait);
+        assert_eq!(j.step(t0 + grace + grace / 2, Some(&moved)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + grace * 2, Some(&moved)),
+            Verdict::Failed(s.message.clone())
+        );
+    }
+
+    #[test]
+    fn instances_just_waiting_for_offers_are_waited_for() {
+        // Proves "waiting for offers" (no placement explanation) never fails the wait.
+        let t0 = Instant::now();
+        let mut j = Judge::new("v1".into(), 2, Duration::from_secs(1));
+        let mut s = status("v1", 2, vec![]);
+        s.message = "2 instances pending: waiting for offers".into();
+        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + Duration::from_secs(60), Some(&s)),
+            Verdict::Wait
+        );
+    }
+
+    #[test]
+    fn unhealthy_but_launched_instances_are_waited_for() {
+        // Proves a status with a message but nothing pending (health checks in their grace)
+        // never fails the wait by itself.
+        let t0 = Instant::now();
+        let mut j = Judge::new("v1".into(), 1, Duration::from_secs(1));
+        let mut s = status(
+            "v1",
+            1,
+            vec![instance(0, "TASK_RUNNING", Health::Unknown, "v1")],
+        );
+        s.message = "1 instance not healthy yet".into();
+        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + Duration::from_secs(60), Some(&s)),
+            Verdict::Wait
+        );
+    }
+}
