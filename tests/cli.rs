@@ -887,7 +887,7 @@ async fn service_deploy_ls_status_scale_rm_through_coord() {
     let line = final_line_failure(&out);
     assert!(
         util::stderr(&out)
-            .contains("web: 0/3 staged, 2/3 running, 2/3 healthy - 1 instance pending"),
+            .contains("web: 2/3 staged, 2/3 running, 2/3 healthy - 1 instance pending"),
         "progress lines: {}",
         util::stderr(&out)
     );

@@ -180,8 +180,9 @@ pub fn exit_info(status: &v1::TaskStatus) -> String {
     if !status.reason.is_empty() {
         parts.push(status.reason.clone());
     }
-    if !status.message.is_empty() {
-        parts.push(one_line(&status.message));
+    let message = one_line(&status.message);
+    if !message.is_empty() && message != status.reason {
+        parts.push(message);
     }
     parts.join(", ")
 }

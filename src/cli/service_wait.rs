@@ -47,10 +47,11 @@ pub struct WaitArgs {
     pub poll_ms: u64,
 }
 
-/// The deployed version's instances, counted from a status.
+/// The deployed version's instances, counted from a status. Cumulative, as a progress display
+/// wants them: every running instance was staged, every healthy one runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Launched, not running yet.
+    /// Launched and not ended: staging, starting or running.
     pub staged: u32,
     pub running: u32,
     /// Running and healthy (or running with no health check).
@@ -70,6 +71,7 @@ impl Counts {
                     live += 1;
                 }
                 "TASK_RUNNING" => {
+                    c.staged += 1;
                     c.running += 1;
                     live += 1;
                     if matches!(i.health, Health::Healthy | Health::None) {
@@ -227,8 +229,9 @@ impl Display {
 
     pub fn finish(&mut self) {
         if let Display::Bars(b) = self {
+            // Abandon, not finish: finishing would fill the bars whatever they showed.
             for bar in [&b.staged, &b.running, &b.healthy] {
-                bar.finish();
+                bar.abandon();
             }
             b.message.finish_and_clear();
         }
@@ -403,7 +406,7 @@ mod tests {
         assert_eq!(
             Counts::of(&s, "v2", 3),
             Counts {
-                staged: 1,
+                staged: 3,
                 running: 2,
                 healthy: 1,
                 pending: 0
