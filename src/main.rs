@@ -67,6 +67,9 @@ enum Command {
         /// Path of the spec file.
         spec: std::path::PathBuf,
     },
+    /// The whole cluster on this machine: masters, agents and the services framework as real
+    /// processes, until Ctrl-C. `--masters N` here is how many masters to start (1 or 3).
+    Local(cli::local::LocalArgs),
     /// Benchmarks against real processes.
     Bench {
         #[command(subcommand)]
@@ -120,6 +123,7 @@ fn main() {
             Command::Cluster { command } => cli::cluster::run(&ctx, command).await,
             Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
+            Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         }

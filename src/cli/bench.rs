@@ -44,6 +44,9 @@ pub enum BenchCmd {
     /// Placement throughput of a real master: simulated agents in a second process, SDK
     /// frameworks in this one. Starts its own master unless --masters names one.
     Scheduler(super::bench_scheduler::SchedulerBenchArgs),
+    /// Time from a deploy to N instances RUNNING (and healthy) on its own local cluster (one
+    /// master, --agents agents, the services framework).
+    Deploy(super::bench_deploy::DeployBenchArgs),
     /// (Used by `bench scheduler`.) Many simulated agents in one process, each reporting
     /// TASK_RUNNING at once for every task it is given.
     #[command(hide = true)]
@@ -113,6 +116,7 @@ pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Scheduler(args) => {
             until_interrupted(super::bench_scheduler::bench_scheduler(ctx, args)).await
         }
+        BenchCmd::Deploy(args) => super::bench_deploy::bench_deploy(ctx, args).await,
         BenchCmd::SimAgents(args) => {
             until_interrupted(super::bench_scheduler::sim_agents(ctx, args)).await
         }

@@ -3,10 +3,12 @@
 pub mod agent;
 pub mod agents;
 pub mod bench;
+pub mod bench_deploy;
 pub mod bench_scheduler;
 pub mod cluster;
 pub mod coord;
 pub mod ensemble;
+pub mod local;
 pub mod framework;
 pub mod master;
 pub mod operator;
