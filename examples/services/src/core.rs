@@ -121,6 +121,17 @@ pub struct Probe {
     pub timeout: Duration,
 }
 
+/// The result of a [`Probe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Passed,
+    /// The instance failed the check (counts towards `max_failures`).
+    Failed(String),
+    /// The framework could not check (the host does not resolve, the command cannot start): not
+    /// the instance's fault, so it does not count; the status says why.
+    Unchecked(String),
+}
+
 /// What the driver must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -663,8 +674,8 @@ impl Core {
         self.reconcile(now);
     }
 
-    /// The result of a [`Probe`]: `Ok` passed, `Err` says why not.
-    pub fn probe_result(&mut self, now: Now, task_id: &TaskId, result: Result<(), String>) {
+    /// The result of a [`Probe`].
+    pub fn probe_result(&mut self, now: Now, task_id: &TaskId, result: ProbeOutcome) {
         let Some(name) = service_of(task_id).map(str::to_string) else {
             return;
         };
@@ -682,7 +693,15 @@ impl Core {
             return;
         }
         match result {
-            Ok(()) => {
+            ProbeOutcome::Unchecked(why) => {
+                let message = format!("cannot check health: {why}");
+                if instance.message != message {
+                    instance.message = message;
+                    service.dirty = true;
+                }
+                return;
+            }
+            ProbeOutcome::Passed => {
                 instance.probe_failures = 0;
                 if instance.health != Health::Healthy {
                     instance.health = Health::Healthy;
@@ -691,7 +710,7 @@ impl Core {
                     service.dirty = true;
                 }
             }
-            Err(why) => {
+            ProbeOutcome::Failed(why) => {
                 let in_grace = instance.health != Health::Healthy
                     && instance
                         .running_since

@@ -35,7 +35,7 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::core::{Action, Core, CoreConfig, InstanceRecord, Now};
+use crate::core::{Action, Core, CoreConfig, InstanceRecord, Now, ProbeOutcome};
 use crate::paths;
 use crate::spec::ServiceSpec;
 
@@ -336,7 +336,7 @@ async fn ensure_node(client: &Client, path: &str) -> Result<(), ClientError> {
 }
 
 /// A health check's task and outcome.
-type ProbeResult = (TaskId, Result<(), String>);
+type ProbeResult = (TaskId, ProbeOutcome);
 
 /// One leadership term.
 struct Leader<'a> {

@@ -12,52 +12,83 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::core::Probe;
+use crate::core::{Probe, ProbeOutcome};
 use crate::spec::{Cmd, HealthKind};
 
 /// Most bytes read while looking for the HTTP status line.
 const STATUS_LINE_BYTES_MAX: usize = 8 * 1024;
 
-/// Runs the probe; `Err` says why it failed, in a few words.
-pub async fn run_probe(probe: &Probe) -> Result<(), String> {
+/// Runs the probe: passed, failed (why), or could not be run (why).
+pub async fn run_probe(probe: &Probe) -> ProbeOutcome {
     match timeout(probe.timeout, check(probe)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", probe.timeout)),
+        Ok(Ok(())) => ProbeOutcome::Passed,
+        Ok(Err(outcome)) => outcome,
+        Err(_) => ProbeOutcome::Failed(format!("no answer within {:?}", probe.timeout)),
     }
 }
 
-async fn check(probe: &Probe) -> Result<(), String> {
+fn failed(why: String) -> ProbeOutcome {
+    ProbeOutcome::Failed(why)
+}
+
+async fn check(probe: &Probe) -> Result<(), ProbeOutcome> {
     match &probe.kind {
         HealthKind::Tcp => {
             let port = port_of(probe)?;
-            TcpStream::connect((probe.host.as_str(), port))
+            connect(&probe.host, port)
                 .await
                 .map(drop)
-                .map_err(|e| format!("tcp {}:{port}: {e}", probe.host))
+                .map_err(|e| e.within(&format!("tcp {}:{port}", probe.host)))
         }
         HealthKind::Http { path } => http_get(&probe.host, port_of(probe)?, path).await,
         HealthKind::Cmd(cmd) => run_command(cmd, probe).await,
     }
 }
 
-fn port_of(probe: &Probe) -> Result<u16, String> {
+fn port_of(probe: &Probe) -> Result<u16, ProbeOutcome> {
     probe
         .port
-        .ok_or_else(|| "the instance has no port to check".to_string())
+        .ok_or_else(|| ProbeOutcome::Unchecked("the instance has no port to check".to_string()))
 }
 
-async fn http_get(host: &str, port: u16, path: &str) -> Result<(), String> {
-    let what = format!("GET http://{host}:{port}{path}");
-    let mut stream = TcpStream::connect((host, port))
+impl ProbeOutcome {
+    /// The same outcome with `what` in front of the reason.
+    fn within(self, what: &str) -> ProbeOutcome {
+        match self {
+            ProbeOutcome::Failed(why) => ProbeOutcome::Failed(format!("{what}: {why}")),
+            ProbeOutcome::Unchecked(why) => ProbeOutcome::Unchecked(format!("{what}: {why}")),
+            ProbeOutcome::Passed => ProbeOutcome::Passed,
+        }
+    }
+}
+
+/// Resolves `host` (a host that does not resolve is the framework's problem, not the
+/// instance's) and connects.
+async fn connect(host: &str, port: u16) -> Result<TcpStream, ProbeOutcome> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| {
+            ProbeOutcome::Unchecked(format!(
+                "cannot resolve the agent host {host:?} ({e}); set --check-host"
+            ))
+        })?
+        .collect();
+    TcpStream::connect(&addrs[..])
+        .await
+        .map_err(|e| failed(e.to_string()))
+}
+
+async fn http_get(host: &str, port: u16, path: &str) -> Result<(), ProbeOutcome> {
+    let what = format!("GET http://{host}:{port}{path}");
+    let fail = |why: String| failed(format!("{what}: {why}"));
+    let mut stream = connect(host, port).await.map_err(|e| e.within(&what))?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: drover-services\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| fail(e.to_string()))?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
     let line = loop {
@@ -65,27 +96,27 @@ async fn http_get(host: &str, port: u16, path: &str) -> Result<(), String> {
             break String::from_utf8_lossy(&buf[..end]).trim_end().to_string();
         }
         if buf.len() >= STATUS_LINE_BYTES_MAX {
-            return Err(format!(
-                "{what}: no status line in the first {STATUS_LINE_BYTES_MAX} bytes"
-            ));
+            return Err(fail(format!(
+                "no status line in the first {STATUS_LINE_BYTES_MAX} bytes"
+            )));
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|e| fail(e.to_string()))?;
         if n == 0 {
             if buf.is_empty() {
-                return Err(format!("{what}: the connection closed without an answer"));
+                return Err(fail("the connection closed without an answer".into()));
             }
             break String::from_utf8_lossy(&buf).trim_end().to_string();
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let code = parse_status_line(&line).ok_or_else(|| format!("{what}: not HTTP: {line:?}"))?;
+    let code = parse_status_line(&line).ok_or_else(|| fail(format!("not HTTP: {line:?}")))?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("{what}: status {code}"))
+        Err(fail(format!("status {code}")))
     }
 }
 
@@ -100,7 +131,7 @@ fn parse_status_line(line: &str) -> Option<u16> {
     (code.len() == 3).then(|| code.parse().ok()).flatten()
 }
 
-async fn run_command(cmd: &Cmd, probe: &Probe) -> Result<(), String> {
+async fn run_command(cmd: &Cmd, probe: &Probe) -> Result<(), ProbeOutcome> {
     let mut command = match cmd.to_command() {
         drover_sdk::Command::Argv(argv) => {
             let mut c = tokio::process::Command::new(&argv[0]);
@@ -128,21 +159,21 @@ async fn run_command(cmd: &Cmd, probe: &Probe) -> Result<(), String> {
     }
     let child = command
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd.display()))?;
+        .map_err(|e| ProbeOutcome::Unchecked(format!("cannot start {}: {e}", cmd.display())))?;
     let output = child
         .wait_with_output()
         .await
-        .map_err(|e| format!("{}: {e}", cmd.display()))?;
+        .map_err(|e| failed(format!("{}: {e}", cmd.display())))?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or("").trim();
-    Err(match (output.status.code(), last.is_empty()) {
+    Err(failed(match (output.status.code(), last.is_empty()) {
         (Some(code), true) => format!("exit {code}"),
         (Some(code), false) => format!("exit {code}: {last}"),
         (None, _) => format!("{}", output.status),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -194,7 +225,10 @@ mod tests {
                 Some(port),
             ))
             .await;
-            assert_eq!(result.is_ok(), ok, "{answer:?}: {result:?}");
+            assert_eq!(result == ProbeOutcome::Passed, ok, "{answer:?}: {result:?}");
+            if !ok {
+                assert!(matches!(result, ProbeOutcome::Failed(_)), "{result:?}");
+            }
             let request = server.await.expect("server");
             assert!(request.starts_with("GET /ready HTTP/1.1\r\n"), "{request}");
         }
@@ -204,14 +238,28 @@ mod tests {
     async fn tcp_passes_when_something_listens() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        assert_eq!(run_probe(&probe(HealthKind::Tcp, Some(port))).await, Ok(()));
+        assert_eq!(
+            run_probe(&probe(HealthKind::Tcp, Some(port))).await,
+            ProbeOutcome::Passed
+        );
         drop(listener);
         let err = run_probe(&probe(HealthKind::Tcp, Some(port))).await;
-        assert!(err.is_err(), "nothing listens any more");
-        let err = run_probe(&probe(HealthKind::Tcp, None))
-            .await
-            .expect_err("no port");
-        assert!(err.contains("no port"), "{err}");
+        assert!(
+            matches!(err, ProbeOutcome::Failed(_)),
+            "nothing listens any more: {err:?}"
+        );
+        let mut nowhere = probe(HealthKind::Tcp, Some(port));
+        nowhere.host = "no-such-host.invalid".into();
+        let err = run_probe(&nowhere).await;
+        assert!(
+            matches!(&err, ProbeOutcome::Unchecked(why) if why.contains("--check-host")),
+            "{err:?}"
+        );
+        let err = run_probe(&probe(HealthKind::Tcp, None)).await;
+        assert!(
+            matches!(&err, ProbeOutcome::Unchecked(why) if why.contains("no port")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
@@ -221,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             run_probe(&probe(HealthKind::Cmd(ok), Some(8080))).await,
-            Ok(())
+            ProbeOutcome::Passed
         );
         let bad = Cmd::Argv(vec![
             "sh".into(),
@@ -230,15 +278,21 @@ mod tests {
         ]);
         assert_eq!(
             run_probe(&probe(HealthKind::Cmd(bad), Some(8080))).await,
-            Err("exit 3: broken".into())
+            ProbeOutcome::Failed("exit 3: broken".into())
         );
         let mut slow = probe(
             HealthKind::Cmd(Cmd::Argv(vec!["sleep".into(), "30".into()])),
             None,
         );
         slow.timeout = Duration::from_millis(200);
-        let err = run_probe(&slow).await.expect_err("times out");
-        assert!(err.contains("no answer within"), "{err}");
+        let err = run_probe(&slow).await;
+        assert!(
+            matches!(&err, ProbeOutcome::Failed(why) if why.contains("no answer within")),
+            "{err:?}"
+        );
+        let missing = Cmd::Argv(vec!["/nonexistent/check".into()]);
+        let err = run_probe(&probe(HealthKind::Cmd(missing), None)).await;
+        assert!(matches!(err, ProbeOutcome::Unchecked(_)), "{err:?}");
     }
 
     #[test]

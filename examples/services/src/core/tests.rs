@@ -472,15 +472,29 @@ fn unhealthy_instances_are_killed_after_max_failures_past_grace_and_replaced() {
             .any(|a| matches!(a, Action::Probe(_)))
     );
     // Failures within the grace period do not count.
-    core.probe_result(at(1_000), &id, Err("refused".into()));
+    core.probe_result(at(1_000), &id, ProbeOutcome::Failed("refused".into()));
     assert!(kills(&core.take_actions()).is_empty());
     assert!(!core.status("web", at(1_000)).expect("tracked").at_spec);
-    core.probe_result(at(2_500), &id, Ok(()));
+    core.probe_result(
+        at(2_400),
+        &id,
+        ProbeOutcome::Unchecked("cannot resolve host1".into()),
+    );
+    assert!(
+        kills(&core.take_actions()).is_empty(),
+        "not the instance's fault"
+    );
+    let s = core.status("web", at(2_400)).expect("tracked");
+    assert!(
+        s.instances[0].message.contains("cannot check health"),
+        "{s:?}"
+    );
+    core.probe_result(at(2_500), &id, ProbeOutcome::Passed);
     core.take_actions();
     assert!(core.status("web", at(2_500)).expect("tracked").at_spec);
-    core.probe_result(at(3_500), &id, Err("500".into()));
+    core.probe_result(at(3_500), &id, ProbeOutcome::Failed("500".into()));
     assert!(kills(&core.take_actions()).is_empty(), "1 of 2");
-    core.probe_result(at(4_500), &id, Err("500".into()));
+    core.probe_result(at(4_500), &id, ProbeOutcome::Failed("500".into()));
     let actions = core.take_actions();
     assert_eq!(kills(&actions), vec![id.clone()]);
     let s = core.status("web", at(4_500)).expect("tracked");
