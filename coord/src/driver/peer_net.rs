@@ -32,6 +32,8 @@ pub const PEER_HELLO_MAGIC: &[u8; 8] = b"DRVPEER1";
 /// Bytes one outbound link buffers while the socket does not take them; past it, messages are
 /// dropped (one larger message, such as a snapshot, is still taken when nothing else waits).
 const PEER_OUTBOUND_BYTES_MAX: usize = 64 << 20;
+/// Buffer capacity a link keeps once empty (after a snapshot went out, say).
+const PEER_BUFFER_KEPT_BYTES: usize = 1 << 20;
 /// Read buffer of an inbound link.
 const PEER_READ_BUFFER_BYTES: usize = 256 << 10;
 /// A connector must send its hello within this.
@@ -93,6 +95,10 @@ impl OutState {
             return false;
         }
         self.buf.drain(..written);
+        if self.buf.is_empty() && self.buf.capacity() > PEER_BUFFER_KEPT_BYTES {
+            // Do not hold on to a snapshot's worth of memory.
+            self.buf = Vec::new();
+        }
         true
     }
 }
