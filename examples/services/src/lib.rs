@@ -73,6 +73,7 @@ pub struct Flags {
     /// First wait before relaunching an instance that failed; doubles per failure.
     #[arg(long, default_value = "1s", value_parser = duration_arg)]
     pub backoff_initial: Duration,
+    /// Longest wait before relaunching a failing instance.
     #[arg(long, default_value = "5m", value_parser = duration_arg)]
     pub backoff_max: Duration,
     /// An instance running healthy this long resets its failure count.
@@ -111,11 +112,13 @@ pub struct Flags {
     /// Coord session timeout: a leader that is gone this long is replaced by a standby.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     pub coord_session_timeout: Duration,
+    /// Longest wait for one coord call.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     pub coord_request_timeout: Duration,
     /// Waits between attempts to reach coord or subscribe: starts here, doubles to the max.
     #[arg(long, default_value = "200ms", value_parser = duration_arg)]
     pub retry_backoff_initial: Duration,
+    /// Longest wait between attempts to reach coord or subscribe.
     #[arg(long, default_value = "5s", value_parser = duration_arg)]
     pub retry_backoff_max: Duration,
     /// One scheduler call (launch, kill, ...) including redirects.

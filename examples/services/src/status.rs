@@ -28,7 +28,7 @@ pub struct InstanceStatus {
     /// The instance index `N` of the task id `NAME.N.xxxx` and label `instance=N`.
     pub instance: u32,
     pub agent_id: String,
-    /// The host its ports are reachable on (the agent's address host, else its hostname).
+    /// The agent's hostname (from its offers): where the instance's ports are.
     pub host: String,
     /// `PORT0..` of the instance.
     pub ports: Vec<u16>,
