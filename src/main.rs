@@ -48,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::framework::FrameworkCmd,
     },
+    /// A task's stdout (or --stderr) from its agent's sandbox; --follow until the task ends.
+    Logs(cli::logs::LogsArgs),
     /// The cluster at a glance: status (fails while no master leads).
     Cluster {
         #[command(subcommand)]
@@ -121,6 +123,7 @@ fn main() {
             Command::Task { command } => cli::task::run(&ctx, command).await,
             Command::Framework { command } => cli::framework::run(&ctx, command).await,
             Command::Cluster { command } => cli::cluster::run(&ctx, command).await,
+            Command::Logs(args) => cli::logs::run(&ctx, args).await,
             Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Local(args) => cli::local::run(&ctx, args).await,

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod coord;
 pub mod ensemble;
 pub mod local;
+pub mod logs;
 pub mod framework;
 pub mod master;
 pub mod operator;
