@@ -1013,17 +1013,6 @@ async fn service_deploy_ls_status_scale_rm_through_coord() {
     );
 }
 
-/// The services framework's own binary, built next to `drover` by `cargo test --workspace`.
-fn services_bin() -> std::path::PathBuf {
-    let services = std::path::Path::new(util::drover_bin()).with_file_name("services");
-    assert!(
-        services.exists(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
-        services.display()
-    );
-    services
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_wait_scale_and_rm_with_the_real_services_framework() {
     // Proves the CLI and the services framework agree on the coord contract end to end: deploy
@@ -1032,10 +1021,10 @@ async fn deploy_wait_scale_and_rm_with_the_real_services_framework() {
     // and rm waits until no instance runs.
     let c = Cluster::start();
     c.wait_agent().await;
-    let _services = Proc::spawn_program(
+    // `drover services` runs the same framework as the `services` binary.
+    let _services = Proc::spawn(
         "services",
-        &services_bin(),
-        &["--masters", &c.addr, "--check-host", "127.0.0.1"],
+        &["services", "--masters", &c.addr, "--check-host", "127.0.0.1"],
         c.dir.path(),
     );
     let dir = tempfile::tempdir().expect("temp dir");
