@@ -120,6 +120,8 @@ pub struct LocalConfig {
     pub rpc_timeout: Duration,
     /// How often readiness and stop phases look again.
     pub poll_interval: Duration,
+    /// While the cluster is not up after this long, say once what it waits for.
+    pub progress_after: Duration,
     pub master_args: Vec<String>,
     pub agent_args: Vec<String>,
     pub services_args: Vec<String>,
@@ -142,6 +144,7 @@ impl LocalConfig {
             stop_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(2),
             poll_interval: Duration::from_millis(50),
+            progress_after: Duration::from_secs(5),
             master_args: Vec::new(),
             agent_args: Vec::new(),
             services_args: Vec::new(),
@@ -580,12 +583,18 @@ impl LocalCluster {
         let deadline = started + self.config.ready_timeout;
         let addrs = self.master_addrs();
         let mut last_error;
+        let mut told = false;
         loop {
             self.check_children()?;
             match get_state(&addrs, self.config.rpc_timeout).await {
                 Ok(_) => break,
                 Err(e) => last_error = format!("{e:#}"),
             }
+            self.progress(
+                started,
+                &mut told,
+                &format!("no master leads yet ({last_error})"),
+            );
             if Instant::now() >= deadline {
                 bail!(
                     "no master leads after {:?} ({last_error}); logs are in {}",
@@ -614,6 +623,7 @@ impl LocalCluster {
                 }
                 Err(e) => format!("{e:#}"),
             };
+            self.progress(started, &mut told, &missing);
             if Instant::now() >= deadline {
                 bail!(
                     "the cluster did not come up within {:?}: {missing}; logs are in {}",
@@ -623,6 +633,22 @@ impl LocalCluster {
             }
             tokio::time::sleep(self.config.poll_interval).await;
         }
+    }
+
+    /// Says once, after `progress_after`, what the cluster is still waiting for. A framework
+    /// standing by is the usual reason after an unclean stop: the killed copy's coord session
+    /// (and its leadership) lasts until its timeout.
+    fn progress(&self, started: Instant, told: &mut bool, missing: &str) {
+        if *told || started.elapsed() < self.config.progress_after {
+            return;
+        }
+        *told = true;
+        eprintln!(
+            "drover local: still waiting after {:?}: {missing} (logs in {}; giving up after {:?})",
+            self.config.progress_after,
+            self.dir().join("logs").display(),
+            self.config.ready_timeout
+        );
     }
 
     /// Resolves with an error naming the child once one exits (it should not before `stop`).
