@@ -1024,7 +1024,13 @@ async fn deploy_wait_scale_and_rm_with_the_real_services_framework() {
     // `drover services` runs the same framework as the `services` binary.
     let _services = Proc::spawn(
         "services",
-        &["services", "--masters", &c.addr, "--check-host", "127.0.0.1"],
+        &[
+            "services",
+            "--masters",
+            &c.addr,
+            "--check-host",
+            "127.0.0.1",
+        ],
         c.dir.path(),
     );
     let dir = tempfile::tempdir().expect("temp dir");
