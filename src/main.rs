@@ -38,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::service::ServiceCmd,
     },
+    /// Run the services framework (keeps every service at its spec); run several for HA.
+    Services(cli::services::ServicesArgs),
     /// Tasks the leading master knows: ls [--service NAME].
     Task {
         #[command(subcommand)]
@@ -55,8 +57,6 @@ enum Command {
         #[command(subcommand)]
         command: cli::cluster::ClusterCmd,
     },
-    /// Run the services framework (keeps every service at its spec); run several for HA.
-    Services(cli::services::ServicesArgs),
     /// Read and write the coord store: ls, get, create, set, rm, watch.
     Coord {
         #[command(subcommand)]
@@ -120,11 +120,11 @@ fn main() {
             Command::Master(args) => cli::master::run(args).await,
             Command::Agent(cmd) => cli::agent::run_cmd(&ctx, cmd).await,
             Command::Service { command } => cli::service::run(&ctx, command).await,
+            Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Task { command } => cli::task::run(&ctx, command).await,
             Command::Framework { command } => cli::framework::run(&ctx, command).await,
             Command::Cluster { command } => cli::cluster::run(&ctx, command).await,
             Command::Logs(args) => cli::logs::run(&ctx, args).await,
-            Command::Services(args) => cli::services::run(&ctx, args).await,
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
