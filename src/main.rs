@@ -132,6 +132,10 @@ fn main() {
         }
     });
     if let Err(e) = result {
+        if cli::render::is_reader_gone(&e) {
+            // `drover agent ls | head -1`: the reader had enough; not a failure (render's doc).
+            std::process::exit(0);
+        }
         eprintln!("drover: {e:#}");
         std::process::exit(1);
     }

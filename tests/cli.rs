@@ -406,6 +406,53 @@ async fn task_agent_framework_and_cluster_commands_print_tables_and_json() {
     );
 }
 
+/// Runs `drover --masters ADDR ARGS...` with stdout on a pipe whose reader is already closed,
+/// as `drover agent ls | head -1` is once `head` has its line.
+fn drover_into_closed_pipe(addr: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    std::process::Command::new(util::drover_bin())
+        .arg("--masters")
+        .arg(addr)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|child| child.wait_with_output())
+        .expect("run drover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_end_quietly_with_status_0_when_stdout_is_closed() {
+    // Proves a user command whose stdout reader went away (`| head -1`) neither panics
+    // ("failed printing to stdout: Broken pipe") nor prints anything: it exits 0.
+    let c = Cluster::start();
+    c.wait_agent().await;
+    for args in [
+        &["agent", "ls"][..],
+        &["agent", "ls", "--output", "json"],
+        &["task", "ls"],
+        &["framework", "ls", "--output", "json"],
+        &["cluster", "status"],
+        &["service", "ls"],
+        &["coord", "ls", "/"],
+        &["coord", "get", "/", "--stat"],
+    ] {
+        let addr = c.addr.clone();
+        let out = tokio::task::spawn_blocking(move || drover_into_closed_pipe(&addr, args))
+            .await
+            .expect("drover ran");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "drover {}: {}, stderr: {}",
+            args.join(" "),
+            out.status,
+            util::stderr(&out)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_follow_redirects_and_fail_with_one_line_while_no_master_leads() {
     // Proves a follower's UNAVAILABLE + drover-leader is followed, `cluster status` tells the

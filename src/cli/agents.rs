@@ -42,7 +42,7 @@ pub async fn ls(ctx: &Context, connect: &ConnectArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        render::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -80,7 +80,7 @@ pub async fn ls(ctx: &Context, connect: &ConnectArgs) -> anyhow::Result<()> {
                 .to_string(),
         ]);
     }
-    print!("{}", t.render());
+    render::out!("{}", t.render())?;
     Ok(())
 }
 

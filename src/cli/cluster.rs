@@ -74,7 +74,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
                 "used": { "millicpus": used_cpus, "mem_bytes": used_mem },
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        render::outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     }
     let leader = if state.leader.is_empty() {
@@ -82,7 +82,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
     } else {
         state.leader.clone()
     };
-    println!("leader:      {leader} ({})", state.master_id);
+    render::outln!("leader:      {leader} ({})", state.master_id)?;
     let masters_line = masters
         .iter()
         .map(|(addr, a)| match a {
@@ -93,15 +93,15 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    println!("masters:     {masters_line}");
-    println!(
+    render::outln!("masters:     {masters_line}")?;
+    render::outln!(
         "agents:      {agents_reachable} reachable of {}",
         state.agents.len()
-    );
-    println!(
+    )?;
+    render::outln!(
         "frameworks:  {frameworks_connected} connected of {}",
         state.frameworks.len()
-    );
+    )?;
     let tasks_line = if by_state.is_empty() {
         "none".to_string()
     } else {
@@ -111,13 +111,13 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("tasks:       {tasks_line}");
-    println!(
+    render::outln!("tasks:       {tasks_line}")?;
+    render::outln!(
         "resources:   cpus {}/{} used, mem {}/{} used (reachable agents)",
         render::cpus(used_cpus),
         render::cpus(total_cpus),
         render::bytes(used_mem),
         render::bytes(total_mem)
-    );
+    )?;
     Ok(())
 }

@@ -4,13 +4,14 @@
 //! the end, so nothing lingers: in particular an `--ephemeral` node dies when the command exits,
 //! unless `--hold` keeps the session (and the node) until Ctrl-C.
 
+use super::render;
 use super::{Context, Output};
 use anyhow::{Context as _, bail};
 use drover_coord::client::{Client, ClientError, ClientOptions, SessionState};
 use drover_coord::op::{CreateMode, ErrorCode, EventType, Stat};
 use futures::StreamExt;
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 #[derive(clap::Subcommand, Debug)]
@@ -128,27 +129,27 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
         CoordCmd::Ls { path } => {
             let children = client.children(&path).await.map_err(cli_error)?;
             if json {
-                println!("{}", json!(children));
+                render::outln!("{}", json!(children))?;
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut lines = String::new();
                 for c in children {
-                    writeln!(out, "{c}")?;
+                    lines.push_str(&c);
+                    lines.push('\n');
                 }
+                render::write_stdout(lines.as_bytes())?;
             }
         }
         CoordCmd::Get { path, stat } => {
             let (data, st) = client.get(&path).await.map_err(cli_error)?;
             if json {
-                println!(
+                render::outln!(
                     "{}",
                     json!({ "path": path, "data": data_json(&data), "stat": stat_json(&st) })
-                );
+                )?;
             } else if stat {
-                print!("{}", stat_human(&st));
+                render::out!("{}", stat_human(&st))?;
             } else {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&data)?;
-                out.flush()?;
+                render::write_stdout(&data)?;
             }
         }
         CoordCmd::Create {
@@ -173,12 +174,11 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
                 .await
                 .map_err(cli_error)?;
             if json {
-                println!("{}", json!({ "path": created, "stat": stat_json(&st) }));
+                render::outln!("{}", json!({ "path": created, "stat": stat_json(&st) }))?;
             } else {
-                println!("{created}");
+                render::outln!("{created}")?;
             }
             if hold {
-                std::io::stdout().flush()?;
                 hold_session(client).await?;
             }
         }
@@ -190,7 +190,7 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
             let data = read_data(&data)?;
             let st = client.set(&path, data, version).await.map_err(cli_error)?;
             if json {
-                println!("{}", json!({ "path": path, "stat": stat_json(&st) }));
+                render::outln!("{}", json!({ "path": path, "stat": stat_json(&st) }))?;
             }
         }
         CoordCmd::Rm {
@@ -205,7 +205,7 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
                 vec![path]
             };
             if json {
-                println!("{}", json!({ "deleted": deleted }));
+                render::outln!("{}", json!({ "deleted": deleted }))?;
             }
         }
         CoordCmd::Watch {
@@ -296,7 +296,6 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let mut stream = client.watch(path, recursive).await.map_err(cli_error)?;
     let mut seen = 0u64;
-    let mut out = std::io::stdout();
     while count.is_none_or(|n| seen < n) {
         let event = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -312,15 +311,13 @@ async fn watch(
         };
         let kind = event_name(e.kind);
         if json {
-            writeln!(
-                out,
+            render::outln!(
                 "{}",
                 json!({ "type": kind, "path": e.path, "zxid": e.zxid.0 })
             )?;
         } else {
-            writeln!(out, "{kind} {} {}", e.path, e.zxid)?;
+            render::outln!("{kind} {} {}", e.path, e.zxid)?;
         }
-        out.flush()?;
         seen += 1;
     }
     Ok(())

@@ -50,7 +50,7 @@ pub async fn run(ctx: &Context, cmd: FrameworkCmd) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        render::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let mut t = Table::new(&["ID", "NAME", "ROLE", "CONNECTED", "TASKS", "CPUS", "MEM"]);
@@ -71,7 +71,7 @@ pub async fn run(ctx: &Context, cmd: FrameworkCmd) -> anyhow::Result<()> {
             render::bytes(used.mem_bytes),
         ]);
     }
-    print!("{}", t.render());
+    render::out!("{}", t.render())?;
     Ok(())
 }
 

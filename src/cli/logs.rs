@@ -12,7 +12,6 @@
 //! agent's GC removed.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -23,6 +22,7 @@ use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
 use super::operator::{ConnectArgs, Operator};
+use super::render;
 use super::{Context, Output};
 
 /// Metadata key (and value) on the agent's NOT_FOUND when its sandbox GC removed the sandboxes
@@ -92,7 +92,6 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> anyhow::Result<()> {
         Ok(Ok(response)) => response.into_inner(),
     };
     let file_name = if args.stderr { "stderr" } else { "stdout" };
-    let mut out = std::io::stdout().lock();
     loop {
         let chunk = match stream.message().await {
             Ok(Some(chunk)) => chunk,
@@ -104,8 +103,9 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> anyhow::Result<()> {
                 status_text(&status)
             ),
         };
-        let written = match ctx.output {
-            Output::Human => out.write_all(&chunk.data),
+        // A reader that went away (`drover logs ... | head`) ends the command quietly in `main`.
+        match ctx.output {
+            Output::Human => render::write_stdout(&chunk.data)?,
             Output::Json => {
                 let line = json!({
                     "task_id": args.task_id,
@@ -116,14 +116,8 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> anyhow::Result<()> {
                     "offset": chunk.offset,
                     "data": String::from_utf8_lossy(&chunk.data),
                 });
-                writeln!(out, "{line}")
+                render::outln!("{line}")?;
             }
-        };
-        match written.and_then(|()| out.flush()) {
-            Ok(()) => {}
-            // The reader went away (`drover logs ... | head`): nothing left to do.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => bail!("cannot write to stdout: {e}"),
         }
     }
 }

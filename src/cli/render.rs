@@ -3,6 +3,17 @@
 //!
 //! A table crate would do the alignment too; twenty lines that print exactly this shape are
 //! simpler than configuring one.
+//!
+//! User commands print through [`outln!`]/[`out!`]/[`write_stdout`], never `println!`: a reader
+//! that stops early (`drover agent ls | head -1`) closes the pipe, and `println!` panics on the
+//! `EPIPE` that follows (Rust ignores `SIGPIPE`). These return a [`StdoutError`] instead, and
+//! `main` ends the command quietly with status 0 when the reader has gone (as ripgrep does; a
+//! Go CLI such as kubectl dies of `SIGPIPE`, 141, which fails `set -o pipefail` scripts for a
+//! reader's choice). `SIGPIPE` stays ignored in every process, so a user command's gRPC
+//! socket or a daemon's child pipe closing is an error to handle, never a silent death.
+
+use std::fmt;
+use std::io::{self, Write as _};
 
 use drover_proto::v1;
 
@@ -61,6 +72,67 @@ impl Table {
         out
     }
 }
+
+/// Writing a command's output to stdout failed.
+#[derive(Debug)]
+pub struct StdoutError(io::Error);
+
+impl StdoutError {
+    /// True when nobody reads stdout any more (`EPIPE`: `| head -1` has what it wanted).
+    pub fn is_reader_gone(&self) -> bool {
+        self.0.kind() == io::ErrorKind::BrokenPipe
+    }
+}
+
+impl fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot write to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// True when `error` comes from writing to a stdout nobody reads any more: the command stops
+/// quietly, successfully (see the module doc).
+pub fn is_reader_gone(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<StdoutError>()
+            .is_some_and(StdoutError::is_reader_gone)
+    })
+}
+
+/// Writes `bytes` to stdout and flushes them, so a closed pipe is an error here and now.
+pub fn write_stdout(bytes: &[u8]) -> Result<(), StdoutError> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(StdoutError)
+}
+
+/// `print!` for user commands: returns `Result<(), StdoutError>` instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::render::write_stdout(format!($($arg)*).as_bytes())
+    };
+}
+
+/// `println!` for user commands: returns `Result<(), StdoutError>` instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::render::write_stdout(b"\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::render::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
+pub(crate) use {out, outln};
 
 /// Cores from millicpus, without trailing zeros: `1`, `0.25`, `1.5`.
 pub fn cpus(millicpus: u64) -> String {

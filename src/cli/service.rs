@@ -316,13 +316,13 @@ async fn deploy(
     });
     let Some(wait_args) = wait else {
         if json {
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            render::outln!("{}", serde_json::to_string_pretty(&result)?)?;
         } else {
-            println!(
+            render::outln!(
                 "service {name} {stored}: {} instance{}, version {version}",
                 spec.instances,
                 plural(spec.instances)
-            );
+            )?;
         }
         return Ok(());
     };
@@ -366,13 +366,13 @@ async fn finish_wait(
             if json {
                 result["at_spec"] = json!(true);
                 result["status"] = serde_json::to_value(&status)?;
-                println!("{}", serde_json::to_string_pretty(result)?);
+                render::outln!("{}", serde_json::to_string_pretty(result)?)?;
             } else {
-                println!(
+                render::outln!(
                     "service {name} is at its spec: {desired} instance{} running and healthy (version {version}, {:.1}s)",
                     plural(desired),
                     elapsed_ms as f64 / 1000.0
-                );
+                )?;
             }
             Ok(())
         }
@@ -380,7 +380,8 @@ async fn finish_wait(
             if json {
                 result["at_spec"] = json!(false);
                 result["error"] = json!(format!("{e:#}"));
-                println!("{}", serde_json::to_string_pretty(result)?);
+                // The wait's failure is the exit status to keep, whether or not stdout is read.
+                let _ = render::outln!("{}", serde_json::to_string_pretty(result)?);
             }
             Err(e)
         }
@@ -424,7 +425,7 @@ async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        render::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let mut t = Table::new(&["NAME", "INSTANCES", "HEALTHY", "VERSION", "MESSAGE"]);
@@ -441,7 +442,7 @@ async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
             render::one_line(&message_of(spec, status.as_ref())),
         ]);
     }
-    print!("{}", t.render());
+    render::out!("{}", t.render())?;
     Ok(())
 }
 
@@ -470,18 +471,18 @@ async fn status(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
             "spec": spec_value,
             "status": status,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        render::outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     }
-    println!("service:    {name}");
-    println!("version:    {version}");
+    render::outln!("service:    {name}")?;
+    render::outln!("version:    {version}")?;
     match &status {
         None => {
-            println!("instances:  {} desired", spec.instances);
-            println!("message:    {}", message_of(&spec, None));
+            render::outln!("instances:  {} desired", spec.instances)?;
+            render::outln!("message:    {}", message_of(&spec, None))?;
         }
         Some(s) => {
-            println!(
+            render::outln!(
                 "instances:  {} desired, {} staged, {} running, {} healthy{}",
                 spec.instances,
                 s.staged,
@@ -492,10 +493,10 @@ async fn status(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
                 } else {
                     ""
                 }
-            );
+            )?;
             let message = message_of(&spec, Some(s));
             if !message.is_empty() {
-                println!("message:    {}", render::one_line(&message));
+                render::outln!("message:    {}", render::one_line(&message))?;
             }
         }
     }
@@ -527,8 +528,8 @@ async fn status(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         ]);
     }
-    println!();
-    print!("{}", t.render());
+    render::outln!()?;
+    render::out!("{}", t.render())?;
     Ok(())
 }
 
@@ -585,12 +586,12 @@ async fn scale(
     });
     let Some(wait_args) = wait else {
         if json {
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            render::outln!("{}", serde_json::to_string_pretty(&result)?)?;
         } else {
-            println!(
+            render::outln!(
                 "service {name} scaled from {previous} to {instances} instance{}",
                 plural(instances)
-            );
+            )?;
         }
         return Ok(());
     };
@@ -629,12 +630,12 @@ async fn rm(
     }
     let Some(wait) = wait else {
         if json {
-            println!(
+            render::outln!(
                 "{}",
                 json!({ "name": name, "removed": true, "stopped": null })
-            );
+            )?;
         } else {
-            println!("service {name} removed; the framework stops its instances");
+            render::outln!("service {name} removed; the framework stops its instances")?;
         }
         return Ok(());
     };
@@ -693,17 +694,17 @@ async fn rm(
     }
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if json {
-        println!(
+        render::outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({ "name": name, "removed": true, "stopped": true, "waited_ms": elapsed_ms })
             )?
-        );
+        )?;
     } else {
-        println!(
+        render::outln!(
             "service {name} removed: no instance runs ({:.1}s)",
             elapsed_ms as f64 / 1000.0
-        );
+        )?;
     }
     Ok(())
 }

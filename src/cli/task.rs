@@ -33,9 +33,9 @@ pub async fn run(ctx: &Context, cmd: TaskCmd) -> anyhow::Result<()> {
             let now = render::now_unix_ms();
             if ctx.output == Output::Json {
                 let list: Vec<_> = tasks.iter().map(|t| task_json(&state, t)).collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                render::outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
-                print!("{}", table(&state, &tasks, now).render());
+                render::out!("{}", table(&state, &tasks, now).render())?;
             }
             Ok(())
         }
