@@ -279,9 +279,27 @@ impl Drop for Cleanup {
 }
 
 fn start_agent(master: &str, work: &Path, log_dir: &Path, cgroup_parent: &str) -> Proc {
+    start_agent_from(
+        Path::new(util::drover_bin()),
+        master,
+        work,
+        log_dir,
+        cgroup_parent,
+    )
+}
+
+/// `start_agent` with the `drover` binary at `program`.
+fn start_agent_from(
+    program: &Path,
+    master: &str,
+    work: &Path,
+    log_dir: &Path,
+    cgroup_parent: &str,
+) -> Proc {
     let listen = format!("127.0.0.1:{}", free_port());
-    Proc::spawn(
+    Proc::spawn_program(
         "agent",
+        program,
         &[
             "agent",
             "--masters",
@@ -417,4 +435,44 @@ async fn a_sigkilled_agent_leaves_its_tasks_running_and_re_adopts_them() {
     assert_eq!(killed.source, v1::StatusSource::SourceAgent as i32);
     assert!(!alive(sleeper), "the re-adopted task survived its kill");
     let _ = conn;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_binary_was_deleted_still_starts_supervisors() {
+    // Proves the agent starts `drover supervise` from its own running image, not from the path
+    // it was started as: once an upgrade has deleted that file, a task still launches and runs.
+    // Under the target dir, so the binary can be hard-linked (a fresh copy could still be open
+    // for writing in a child forked meanwhile: ETXTBSY).
+    let cleanup = Cleanup {
+        dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+        cgroup_parent: format!("drover-atest-upgrade-{}", std::process::id()),
+    };
+    let dir = cleanup.dir.path();
+    let work = dir.join("work");
+    let binary = dir.join("drover");
+    fs::hard_link(util::drover_bin(), &binary)
+        .or_else(|_| fs::copy(util::drover_bin(), &binary).map(|_| ()))
+        .unwrap();
+    let mut master = Master::start().await;
+    let _agent = start_agent_from(&binary, &master.addr, &work, dir, &cleanup.cgroup_parent);
+    let (_, hello) = master.wait_hello(0).await;
+    assert!(
+        matches!(hello, agent_message::Message::Register(_)),
+        "expected Register, got {hello:?}"
+    );
+
+    fs::remove_file(&binary).unwrap();
+    master
+        .send(run_task("upgraded", 31001, "echo ran; sleep 300"))
+        .await;
+    let running = master
+        .wait_update(0, "upgraded", v1::TaskState::TaskRunning)
+        .await;
+    master.send(ack(&running)).await;
+    let run = run_dir(&work, "upgraded");
+    util::wait_for("the task's stdout", WAIT, || {
+        fs::read_to_string(run.join("stdout"))
+            .ok()
+            .filter(|s| s.contains("ran"))
+    });
 }

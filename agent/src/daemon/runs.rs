@@ -74,13 +74,32 @@ pub struct SupervisorCommand {
 }
 
 impl SupervisorCommand {
-    /// `<this executable> supervise`.
+    /// `<this executable> supervise`, where this executable is the running image itself.
+    ///
+    /// On Linux that is `/proc/self/exe`, opened afresh at each start (in the child, where it is
+    /// still the agent's image until `exec`): it works after the `drover` file was deleted or
+    /// replaced by an upgrade, when `current_exe()` names `.../drover (deleted)` or a newer
+    /// binary, and agent and supervisor always run the same version (the spec and exit record
+    /// formats between them are not versioned). Elsewhere, `current_exe()`.
     pub fn current_exe() -> io::Result<SupervisorCommand> {
         Ok(SupervisorCommand {
-            program: std::env::current_exe()?,
+            program: own_image()?,
             args: vec![OsString::from("supervise")],
         })
     }
+}
+
+#[cfg(target_os = "linux")]
+fn own_image() -> io::Result<PathBuf> {
+    const PROC_SELF_EXE: &str = "/proc/self/exe";
+    // Checked once here so that a missing /proc fails the agent's start, not every launch.
+    fs::metadata(PROC_SELF_EXE)?;
+    Ok(PathBuf::from(PROC_SELF_EXE))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn own_image() -> io::Result<PathBuf> {
+    std::env::current_exe()
 }
 
 /// A started supervisor.
