@@ -16,7 +16,7 @@ use drover_coord::client::{Client, ClientOptions};
 use drover_coord::op::{CreateMode, ErrorCode};
 use drover_sdk::{Command, Event, Filters, Framework, TaskId, TaskRequest, TaskSpec};
 use serde_json::Value;
-use services::status::{Health, InstanceStatus, ServiceStatus};
+use services::status::{Health, InstanceStatus, PendingInstances, ServiceStatus};
 use util::{Proc, free_port, wait_listening};
 
 /// Generous: everything here runs real processes on a small shared machine.
@@ -712,6 +712,7 @@ fn service_status(version: &str, desired: u32, instances: Vec<InstanceStatus>) -
         at_spec: healthy == desired && instances.len() as u32 == desired,
         removing: false,
         message: String::new(),
+        pending: PendingInstances::default(),
         instances,
         updated_at_ms: 1_700_000_000_000,
     }
@@ -915,6 +916,7 @@ async fn service_deploy_ls_status_scale_rm_through_coord() {
             ],
         );
         s.message = "1 instance pending: max_per_host = 1 and only 2 agents".into();
+        s.pending.unplaceable = 1;
         s
     })
     .await;

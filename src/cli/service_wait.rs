@@ -7,12 +7,13 @@
 //! coord or a clock:
 //! - **done** when the status is of the deployed version, `at_spec`, and wants the deployed
 //!   number of instances;
-//! - **failed** when instances of the deployed version are still pending (not launched), the
-//!   framework says why (`message`, other than that they are just waiting for offers), and
-//!   nothing moved for `--place-grace-ms`: a placement the cluster cannot satisfy ("1 instance
-//!   pending: needs 4 cpus per instance, the most offered is 2"), or a replacement backing off
-//!   after repeated failures;
-//!   instances that run but are not healthy yet are waited for (health checks have their grace);
+//! - **failed** when the framework counts instances of the deployed spec as stuck
+//!   (`pending.unplaceable` or `pending.backing_off`) and nothing moved for `--place-grace-ms`: a
+//!   placement the cluster cannot satisfy ("1 instance pending: needs 4 cpus per instance, the
+//!   most offered is 2"), or a replacement backing off after repeated failures; the `message` is
+//!   the reason given, never what is judged. Instances waiting for offers, instances that run
+//!   but are not healthy yet (health checks have their grace) and a rolling upgrade held by its
+//!   surge are waited for; so is everything with a status from a framework too old to count;
 //! - otherwise wait, up to `--timeout-ms`.
 
 use std::time::Duration;
@@ -38,8 +39,8 @@ pub struct WaitArgs {
     /// Give up waiting after this long (the spec stays stored).
     #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
-    /// With instances pending and a reason from the framework, how long nothing may move before
-    /// the deploy counts as failed (the framework's time to place).
+    /// With instances the framework cannot place (or backing off after failures), how long
+    /// nothing may move before the deploy counts as failed (the framework's time to place).
     #[arg(long, default_value_t = 10_000)]
     pub place_grace_ms: u64,
     /// Re-read the status this often besides watching it.
@@ -86,10 +87,6 @@ impl Counts {
     }
 }
 
-/// The framework's message while instances wait for offers with no reason to think they will not
-/// fit (no placement explanation yet): never a failure by itself.
-const WAITING_FOR_OFFERS: &str = "waiting for offers";
-
 /// What the waiting command should do after a status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -135,12 +132,18 @@ impl Judge {
             _ => now,
         };
         self.last = Some((counts.clone(), since));
-        if counts.pending > 0
-            && !status.message.is_empty()
-            && !status.message.contains(WAITING_FOR_OFFERS)
+        let stuck = status.pending.stuck();
+        // A status from before a scale counts the instances of another spec.
+        if stuck > 0
+            && status.desired == self.desired
             && now.saturating_duration_since(since) >= self.place_grace
         {
-            return Verdict::Failed(status.message.clone());
+            let reason = if status.message.is_empty() {
+                format!("{stuck} instance(s) cannot be launched")
+            } else {
+                status.message.clone()
+            };
+            return Verdict::Failed(reason);
         }
         Verdict::Wait
     }
@@ -356,7 +359,7 @@ pub async fn wait_at_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use services::status::InstanceStatus;
+    use services::status::{InstanceStatus, PendingInstances};
 
     fn instance(i: u32, state: &str, health: Health, version: &str) -> InstanceStatus {
         InstanceStatus {
@@ -385,6 +388,7 @@ mod tests {
             at_spec: false,
             removing: false,
             message: String::new(),
+            pending: PendingInstances::default(),
             instances,
             updated_at_ms: 0,
         }
@@ -440,19 +444,21 @@ mod tests {
     }
 
     #[test]
-    fn pending_instances_with_a_reason_fail_after_the_grace_without_progress() {
-        // Proves the failure rule: pending + message + no change for place_grace; any change of
-        // the counts restarts the grace.
+    fn unplaceable_instances_fail_after_the_grace_without_progress() {
+        // Proves the failure rule: instances counted unplaceable + no change for place_grace;
+        // any change of the counts restarts the grace; the message is the reason given.
         let t0 = Instant::now();
         let grace = Duration::from_secs(5);
         let mut j = Judge::new("v1".into(), 2, grace);
         let mut s = status("v1", 2, vec![]);
         s.message = "needs 2.0 cpus per instance; the largest agent offers 1.5".into();
+        s.pending.unplaceable = 2;
         assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
         assert_eq!(j.step(t0 + grace / 2, Some(&s)), Verdict::Wait);
         // Progress: one launched. The grace starts over.
         let mut moved = s.clone();
         moved.instances = vec![instance(0, "TASK_STAGING", Health::Unknown, "v1")];
+        moved.pending.unplaceable = 1;
         assert_eq!(j.step(t0 + grace, Some(&moved)), Verdict::Wait);
         assert_eq!(j.step(t0 + grace + grace / 2, Some(&moved)), Verdict::Wait);
         assert_eq!(
@@ -463,11 +469,53 @@ mod tests {
 
     #[test]
     fn instances_just_waiting_for_offers_are_waited_for() {
-        // Proves "waiting for offers" (no placement explanation) never fails the wait.
+        // Proves instances the framework counts as waiting for offers never fail the wait,
+        // whatever the message says.
         let t0 = Instant::now();
         let mut j = Judge::new("v1".into(), 2, Duration::from_secs(1));
         let mut s = status("v1", 2, vec![]);
-        s.message = "2 instances pending: waiting for offers".into();
+        s.message = "2 instances pending: offers are slow today".into();
+        s.pending.waiting_for_offers = 2;
+        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + Duration::from_secs(60), Some(&s)),
+            Verdict::Wait
+        );
+    }
+
+    #[test]
+    fn a_rolling_upgrade_held_by_its_surge_is_waited_for() {
+        // Proves a new-version instance not launched yet because an old one still runs (surge
+        // 0, the new one not healthy yet) is not taken for a placement failure, though the
+        // deployed version has one pending and the message explains.
+        let t0 = Instant::now();
+        let mut j = Judge::new("v2".into(), 2, Duration::from_secs(1));
+        let mut s = status(
+            "v2",
+            2,
+            vec![
+                instance(0, "TASK_RUNNING", Health::Unknown, "v2"),
+                instance(1, "TASK_RUNNING", Health::Healthy, "v1"),
+            ],
+        );
+        s.message = "upgrading: 1 of 2 at the new version, 1 old instance to stop; \
+                     1 instance running but not healthy yet"
+            .into();
+        assert_eq!(Counts::of(&s, "v2", 2).pending, 1);
+        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + Duration::from_secs(60), Some(&s)),
+            Verdict::Wait
+        );
+    }
+
+    #[test]
+    fn a_status_from_before_a_scale_is_no_verdict() {
+        // Proves stuck instances counted for another number of instances do not fail a scale.
+        let t0 = Instant::now();
+        let mut j = Judge::new("v1".into(), 3, Duration::from_secs(1));
+        let mut s = status("v1", 2, vec![]);
+        s.pending.unplaceable = 2;
         assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
         assert_eq!(
             j.step(t0 + Duration::from_secs(60), Some(&s)),

@@ -31,7 +31,7 @@ use drover_sdk::{
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{HealthCheck, HealthKind, ServiceSpec};
-use crate::status::{Health, InstanceStatus, ServiceStatus};
+use crate::status::{Health, InstanceStatus, PendingInstances, ServiceStatus};
 
 /// Timers and refusal periods of the core. Every field is a flag of `drover services`.
 #[derive(Clone, Debug, PartialEq)]
@@ -1151,6 +1151,8 @@ fn status_of(name: &str, service: &Service, now: Now) -> ServiceStatus {
         && current_healthy == desired as usize
         && service.invalid_message.is_empty();
     let mut parts: Vec<String> = Vec::new();
+    let mut pending = PendingInstances::default();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     if !service.invalid_message.is_empty() {
         parts.push(service.invalid_message.clone());
     }
@@ -1162,12 +1164,15 @@ fn status_of(name: &str, service: &Service, now: Now) -> ServiceStatus {
     } else if !at_spec {
         if !service.placement_message.is_empty() {
             parts.push(service.placement_message.clone());
+            pending.unplaceable = count(service.launchable.len());
         } else if !service.launchable.is_empty() {
             parts.push(format!(
                 "{} pending: waiting for offers",
                 plural(service.launchable.len(), "instance", "instances")
             ));
+            pending.waiting_for_offers = count(service.launchable.len());
         }
+        pending.backing_off = count(service.backing_off.len());
         for index in &service.backing_off {
             if let Some(slot) = service.slots.get(index) {
                 let wait = slot.backoff_until.saturating_sub(now.mono);
@@ -1225,12 +1230,13 @@ fn status_of(name: &str, service: &Service, now: Now) -> ServiceStatus {
         name: name.to_string(),
         version: service.version.clone(),
         desired,
-        staged: u32::try_from(staged).unwrap_or(u32::MAX),
-        running: u32::try_from(running).unwrap_or(u32::MAX),
-        healthy: u32::try_from(healthy).unwrap_or(u32::MAX),
+        staged: count(staged),
+        running: count(running),
+        healthy: count(healthy),
         at_spec,
         removing: service.spec.is_none(),
         message: parts.join("; "),
+        pending,
         instances,
         updated_at_ms: now.unix_ms,
     }

@@ -4,7 +4,9 @@
 //! Counts are over the instances the framework tracks (launched and not yet terminal, of any
 //! version); `at_spec` is the one bit a `--wait` needs: exactly `desired` instances, all of the
 //! spec's current `version`, all running and healthy, nothing else left. `message` says why not,
-//! e.g. "1 instance pending: max_per_host=1 reached on 2 offer(s)".
+//! e.g. "1 instance pending: max_per_host=1 reached on 2 offer(s)", for people; `pending` says
+//! why instances wait to be launched for programs (`--wait` fails on stuck ones, never by
+//! reading `message`).
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,27 @@ pub struct InstanceStatus {
     pub message: String,
 }
 
+/// Instances of the current version that are wanted and not launched, by why. Records written
+/// before these counts existed read as all zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PendingInstances {
+    /// No offer has been tried for them yet: nothing is wrong, the framework waits for offers.
+    pub waiting_for_offers: u32,
+    /// The last offers could not take them (resources, placement rules), or their launch failed;
+    /// `message` says why. The cluster as it is may never run them.
+    pub unplaceable: u32,
+    /// Replacements waiting out their restart backoff after failing.
+    pub backing_off: u32,
+}
+
+impl PendingInstances {
+    /// Pending for a reason other than offers yet to come: what a deploy may be stuck on.
+    pub fn stuck(&self) -> u32 {
+        self.unplaceable.saturating_add(self.backing_off)
+    }
+}
+
 /// The status of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -68,6 +91,9 @@ pub struct ServiceStatus {
     /// Why the service is not at its spec; empty when it is.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Why instances of `version` wait to be launched (all zero when none wait).
+    #[serde(default)]
+    pub pending: PendingInstances,
     /// Instances ordered by index, then task id.
     pub instances: Vec<InstanceStatus>,
     /// Unix milliseconds of this status.
@@ -100,6 +126,10 @@ mod tests {
             at_spec: false,
             removing: false,
             message: "1 instance pending".into(),
+            pending: PendingInstances {
+                unplaceable: 1,
+                ..PendingInstances::default()
+            },
             instances: vec![InstanceStatus {
                 task_id: "web.0.abcd".into(),
                 instance: 0,
@@ -117,6 +147,17 @@ mod tests {
         };
         let json = status.to_json();
         assert!(json.contains("\"health\": \"healthy\""), "{json}");
+        assert!(json.contains("\"unplaceable\": 1"), "{json}");
         assert_eq!(ServiceStatus::from_json(&json).expect("reads back"), status);
+    }
+
+    #[test]
+    fn a_record_from_before_the_pending_counts_reads_with_none_pending() {
+        // Proves a status written by an older framework (no `pending`) still reads.
+        let json = r#"{"name": "web", "version": "v1", "desired": 1, "staged": 0, "running": 0,
+            "healthy": 0, "at_spec": false, "message": "1 instance pending: waiting for offers",
+            "instances": [], "updated_at_ms": 1}"#;
+        let status = ServiceStatus::from_json(json).expect("reads");
+        assert_eq!(status.pending, PendingInstances::default());
     }
 }

@@ -185,6 +185,16 @@ fn launches_missing_instances_with_labels_env_and_ports() {
 #[test]
 fn placement_leaves_one_pending_with_the_reason_and_declines_briefly() {
     let mut core = core_with(spec("instances = 3\n[placement]\nmax_per_host = 1"));
+    let s = core.status("web", at(5)).expect("tracked");
+    assert_eq!(
+        s.pending,
+        PendingInstances {
+            waiting_for_offers: 3,
+            ..PendingInstances::default()
+        },
+        "no offer tried yet: {}",
+        s.message
+    );
     core.offers(at(10), vec![offer(1, 4.0), offer(2, 4.0)]);
     let actions = core.take_actions();
     let l = launches(&actions);
@@ -208,6 +218,13 @@ fn placement_leaves_one_pending_with_the_reason_and_declines_briefly() {
             .contains("1 instance pending: max_per_host=1 reached on 2 offer(s)"),
         "{}",
         s.message
+    );
+    assert_eq!(
+        s.pending,
+        PendingInstances {
+            unplaceable: 1,
+            ..PendingInstances::default()
+        }
     );
 }
 
@@ -300,6 +317,13 @@ fn failed_instances_are_replaced_after_an_exponential_backoff_that_resets() {
             .contains("instance 0 restarts in 0.5s after 1 failure"),
         "{}",
         s.message
+    );
+    assert_eq!(
+        s.pending,
+        PendingInstances {
+            backing_off: 1,
+            ..PendingInstances::default()
+        }
     );
     core.tick(at(2_000));
     assert!(has(&core.take_actions(), &Action::Revive));
