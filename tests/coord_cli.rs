@@ -156,3 +156,52 @@ fn bad_input_gets_a_one_line_reason_and_changes_nothing() {
     assert!(!out.status.success());
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
 }
+
+#[test]
+fn bench_disk_measures_each_writer_count_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = Command::new(drover_bin())
+        .args(["--output", "json", "bench", "disk", "--dir", d])
+        .args([
+            "--writers",
+            "1,2",
+            "--duration",
+            "200ms",
+            "--record-size",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["record_size"], 300);
+    let rounds = report["rounds"].as_array().unwrap();
+    let writers: Vec<_> = rounds.iter().map(|r| r["writers"].as_u64()).collect();
+    assert_eq!(writers, [Some(1), Some(2)]);
+    for r in rounds {
+        assert!(r["syncs"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    // The bench's own directory (logs of 64 MiB preallocated each) is gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    for (args, names) in [
+        (&["--writers", "0"][..], "--writers"),
+        (&["--writers", "65"][..], "--writers"),
+        (&["--record-size", "0"][..], "--record-size"),
+        (&["--duration", "0s"][..], "--duration"),
+        (&["--dir", "/nonexistent/drover"][..], "/nonexistent/drover"),
+    ] {
+        let out = Command::new(drover_bin())
+            .args(["bench", "disk"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -47,6 +47,9 @@ pub enum BenchCmd {
     /// Time from a deploy to N instances RUNNING (and healthy) on its own local cluster (one
     /// master, --agents agents, the services framework).
     Deploy(super::bench_deploy::DeployBenchArgs),
+    /// What one durable coord write costs on a disk: append + fdatasync of coord's own log by 1
+    /// and by 3 concurrent writers (3 masters sharing one disk), latency and syncs/s.
+    Disk(super::bench_disk::DiskBenchArgs),
     /// (Used by `bench scheduler`.) Many simulated agents in one process, each reporting
     /// TASK_RUNNING at once for every task it is given.
     #[command(hide = true)]
@@ -117,6 +120,7 @@ pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
             until_interrupted(super::bench_scheduler::bench_scheduler(ctx, args)).await
         }
         BenchCmd::Deploy(args) => super::bench_deploy::bench_deploy(ctx, args).await,
+        BenchCmd::Disk(args) => super::bench_disk::bench_disk(ctx, args).await,
         BenchCmd::SimAgents(args) => {
             until_interrupted(super::bench_scheduler::sim_agents(ctx, args)).await
         }
@@ -533,7 +537,7 @@ async fn phase(
     Ok(total)
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(super) fn new_histogram() -> Histogram<u64> {
     // Bounds and precision are constants: failure here is a bug.
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
 }

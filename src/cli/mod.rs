@@ -4,6 +4,7 @@ pub mod agent;
 pub mod agents;
 pub mod bench;
 pub mod bench_deploy;
+pub mod bench_disk;
 pub mod bench_scheduler;
 pub mod cluster;
 pub mod coord;
