@@ -190,6 +190,17 @@ impl Master {
     }
 }
 
+impl Master {
+    /// Runs `task` on the agent, waits for its RUNNING (first stream), acknowledges it, and
+    /// returns its run directory under `work`.
+    async fn run_running(&mut self, work: &Path, task: &str, port: u32, shell: &str) -> PathBuf {
+        self.send(run_task(task, port, shell)).await;
+        let running = self.wait_update(0, task, v1::TaskState::TaskRunning).await;
+        self.send(ack(&running)).await;
+        run_dir(work, task)
+    }
+}
+
 impl Drop for Master {
     fn drop(&mut self) {
         self.server.abort();
@@ -356,32 +367,23 @@ async fn a_sigkilled_agent_leaves_its_tasks_running_and_re_adopts_them() {
     assert_eq!(info.hostname, "real-agent");
     assert_eq!(info.resources.unwrap().millicpus, 1000);
 
-    master
-        .send(run_task("sleeper", 31001, "echo port=$PORT0; sleep 300"))
+    let sleeper_run = master
+        .run_running(&work, "sleeper", 31001, "echo port=$PORT0; sleep 300")
         .await;
-    let running = master
-        .wait_update(0, "sleeper", v1::TaskState::TaskRunning)
-        .await;
-    master.send(ack(&running)).await;
-    let sleeper_run = run_dir(&work, "sleeper");
     let sleeper = task_pid(&sleeper_run);
     util::wait_for("PORT0 in stdout", WAIT, || {
         fs::read_to_string(sleeper_run.join("stdout"))
             .ok()
             .filter(|s| s.contains("port=31001"))
     });
-    master
-        .send(run_task(
+    let gated_run = master
+        .run_running(
+            &work,
             "gated",
             31002,
             "while [ ! -e go ]; do sleep 0.02; done; exit 4",
-        ))
+        )
         .await;
-    let gated = master
-        .wait_update(0, "gated", v1::TaskState::TaskRunning)
-        .await;
-    master.send(ack(&gated)).await;
-    let gated_run = run_dir(&work, "gated");
     // Both acks checkpointed before the crash (else the RUNNING updates are rightly resent).
     for task in ["sleeper", "gated"] {
         let stream = work.join(format!("status_updates/fw/{task}.updates"));
@@ -462,14 +464,9 @@ async fn an_agent_whose_binary_was_deleted_still_starts_supervisors() {
     );
 
     fs::remove_file(&binary).unwrap();
-    master
-        .send(run_task("upgraded", 31001, "echo ran; sleep 300"))
+    let run = master
+        .run_running(&work, "upgraded", 31001, "echo ran; sleep 300")
         .await;
-    let running = master
-        .wait_update(0, "upgraded", v1::TaskState::TaskRunning)
-        .await;
-    master.send(ack(&running)).await;
-    let run = run_dir(&work, "upgraded");
     util::wait_for("the task's stdout", WAIT, || {
         fs::read_to_string(run.join("stdout"))
             .ok()

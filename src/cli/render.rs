@@ -86,7 +86,8 @@ impl StdoutError {
 
 impl fmt::Display for StdoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot write to stdout: {}", self.0)
+        // The cause follows as the source (`drover: cannot write to stdout: No space left...`).
+        f.write_str("cannot write to stdout")
     }
 }
 
@@ -304,6 +305,20 @@ mod tests {
         assert_eq!(age(1_000, 13_500), "12s");
         assert_eq!(age(0, 13_500), "");
         assert_eq!(age(1, 2 * 3_600_000), "1h");
+    }
+
+    #[test]
+    fn only_a_closed_stdout_counts_as_the_reader_gone() {
+        // Proves `main` ends quietly on EPIPE from stdout, even under context, and on nothing
+        // else; other stdout failures name their cause once.
+        let gone = anyhow::Error::new(StdoutError(io::ErrorKind::BrokenPipe.into()))
+            .context("listing agents");
+        assert!(is_reader_gone(&gone));
+        let full = anyhow::Error::new(StdoutError(io::Error::other("disk full")));
+        assert!(!is_reader_gone(&full));
+        assert_eq!(format!("{full:#}"), "cannot write to stdout: disk full");
+        let socket = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(!is_reader_gone(&socket), "a broken socket is a failure");
     }
 
     #[test]

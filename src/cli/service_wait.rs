@@ -394,6 +394,17 @@ mod tests {
         }
     }
 
+    /// Asserts the judge never decides on `s`: not at once, not a minute later.
+    fn assert_waits_on(mut j: Judge, s: &ServiceStatus) {
+        let t0 = Instant::now();
+        assert_eq!(j.step(t0, Some(s)), Verdict::Wait);
+        assert_eq!(
+            j.step(t0 + Duration::from_secs(60), Some(s)),
+            Verdict::Wait,
+            "{s:?}"
+        );
+    }
+
     #[test]
     fn counts_only_the_deployed_version() {
         // Proves old-version instances (a rolling upgrade) do not count towards the new spec.
@@ -471,16 +482,11 @@ mod tests {
     fn instances_just_waiting_for_offers_are_waited_for() {
         // Proves instances the framework counts as waiting for offers never fail the wait,
         // whatever the message says.
-        let t0 = Instant::now();
-        let mut j = Judge::new("v1".into(), 2, Duration::from_secs(1));
+        let j = Judge::new("v1".into(), 2, Duration::from_secs(1));
         let mut s = status("v1", 2, vec![]);
         s.message = "2 instances pending: offers are slow today".into();
         s.pending.waiting_for_offers = 2;
-        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
-        assert_eq!(
-            j.step(t0 + Duration::from_secs(60), Some(&s)),
-            Verdict::Wait
-        );
+        assert_waits_on(j, &s);
     }
 
     #[test]
@@ -488,8 +494,7 @@ mod tests {
         // Proves a new-version instance not launched yet because an old one still runs (surge
         // 0, the new one not healthy yet) is not taken for a placement failure, though the
         // deployed version has one pending and the message explains.
-        let t0 = Instant::now();
-        let mut j = Judge::new("v2".into(), 2, Duration::from_secs(1));
+        let j = Judge::new("v2".into(), 2, Duration::from_secs(1));
         let mut s = status(
             "v2",
             2,
@@ -502,43 +507,29 @@ mod tests {
                      1 instance running but not healthy yet"
             .into();
         assert_eq!(Counts::of(&s, "v2", 2).pending, 1);
-        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
-        assert_eq!(
-            j.step(t0 + Duration::from_secs(60), Some(&s)),
-            Verdict::Wait
-        );
+        assert_waits_on(j, &s);
     }
 
     #[test]
     fn a_status_from_before_a_scale_is_no_verdict() {
         // Proves stuck instances counted for another number of instances do not fail a scale.
-        let t0 = Instant::now();
-        let mut j = Judge::new("v1".into(), 3, Duration::from_secs(1));
+        let j = Judge::new("v1".into(), 3, Duration::from_secs(1));
         let mut s = status("v1", 2, vec![]);
         s.pending.unplaceable = 2;
-        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
-        assert_eq!(
-            j.step(t0 + Duration::from_secs(60), Some(&s)),
-            Verdict::Wait
-        );
+        assert_waits_on(j, &s);
     }
 
     #[test]
     fn unhealthy_but_launched_instances_are_waited_for() {
         // Proves a status with a message but nothing pending (health checks in their grace)
         // never fails the wait by itself.
-        let t0 = Instant::now();
-        let mut j = Judge::new("v1".into(), 1, Duration::from_secs(1));
+        let j = Judge::new("v1".into(), 1, Duration::from_secs(1));
         let mut s = status(
             "v1",
             1,
             vec![instance(0, "TASK_RUNNING", Health::Unknown, "v1")],
         );
         s.message = "1 instance not healthy yet".into();
-        assert_eq!(j.step(t0, Some(&s)), Verdict::Wait);
-        assert_eq!(
-            j.step(t0 + Duration::from_secs(60), Some(&s)),
-            Verdict::Wait
-        );
+        assert_waits_on(j, &s);
     }
 }
