@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_proto::v1;
-use drover_proto::v1::operator_client::OperatorClient;
 use drover_proto::v1::scheduler_client::SchedulerClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use util::{Proc, free_port, stderr, stdout, wait_listening};
+use util::cluster::{AgentSpec, TestCluster};
+use util::{stderr, stdout};
 
 const MIB: u64 = 1 << 20;
 /// Generous: CI machines are slow and everything here runs real processes.
@@ -25,131 +25,46 @@ const WAIT: Duration = Duration::from_secs(30);
 const KEEPER: &str = "keeper";
 const SWEEPER: &str = "sweeper";
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    addr: String,
-    _master: Proc,
-    agents: Vec<(String, Proc)>,
-}
+const AGENT: AgentSpec = AgentSpec {
+    cpus: "2",
+    mem: "1GiB",
+    ports: "31000-31099",
+};
 
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let data = dir.path().join("master");
-        let master = Proc::spawn(
-            "master",
-            &[
-                "master",
-                "--id",
-                "1",
-                "--listen",
-                &addr,
-                "--data-dir",
-                data.to_str().expect("utf-8"),
-                "--allocation-interval-ms",
-                "20",
-                "--agent-heartbeat-interval-ms",
-                "200",
-                "--agent-unreachable-after-ms",
-                "1500",
-            ],
-            dir.path(),
-        );
-        wait_listening(&addr);
-        let mut cluster = Cluster {
-            dir,
-            addr,
-            _master: master,
-            agents: Vec::new(),
-        };
-        cluster.add_agent(KEEPER, &[]);
-        cluster.add_agent(
-            SWEEPER,
+/// The master, [`KEEPER`] and [`SWEEPER`].
+fn start_cluster() -> TestCluster {
+    let mut cluster = TestCluster::start(&["--agent-unreachable-after-ms", "1500"]);
+    let follow_poll = ["--file-follow-poll-ms", "20"];
+    cluster.add_agent(KEEPER, AGENT, &follow_poll);
+    cluster.add_agent(
+        SWEEPER,
+        AGENT,
+        &[
+            &follow_poll[..],
             &["--sandbox-gc-age", "0s", "--sandbox-gc-interval-ms", "50"],
-        );
-        cluster
-    }
-
-    fn add_agent(&mut self, name: &str, extra: &[&str]) {
-        let work = self.work_dir(name);
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut args = vec![
-            "agent",
-            "--masters",
-            &self.addr,
-            "--listen",
-            &listen,
-            "--work-dir",
-            work.to_str().expect("utf-8"),
-            "--cpus",
-            "2",
-            "--mem",
-            "1GiB",
-            "--ports",
-            "31000-31099",
-            "--hostname",
-            name,
-            "--file-follow-poll-ms",
-            "20",
-        ];
-        args.extend_from_slice(extra);
-        let p = Proc::spawn(name, &args, self.dir.path());
-        wait_listening(&listen);
-        self.agents.push((name.to_string(), p));
-    }
-
-    fn work_dir(&self, agent: &str) -> PathBuf {
-        self.dir.path().join(agent)
-    }
-
-    fn kill_agent(&mut self, name: &str) {
-        for (n, p) in &mut self.agents {
-            if n == name {
-                p.kill9();
-            }
-        }
-    }
-
-    /// Runs `drover logs ARGS` to completion.
-    fn logs(&self, args: &[&str]) -> std::process::Output {
-        let mut all = vec!["logs"];
-        all.extend_from_slice(args);
-        util::drover(&self.addr, &all)
-    }
-
-    /// Waits until `drover logs ARGS` prints exactly `expected` (the task may still be writing).
-    fn wait_logs(&self, args: &[&str], expected: &str) {
-        util::wait_for(
-            &format!("drover logs {args:?} to print {expected:?}"),
-            WAIT,
-            || {
-                let out = self.logs(args);
-                (out.status.success() && stdout(&out) == expected).then_some(())
-            },
-        );
-    }
-
-    async fn wait_agents(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut op) = OperatorClient::connect(format!("http://{}", self.addr)).await
-                && let Ok(s) = op.get_state(v1::GetStateRequest {}).await
-                && s.into_inner().agents.iter().filter(|a| a.reachable).count() == n
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{n} agents never registered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+        ]
+        .concat(),
+    );
+    cluster
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.agents.clear();
-        util::stop_processes_under(self.dir.path());
-    }
+/// Runs `drover logs ARGS` against `cluster` to completion.
+fn logs(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    util::drover(&cluster.addr, &all)
+}
+
+/// Waits until `drover logs ARGS` prints exactly `expected` (the task may still be writing).
+fn wait_logs(cluster: &TestCluster, args: &[&str], expected: &str) {
+    util::wait_for(
+        &format!("drover logs {args:?} to print {expected:?}"),
+        WAIT,
+        || {
+            let out = logs(cluster, args);
+            (out.status.success() && stdout(&out) == expected).then_some(())
+        },
+    );
 }
 
 /// A framework on the scheduler API that launches shell tasks where the test says; its updates
@@ -392,7 +307,7 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
     // task's output, JSON lines with --output json, and fails with one line for an unknown task,
     // an ambiguous task id (listing both frameworks; --framework picks one), a sandbox the
     // agent's GC removed, and an agent that is down.
-    let mut cluster = Cluster::start();
+    let mut cluster = start_cluster();
     cluster.wait_agents(2).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "logs-test").await;
     fw.launch(
@@ -402,9 +317,9 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
         v1::TaskState::TaskRunning,
     )
     .await;
-    cluster.wait_logs(&["talker"], "out-line\n");
-    cluster.wait_logs(&["talker", "--stderr"], "err-line\n");
-    let json = cluster.logs(&["talker", "--output", "json"]);
+    wait_logs(&cluster, &["talker"], "out-line\n");
+    wait_logs(&cluster, &["talker", "--stderr"], "err-line\n");
+    let json = logs(&cluster, &["talker", "--output", "json"]);
     assert!(json.status.success(), "{}", stderr(&json));
     let line: serde_json::Value =
         serde_json::from_str(stdout(&json).lines().next().expect("a line")).expect("JSON");
@@ -419,10 +334,10 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
         v1::TaskState::TaskFailed,
     )
     .await;
-    cluster.wait_logs(&["done"], "finished-output\n");
+    wait_logs(&cluster, &["done"], "finished-output\n");
 
     assert_eq!(
-        failure_line(&cluster.logs(&["web.1.nope"])),
+        failure_line(&logs(&cluster, &["web.1.nope"])),
         "drover: no task named web.1.nope"
     );
 
@@ -436,7 +351,7 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
             v1::TaskState::TaskRunning,
         )
         .await;
-    let e = failure_line(&cluster.logs(&["talker"]));
+    let e = failure_line(&logs(&cluster, &["talker"]));
     assert!(
         e.starts_with("drover: task id talker is used by 2 frameworks: ")
             && e.contains(&format!("{} (logs-test)", fw.id))
@@ -444,8 +359,12 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
             && e.ends_with("; pass --framework"),
         "{e}"
     );
-    cluster.wait_logs(&["talker", "--framework", &other.id], "other-out\n");
-    cluster.wait_logs(&["talker", "--framework", &fw.id], "out-line\n");
+    wait_logs(
+        &cluster,
+        &["talker", "--framework", &other.id],
+        "other-out\n",
+    );
+    wait_logs(&cluster, &["talker", "--framework", &fw.id], "out-line\n");
 
     // A finished task on the agent whose GC removes sandboxes once acknowledged.
     fw.launch(
@@ -460,13 +379,13 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
         (!swept.join("sandboxes").join("swept").exists()).then_some(())
     });
     assert_eq!(
-        failure_line(&cluster.logs(&["swept"])),
+        failure_line(&logs(&cluster, &["swept"])),
         "drover: the sandbox of swept was removed by the agent's GC"
     );
 
     // The keeper goes down: its tasks stay listed, its file API does not answer.
-    cluster.kill_agent(KEEPER);
-    let e = failure_line(&cluster.logs(&["done", "--connect-timeout-ms", "1000"]));
+    cluster.agent_mut(KEEPER).kill9();
+    let e = failure_line(&logs(&cluster, &["done", "--connect-timeout-ms", "1000"]));
     assert!(
         e.starts_with("drover: agent 127.0.0.1:") && e.contains(") is unreachable: "),
         "{e}"
@@ -477,7 +396,7 @@ async fn logs_of_running_and_finished_tasks_and_one_line_errors() {
 async fn follow_prints_new_output_and_ends_when_the_task_ends() {
     // Proves `drover logs --follow` prints output appended while it runs and exits 0 by itself
     // once the task has ended, with everything the task wrote.
-    let cluster = Cluster::start();
+    let cluster = start_cluster();
     cluster.wait_agents(2).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "follow-test").await;
     fw.launch(
@@ -487,7 +406,7 @@ async fn follow_prints_new_output_and_ends_when_the_task_ends() {
         v1::TaskState::TaskRunning,
     )
     .await;
-    cluster.wait_logs(&["stepper"], "first\n");
+    wait_logs(&cluster, &["stepper"], "first\n");
     let mut child = Command::new(util::drover_bin())
         .args(["--masters", &cluster.addr, "logs", "stepper", "--follow"])
         .stdin(Stdio::null())

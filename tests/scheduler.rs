@@ -13,25 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
+use util::cluster::{AgentSpec, TestCluster, task_pids_under};
 use util::{Proc, free_port, wait_listening};
 
 const MIB: u64 = 1 << 20;
 /// Generous: CI machines are slow and everything here runs real processes.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A master and its agents, each in its own process group, all under one temp dir.
-struct Cluster {
-    dir: tempfile::TempDir,
-    addr: String,
-    _master: Proc,
-    agents: Vec<Proc>,
-}
-
-struct AgentSpec {
-    cpus: &'static str,
-    mem: &'static str,
-    ports: &'static str,
-}
 
 const SMALL_AGENT: AgentSpec = AgentSpec {
     cpus: "2",
@@ -39,151 +26,21 @@ const SMALL_AGENT: AgentSpec = AgentSpec {
     ports: "31000-31099",
 };
 
-impl Cluster {
-    fn start(agents: &[AgentSpec], master_flags: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let data = dir.path().join("master");
-        let mut args = vec![
-            "master",
-            "--id",
-            "1",
-            "--listen",
-            &addr,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-            "--allocation-interval-ms",
-            "20",
-            "--agent-heartbeat-interval-ms",
-            "200",
-            "--agent-unreachable-after-ms",
-            "1500",
-            "--framework-heartbeat-interval-ms",
-            "1000",
-        ];
-        args.extend_from_slice(master_flags);
-        let master = Proc::spawn("master", &args, dir.path());
-        wait_listening(&addr);
-        let mut cluster = Cluster {
-            dir,
-            addr,
-            _master: master,
-            agents: Vec::new(),
-        };
-        for spec in agents {
-            cluster.add_agent(spec);
-        }
-        cluster
+/// A master with the timeouts these tests use (`master_flags` on top) and one agent per spec,
+/// named `agent0`, `agent1`, ...
+fn start_cluster(agents: &[AgentSpec], master_flags: &[&str]) -> TestCluster {
+    let mut flags = vec![
+        "--agent-unreachable-after-ms",
+        "1500",
+        "--framework-heartbeat-interval-ms",
+        "1000",
+    ];
+    flags.extend_from_slice(master_flags);
+    let mut cluster = TestCluster::start(&flags);
+    for (n, spec) in agents.iter().enumerate() {
+        cluster.add_agent(&format!("agent{n}"), *spec, &[]);
     }
-
-    fn add_agent(&mut self, spec: &AgentSpec) {
-        let n = self.agents.len();
-        let work = self.dir.path().join(format!("agent{n}"));
-        let listen = format!("127.0.0.1:{}", free_port());
-        let args = [
-            "agent",
-            "--masters",
-            &self.addr,
-            "--listen",
-            &listen,
-            "--work-dir",
-            work.to_str().expect("utf-8"),
-            "--cpus",
-            spec.cpus,
-            "--mem",
-            spec.mem,
-            "--ports",
-            spec.ports,
-            "--hostname",
-            &format!("agent{n}"),
-        ];
-        self.agents
-            .push(Proc::spawn(&format!("agent{n}"), &args, self.dir.path()));
-    }
-
-    async fn operator(&self) -> OperatorClient<Channel> {
-        OperatorClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("operator client")
-    }
-
-    async fn state(&self) -> v1::ClusterState {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut op = self.operator().await;
-            match op.get_state(v1::GetStateRequest {}).await {
-                Ok(s) => return s.into_inner(),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("GetState failed: {e}"),
-            }
-        }
-    }
-
-    /// Waits until `n` agents are registered and reachable.
-    async fn wait_agents(&self, n: usize) -> Vec<v1::AgentState> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let state = self.state().await;
-            let up: Vec<_> = state.agents.into_iter().filter(|a| a.reachable).collect();
-            if up.len() == n {
-                return up;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} agents registered",
-                up.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Cluster {
-    fn task_pids(&self, task_id: &str) -> Vec<i32> {
-        task_pids_under(self.dir.path(), task_id)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // The agents first (their groups), then the detached supervisors and their tasks.
-        self.agents.clear();
-        util::stop_processes_under(self.dir.path());
-    }
-}
-
-/// Pids of live processes whose environment says they belong to task `task_id` and whose working
-/// directory (their sandbox) is under `dir`: another run of these tests on the same machine uses
-/// the same task ids.
-fn task_pids_under(dir: &Path, task_id: &str) -> Vec<i32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let needle = format!("DROVER_TASK_ID={task_id}\0");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        // Zombies have an empty environ; count only processes that still run.
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
-        if !zombie
-            && cwd.starts_with(&dir)
-            && env.windows(needle.len()).any(|w| w == needle.as_bytes())
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    cluster
 }
 
 /// A framework that speaks the scheduler API directly. Its event stream is read in the
@@ -408,7 +265,7 @@ async fn hello_keeps_n_real_processes_running_across_two_agents() {
     // Proves the whole path: hello subscribes, is offered both agents' resources, launches N
     // tasks that run as real processes, and replaces one killed from outside, which is reported
     // TASK_FAILED with its signal.
-    let cluster = Cluster::start(&[SMALL_AGENT, SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT, SMALL_AGENT], &[]);
     cluster.wait_agents(2).await;
     let hello = Proc::spawn_program(
         "hello",
@@ -500,7 +357,7 @@ async fn hello_keeps_n_real_processes_running_across_two_agents() {
 async fn kill_gives_task_killed_and_the_whole_process_group_is_gone() {
     // Proves Kill: TASK_KILLED comes back and no process of the task (a shell and two
     // children) survives it.
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "killer").await;
     let offer = fw.next_offer().await;
@@ -528,7 +385,7 @@ async fn kill_gives_task_killed_and_the_whole_process_group_is_gone() {
 async fn a_task_over_its_memory_limit_is_killed_and_reported() {
     // Proves memory isolation: a task allocating far beyond its limit is stopped and reported
     // TASK_FAILED (reason memory_limit where cgroups work; a failed exit under rlimits).
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "hog").await;
     let offer = fw.next_offer().await;
@@ -536,7 +393,7 @@ async fn a_task_over_its_memory_limit_is_killed_and_reported() {
     let task = shell_task("hog", &offer, 100, 64 * MIB, hog);
     fw.accept(&offer, vec![task], Some(0.0)).await;
     let failed = fw.wait_update("hog", is(v1::TaskState::TaskFailed)).await;
-    let agent_log = cluster.agents[0].log_text();
+    let agent_log = cluster.agent("agent0").log_text();
     if failed.reason != "memory_limit" {
         assert!(
             agent_log.contains("rlimit"),
@@ -552,7 +409,7 @@ async fn a_task_over_its_memory_limit_is_killed_and_reported() {
 async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
     // Proves launch validation end to end: over the offer, a reused offer, an unknown agent and
     // a malformed command each get TASK_ERROR naming why; a good task in the same call runs.
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "bad").await;
     let offer = fw.next_offer().await;
@@ -592,7 +449,7 @@ async fn bad_launches_are_refused_with_a_reason_and_harm_no_other_task() {
 async fn a_declined_offer_is_not_reoffered_before_refuse_seconds_but_others_get_it() {
     // Proves decline filters: the declining framework sees the agent again only after
     // refuse_seconds, while another framework is offered it meanwhile (no starvation).
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut a = TestFramework::subscribe(&cluster.addr, "a").await;
     let offer = a.next_offer().await;
@@ -615,7 +472,7 @@ async fn a_declined_offer_is_not_reoffered_before_refuse_seconds_but_others_get_
 async fn two_frameworks_with_equal_weights_get_equal_shares() {
     // Proves DRF: two frameworks that each launch one small task per offer and decline the
     // rest end with equal numbers of tasks (± 1) on a shared pool.
-    let cluster = Cluster::start(&[SMALL_AGENT, SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT, SMALL_AGENT], &[]);
     cluster.wait_agents(2).await;
     let mut fws = [
         TestFramework::subscribe(&cluster.addr, "one").await,
@@ -653,7 +510,7 @@ async fn two_frameworks_with_equal_weights_get_equal_shares() {
 async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
     // Proves agent health: a stopped agent (SIGSTOP: no heartbeats) turns its tasks
     // TASK_UNREACHABLE; when it resumes it re-registers and the task is running again.
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe(&cluster.addr, "health").await;
     let offer = fw.next_offer().await;
@@ -671,7 +528,7 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
     .await;
     fw.wait_update("steady", is(v1::TaskState::TaskRunning))
         .await;
-    let agent = nix::unistd::Pid::from_raw(cluster.agents[0].pid());
+    let agent = nix::unistd::Pid::from_raw(cluster.agent("agent0").pid());
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).expect("stop the agent");
     let s = fw
         .wait_update("steady", is(v1::TaskState::TaskUnreachable))
@@ -704,7 +561,7 @@ async fn an_agent_that_stops_heartbeating_makes_its_tasks_unreachable() {
 async fn a_framework_gone_past_its_failover_timeout_is_torn_down_and_its_tasks_killed() {
     // Proves framework failover: while away for less than its timeout a framework keeps its
     // tasks; past it, it is removed and its tasks' processes are killed.
-    let cluster = Cluster::start(&[SMALL_AGENT], &[]);
+    let cluster = start_cluster(&[SMALL_AGENT], &[]);
     cluster.wait_agents(1).await;
     let mut fw = TestFramework::subscribe_with_failover(&cluster.addr, "brief", 2.0).await;
     let offer = fw.next_offer().await;
@@ -899,7 +756,7 @@ async fn the_http_side_mirrors_state_and_metrics() {
     // Proves `--http`: /api/v1/state is the operator state as JSON, /metrics is Prometheus text
     // with the leader's counters, / is the dashboard page.
     let http = format!("127.0.0.1:{}", free_port());
-    let cluster = Cluster::start(&[SMALL_AGENT], &["--http", &http]);
+    let cluster = start_cluster(&[SMALL_AGENT], &["--http", &http]);
     cluster.wait_agents(1).await;
     wait_listening(&http);
     let (code, body) = http_get(&http, "/api/v1/state");

@@ -7,7 +7,6 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drover_coord::CreateMode;
@@ -15,78 +14,41 @@ use drover_coord::client::{Client, ClientOptions};
 use drover_coord::op::ErrorCode;
 use services::spec::{Format, ServiceSpec, parse};
 use services::status::{Health, ServiceStatus};
-use util::{Proc, free_port, wait_listening};
+use util::Proc;
+use util::cluster::{AgentSpec, TestCluster};
 
 /// Generous: CI machines are slow and everything here runs real processes.
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A master, two agents and `copies` framework copies, all under one temp dir.
 struct Cluster {
-    dir: tempfile::TempDir,
-    addr: String,
-    _master: Proc,
-    agents: Vec<Proc>,
     frameworks: Vec<Option<Proc>>,
     coord: Client,
+    /// Dropped after the framework copies.
+    tc: TestCluster,
 }
 
 impl Cluster {
     async fn start(copies: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let data = dir.path().join("master");
-        let master = Proc::spawn(
-            "master",
-            &[
-                "master",
-                "--id",
-                "1",
-                "--listen",
-                &addr,
-                "--data-dir",
-                data.to_str().expect("utf-8"),
-                "--allocation-interval-ms",
-                "20",
-                "--agent-heartbeat-interval-ms",
-                "200",
-                "--agent-unreachable-after-ms",
-                "2000",
-                "--framework-heartbeat-interval-ms",
-                "1000",
-                "--session-timeout-min-ms",
-                "2000",
-            ],
-            dir.path(),
-        );
-        wait_listening(&addr);
-        let mut agents = Vec::new();
+        let mut tc = TestCluster::start(&[
+            "--agent-unreachable-after-ms",
+            "2000",
+            "--framework-heartbeat-interval-ms",
+            "1000",
+            "--session-timeout-min-ms",
+            "2000",
+        ]);
         // Port ranges nobody uses now: other clusters on this machine run tasks too.
-        let ranges = [free_port_range(50), free_port_range(50)];
-        for (n, ports) in ranges.iter().enumerate() {
-            let work = dir.path().join(format!("agent{n}"));
-            let listen = format!("127.0.0.1:{}", free_port());
-            agents.push(Proc::spawn(
-                &format!("agent{n}"),
-                &[
-                    "agent",
-                    "--masters",
-                    &addr,
-                    "--listen",
-                    &listen,
-                    "--work-dir",
-                    work.to_str().expect("utf-8"),
-                    "--cpus",
-                    "4",
-                    "--mem",
-                    "2GiB",
-                    "--ports",
-                    ports,
-                    "--hostname",
-                    &format!("agent{n}"),
-                ],
-                dir.path(),
-            ));
+        for n in 0..2 {
+            let ports = free_port_range(50);
+            let spec = AgentSpec {
+                cpus: "4",
+                mem: "2GiB",
+                ports: &ports,
+            };
+            tc.add_agent(&format!("agent{n}"), spec, &[]);
         }
+        let addr = tc.addr.clone();
         let coord = Client::connect(vec![addr.clone()], ClientOptions::default())
             .await
             .expect("coord client");
@@ -98,12 +60,9 @@ impl Cluster {
             }
         }
         let mut cluster = Cluster {
-            dir,
-            addr,
-            _master: master,
-            agents,
             frameworks: Vec::new(),
             coord,
+            tc,
         };
         for n in 0..copies {
             let copy = cluster.start_framework(n);
@@ -118,7 +77,7 @@ impl Cluster {
             &[
                 "services",
                 "--masters",
-                &self.addr,
+                &self.tc.addr,
                 "--check-host",
                 "127.0.0.1",
                 "--backoff-initial",
@@ -136,7 +95,7 @@ impl Cluster {
                 "--failover-timeout",
                 "10m",
             ],
-            self.dir.path(),
+            self.tc.dir.path(),
         )
     }
 
@@ -202,7 +161,7 @@ impl Cluster {
 
     /// Live processes of tasks whose id starts with `prefix`, by task id.
     fn task_processes(&self, prefix: &str) -> std::collections::BTreeMap<String, Vec<i32>> {
-        task_processes_under(self.dir.path(), prefix)
+        self.tc.task_processes(prefix)
     }
 
     /// The pid of the leading framework copy (from its election node).
@@ -230,9 +189,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The framework copies first; then `tc` stops the agents and the tasks.
         self.frameworks.clear();
-        self.agents.clear();
-        util::stop_processes_under(self.dir.path());
     }
 }
 
@@ -255,38 +213,6 @@ fn free_port_range(len: u16) -> String {
         }
     }
     panic!("no free range of {len} ports");
-}
-
-/// Task id → pids of live processes whose environment says they belong to that task, whose id
-/// starts with `prefix`, and whose working directory (the sandbox) is under `dir`.
-fn task_processes_under(dir: &Path, prefix: &str) -> std::collections::BTreeMap<String, Vec<i32>> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut found: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
-        if zombie || !cwd.starts_with(&dir) {
-            continue;
-        }
-        for var in env.split(|&b| b == 0) {
-            let var = String::from_utf8_lossy(var);
-            if let Some(id) = var.strip_prefix("DROVER_TASK_ID=")
-                && id.starts_with(prefix)
-            {
-                found.entry(id.to_string()).or_default().push(pid);
-            }
-        }
-    }
-    found
 }
 
 /// The environment variable `name` of process `pid`.
