@@ -17,7 +17,8 @@ use drover_coord::op::{CreateMode, ErrorCode};
 use drover_sdk::{Command, Event, Filters, Framework, TaskId, TaskRequest, TaskSpec};
 use serde_json::Value;
 use services::status::{Health, InstanceStatus, PendingInstances, ServiceStatus};
-use util::{Proc, free_port, wait_listening};
+use util::cluster::{AgentSpec, TestCluster};
+use util::{Proc, free_port};
 
 /// Generous: everything here runs real processes on a small shared machine.
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,63 +26,24 @@ const MIB: u64 = 1 << 20;
 
 /// One master and one agent (`agent0`: 2 cpus, 1 GiB, ports 31000-31099) under a temp dir.
 struct Cluster {
-    dir: tempfile::TempDir,
-    addr: String,
-    _master: Proc,
-    agent: Option<Proc>,
+    tc: TestCluster,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let master = util::start_master(
-            dir.path(),
-            port,
-            "master",
-            &[
-                "--allocation-interval-ms",
-                "20",
-                "--agent-heartbeat-interval-ms",
-                "200",
-            ],
-        );
-        let addr = format!("127.0.0.1:{port}");
-        let work = dir.path().join("agent0");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let agent = Proc::spawn(
-            "agent0",
-            &[
-                "agent",
-                "--masters",
-                &addr,
-                "--listen",
-                &listen,
-                "--work-dir",
-                work.to_str().expect("utf-8"),
-                "--cpus",
-                "2",
-                "--mem",
-                "1GiB",
-                "--ports",
-                "31000-31099",
-                "--hostname",
-                "agent0",
-            ],
-            dir.path(),
-        );
-        wait_listening(&addr);
-        Cluster {
-            dir,
-            addr,
-            _master: master,
-            agent: Some(agent),
-        }
+        let mut tc = TestCluster::start(&[]);
+        let spec = AgentSpec {
+            cpus: "2",
+            mem: "1GiB",
+            ports: "31000-31099",
+        };
+        tc.add_agent("agent0", spec, &[]);
+        Cluster { tc }
     }
 
     /// `drover --masters ADDR ARGS...`, run to completion off the async runtime.
     async fn drover(&self, args: &[&str]) -> Output {
-        drover_at(&self.addr, args).await
+        drover_at(&self.tc.addr, args).await
     }
 
     /// Waits until `drover agent ls --output json` shows the agent reachable.
@@ -108,16 +70,9 @@ impl Cluster {
     }
 
     async fn coord(&self) -> Client {
-        Client::connect(vec![self.addr.clone()], ClientOptions::default())
+        Client::connect(vec![self.tc.addr.clone()], ClientOptions::default())
             .await
             .expect("coord session")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.agent.take();
-        util::stop_processes_under(self.dir.path());
     }
 }
 
@@ -302,7 +257,7 @@ async fn task_agent_framework_and_cluster_commands_print_tables_and_json() {
     let c = Cluster::start();
     c.wait_agent().await;
     let _fw = TestFramework::launch(
-        &c.addr,
+        &c.tc.addr,
         vec![
             ("web.0.abcd", vec![("service", "web"), ("instance", "0")], 1),
             ("other-1", vec![], 0),
@@ -382,16 +337,19 @@ async fn task_agent_framework_and_cluster_commands_print_tables_and_json() {
 
     // cluster status
     let text = ok(&c.drover(&["cluster", "status"]).await);
-    assert!(text.contains(&format!("leader:      {}", c.addr)), "{text}");
     assert!(
-        text.contains(&format!("masters:     {} leading", c.addr)),
+        text.contains(&format!("leader:      {}", c.tc.addr)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("masters:     {} leading", c.tc.addr)),
         "{text}"
     );
     assert!(text.contains("agents:      1 reachable of 1"), "{text}");
     assert!(text.contains("frameworks:  1 connected of 1"), "{text}");
     assert!(text.contains("tasks:       2 RUNNING"), "{text}");
     let status = json(&c.drover(&["cluster", "status", "--output", "json"]).await);
-    assert_eq!(status["leader"], c.addr.as_str());
+    assert_eq!(status["leader"], c.tc.addr.as_str());
     assert_eq!(status["masters"][0]["state"], "leading");
     assert_eq!(status["agents"]["reachable"], 1);
     assert_eq!(status["tasks"]["by_state"]["TASK_RUNNING"], 2);
@@ -439,7 +397,7 @@ async fn commands_end_quietly_with_status_0_when_stdout_is_closed() {
         &["coord", "ls", "/"],
         &["coord", "get", "/", "--stat"],
     ] {
-        let addr = c.addr.clone();
+        let addr = c.tc.addr.clone();
         let out = tokio::task::spawn_blocking(move || drover_into_closed_pipe(&addr, args))
             .await
             .expect("drover ran");
@@ -862,7 +820,7 @@ async fn service_deploy_ls_status_scale_rm_through_coord() {
 
     // deploy --wait: follows the status until at spec.
     let child = spawn_drover(
-        &c.addr,
+        &c.tc.addr,
         &["service", "deploy", file_s, "--wait", "--poll-ms", "100"],
     );
     publish(
@@ -1007,12 +965,12 @@ async fn service_deploy_ls_status_scale_rm_through_coord() {
     // rm waits for the status node and the service's tasks; the framework's side is played here:
     // a running task labelled service=web, killed and its status removed after the spec goes.
     let fw = TestFramework::launch(
-        &c.addr,
+        &c.tc.addr,
         vec![("web.0.efgh", vec![("service", "web"), ("instance", "0")], 1)],
     )
     .await;
     wait_tasks(&c, &["web.0.efgh"], "TASK_RUNNING").await;
-    let child = spawn_drover(&c.addr, &["service", "rm", "web", "--poll-ms", "100"]);
+    let child = spawn_drover(&c.tc.addr, &["service", "rm", "web", "--poll-ms", "100"]);
     let deadline = Instant::now() + WAIT;
     while coord
         .exists("/services/specs/web")
@@ -1076,11 +1034,11 @@ async fn deploy_wait_scale_and_rm_with_the_real_services_framework() {
         &[
             "services",
             "--masters",
-            &c.addr,
+            &c.tc.addr,
             "--check-host",
             "127.0.0.1",
         ],
-        c.dir.path(),
+        c.tc.dir.path(),
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let sleeper = dir.path().join("sleeper.toml");
