@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a master (serves coord; master logic arrives with the scheduling issue).
+    /// Run a master: a coord replica (--peers for an ensemble) and, while its replica leads, the
+    /// leading master (scheduler, agent and operator APIs).
     Master(cli::master::MasterArgs),
     /// Run an agent: register with the leading master (from --masters) and run its tasks;
     /// `drover agent ls` lists the cluster's agents.
@@ -90,15 +91,29 @@ fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+/// The log level when `RUST_LOG` is unset: processes that run until stopped log their life at
+/// info; a user command prints its result and logs only what went wrong.
+fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Master(_)
+        | Command::Services(_)
+        | Command::Local(_)
+        | Command::Supervise { .. } => "info",
+        Command::Agent(agent) if agent.command.is_none() => "info",
+        _ => "warn",
+    }
+}
+
 fn main() {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_log_level(&cli.command))
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if let Command::Supervise { spec } = &cli.command {
         // The supervisor owns its signals and children: it runs before (and without) any async
         // runtime, as a process of its own.
