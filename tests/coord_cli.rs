@@ -205,3 +205,40 @@ fn bench_disk_measures_each_writer_count_and_leaves_nothing_behind() {
         assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn bench_coord_measures_its_own_ensemble_and_a_leader_kill_then_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let bench = |args: &[&str]| {
+        let out = Command::new(drover_bin())
+            .args(["--output", "json", "bench", "coord", "--dir", d])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        // Every master stopped and its data removed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+
+    let load = bench(&["--clients", "1,3", "--duration", "300ms", "--warmup", "0"]);
+    let rows = load["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{load}");
+    for (row, clients) in rows.iter().zip([1, 3]) {
+        assert_eq!(row["clients"], clients, "{row}");
+        for phase in ["writes", "reads"] {
+            assert!(row[phase]["ops"].as_u64().unwrap() > 0, "{row}");
+            assert_eq!(row[phase]["errors"], 0, "{row}");
+        }
+    }
+
+    let failover = bench(&["--kill-leader", "1", "--writers", "2", "--settle", "200ms"]);
+    let kills = failover["kills"].as_array().unwrap();
+    assert_eq!(kills.len(), 1, "{failover}");
+    assert_eq!(kills[0]["writes_resumed"], true, "{failover}");
+    assert_ne!(
+        kills[0]["killed_leader"], kills[0]["new_leader"],
+        "{failover}"
+    );
+}

@@ -84,6 +84,11 @@ pub struct CoordBenchArgs {
     /// During --kill-leader: how long writes run on a fully joined ensemble before each kill.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// Where the bench's own ensemble keeps its data and logs (a new directory inside it, removed
+    /// at the end). Default: the system's temporary directory. On tmpfs (`/dev/shm`) fsync costs
+    /// nothing, which shows how much of a write's latency is the disk's.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
     /// A flag for each master of the bench's own ensemble, e.g.
     /// `--master-arg=--sync-timeout-ms=500`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
@@ -136,6 +141,9 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
                  leave out --masters and DROVER_MASTERS"
             );
         }
+        if args.dir.is_some() {
+            bail!("--dir places the bench's own ensemble; with --masters there is none");
+        }
         let addrs = ctx.master_addrs();
         if addrs.is_empty() {
             bail!("--masters is empty; give at least one host:port");
@@ -143,7 +151,8 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
         return until_interrupted(load(ctx, &args, &addrs, "given")).await;
     }
     let started = Instant::now();
-    let mut ensemble = Ensemble::start(ENSEMBLE_SIZE, &args.master_args)?;
+    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut ensemble = Ensemble::start(ENSEMBLE_SIZE, &args.master_args, &parent)?;
     let result = until_interrupted(async {
         let (leader, epoch) = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
         eprintln!(

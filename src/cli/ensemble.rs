@@ -91,9 +91,9 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts `size` masters, each with `master_args` appended to its command line. Returns once
     /// they are spawned; `wait_ready` waits until they serve.
-    pub fn start(size: u32, master_args: &[String]) -> anyhow::Result<Ensemble> {
+    pub fn start(size: u32, master_args: &[String], parent: &Path) -> anyhow::Result<Ensemble> {
         let exe = std::env::current_exe().context("cannot find the drover executable")?;
-        let root = make_temp_dir()?;
+        let root = make_temp_dir(parent)?;
         // Holding every listener until all are picked keeps the ports distinct; a stranger may
         // still take one before the master binds it, which the master reports.
         let listeners = (0..size)
@@ -379,11 +379,12 @@ impl Drop for Ensemble {
 }
 
 /// A new, empty directory under the system temp dir, named after this process and the time.
-fn make_temp_dir() -> anyhow::Result<PathBuf> {
+/// A new directory for one ensemble under `parent`.
+fn make_temp_dir(parent: &Path) -> anyhow::Result<PathBuf> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("drover-bench-{}-{nanos:09}", std::process::id()));
+    let dir = parent.join(format!("drover-bench-{}-{nanos:09}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
