@@ -15,7 +15,7 @@ use drover_proto::v1;
 use drover_proto::v1::scheduler_client::SchedulerClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use util::cluster::{AgentSpec, TestCluster};
+use util::cluster::{AgentSpec, TestCluster, acknowledge_update, subscribe_framework};
 use util::{stderr, stdout};
 
 const MIB: u64 = 1 << 20;
@@ -82,54 +82,17 @@ struct TestFramework {
 
 impl TestFramework {
     async fn subscribe(addr: &str, name: &str) -> TestFramework {
-        let mut client = SchedulerClient::connect(format!("http://{addr}"))
-            .await
-            .expect("scheduler client");
-        let deadline = Instant::now() + WAIT;
-        let mut stream = loop {
-            let request = v1::SubscribeRequest {
-                framework: Some(v1::FrameworkInfo {
-                    name: name.into(),
-                    failover_timeout_seconds: 60.0,
-                    ..Default::default()
-                }),
-                suppressed: true,
-            };
-            match client.subscribe(request).await {
-                Ok(s) => break s.into_inner(),
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "subscribe failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let first = stream.message().await.expect("stream").expect("event");
-        let Some(v1::event::Event::Subscribed(sub)) = first.event else {
-            panic!("first event is not Subscribed: {first:?}");
-        };
+        let (client, sub_id, mut stream) = subscribe_framework(addr, name, 60.0, true).await;
         // Unbounded in this test only: the reader must never block the event stream.
         let (tx, rx) = mpsc::unbounded_channel();
         let mut calls = client.clone();
-        let id = sub.framework_id.clone();
+        let id = sub_id.clone();
         let wanting = Arc::new(AtomicBool::new(false));
         let wants = wanting.clone();
         tokio::spawn(async move {
             while let Ok(Some(event)) = stream.message().await {
+                acknowledge_update(&mut calls, &id, &event).await;
                 match &event.event {
-                    Some(v1::event::Event::Update(u)) => {
-                        if let Some(s) = &u.status
-                            && !s.uuid.is_empty()
-                        {
-                            let _ = calls
-                                .acknowledge(v1::AcknowledgeRequest {
-                                    framework_id: id.clone(),
-                                    agent_id: s.agent_id.clone(),
-                                    task_id: s.task_id.clone(),
-                                    uuid: s.uuid.clone(),
-                                })
-                                .await;
-                        }
-                    }
                     Some(v1::event::Event::Offers(o)) if !wants.load(Ordering::SeqCst) => {
                         let _ = calls
                             .decline(v1::DeclineRequest {
@@ -150,7 +113,7 @@ impl TestFramework {
             }
         });
         TestFramework {
-            id: sub.framework_id,
+            id: sub_id,
             client,
             events: rx,
             updates: Vec::new(),

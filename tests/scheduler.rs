@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use util::cluster::{AgentSpec, TestCluster, task_pids_under};
+use util::cluster::{
+    AgentSpec, TestCluster, acknowledge_update, subscribe_framework, task_pids_under,
+};
 use util::{Proc, free_port, wait_listening};
 
 const MIB: u64 = 1 << 20;
@@ -60,60 +62,20 @@ impl TestFramework {
     }
 
     async fn subscribe_with_failover(addr: &str, name: &str, failover_s: f64) -> TestFramework {
-        let mut client = SchedulerClient::connect(format!("http://{addr}"))
-            .await
-            .expect("scheduler client");
-        let deadline = Instant::now() + WAIT;
-        let mut stream = loop {
-            let request = v1::SubscribeRequest {
-                framework: Some(v1::FrameworkInfo {
-                    name: name.into(),
-                    failover_timeout_seconds: failover_s,
-                    ..Default::default()
-                }),
-                suppressed: false,
-            };
-            match client.subscribe(request).await {
-                Ok(s) => break s.into_inner(),
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "subscribe failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let first = stream
-            .message()
-            .await
-            .expect("stream")
-            .expect("first event");
-        let Some(v1::event::Event::Subscribed(sub)) = first.event else {
-            panic!("first event is not Subscribed: {first:?}");
-        };
+        let (client, id, mut stream) = subscribe_framework(addr, name, failover_s, false).await;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut acker = client.clone();
-        let id = sub.framework_id.clone();
+        let framework_id = id.clone();
         tokio::spawn(async move {
             while let Ok(Some(event)) = stream.message().await {
-                if let Some(v1::event::Event::Update(u)) = &event.event
-                    && let Some(s) = &u.status
-                    && !s.uuid.is_empty()
-                {
-                    let _ = acker
-                        .acknowledge(v1::AcknowledgeRequest {
-                            framework_id: id.clone(),
-                            agent_id: s.agent_id.clone(),
-                            task_id: s.task_id.clone(),
-                            uuid: s.uuid.clone(),
-                        })
-                        .await;
-                }
+                acknowledge_update(&mut acker, &framework_id, &event).await;
                 if tx.send(event).is_err() {
                     break;
                 }
             }
         });
         TestFramework {
-            id: sub.framework_id,
+            id,
             client,
             events: rx,
             updates: Vec::new(),

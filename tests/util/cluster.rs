@@ -5,6 +5,7 @@
 use super::{Proc, free_port, wait_listening};
 use drover_proto::v1;
 use drover_proto::v1::operator_client::OperatorClient;
+use drover_proto::v1::scheduler_client::SchedulerClient;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -208,4 +209,69 @@ pub fn task_processes_under(dir: &Path, prefix: &str) -> BTreeMap<String, Vec<i3
         }
     }
     found
+}
+
+/// Subscribes framework `name` on the scheduler API at `addr` (retrying until the master takes
+/// it, up to `STATE_WAIT`); returns its client, its id and its event stream after `Subscribed`.
+pub async fn subscribe_framework(
+    addr: &str,
+    name: &str,
+    failover_timeout_seconds: f64,
+    suppressed: bool,
+) -> (
+    SchedulerClient<tonic::transport::Channel>,
+    String,
+    tonic::Streaming<v1::Event>,
+) {
+    let mut client = SchedulerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("scheduler client");
+    let deadline = Instant::now() + STATE_WAIT;
+    let mut stream = loop {
+        let request = v1::SubscribeRequest {
+            framework: Some(v1::FrameworkInfo {
+                name: name.into(),
+                failover_timeout_seconds,
+                ..Default::default()
+            }),
+            suppressed,
+        };
+        match client.subscribe(request).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "subscribe failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let first = stream
+        .message()
+        .await
+        .expect("stream")
+        .expect("first event");
+    let Some(v1::event::Event::Subscribed(sub)) = first.event else {
+        panic!("first event is not Subscribed: {first:?}");
+    };
+    (client, sub.framework_id, stream)
+}
+
+/// Acknowledges `event` for framework `id` if it is an update that wants it.
+pub async fn acknowledge_update(
+    client: &mut SchedulerClient<tonic::transport::Channel>,
+    id: &str,
+    event: &v1::Event,
+) {
+    if let Some(v1::event::Event::Update(u)) = &event.event
+        && let Some(s) = &u.status
+        && !s.uuid.is_empty()
+    {
+        let _ = client
+            .acknowledge(v1::AcknowledgeRequest {
+                framework_id: id.to_string(),
+                agent_id: s.agent_id.clone(),
+                task_id: s.task_id.clone(),
+                uuid: s.uuid.clone(),
+            })
+            .await;
+    }
 }
