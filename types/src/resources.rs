@@ -475,6 +475,11 @@ pub struct Scalars {
 }
 
 impl Scalars {
+    /// Millicpus as the `f64` cpus the API speaks.
+    pub fn cpus(&self) -> f64 {
+        cpus_from_millicpus(self.millicpus)
+    }
+
     /// Max over cpus and memory of `self / total`; a dimension with a zero total is ignored.
     pub fn dominant_share(&self, total: &Scalars) -> f64 {
         let share = |used: u64, total: u64| {
