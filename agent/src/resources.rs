@@ -22,6 +22,8 @@
 
 use std::collections::BTreeMap;
 
+use drover_types::PortRanges;
+
 use crate::limits::CPUS_MAX;
 
 /// Reservation floor for the agent's own memory when `--mem-reserve` is not given.
@@ -449,15 +451,10 @@ pub fn parse_ports(value: &str) -> Result<Vec<(u16, u16)>, ResourceError> {
         }
         ranges.push((lo, hi));
     }
-    ranges.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-    for (lo, hi) in ranges {
-        match merged.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    Ok(merged)
+    // Sorted and merged the way every port set is (reversed ranges were refused above).
+    PortRanges::from_ranges(&ranges)
+        .map(Vec::from)
+        .map_err(|e| invalid(FLAG, value, e.to_string()))
 }
 
 /// Parses one `--attr key=value`. The key is a DNS label: 1..=63 bytes of ASCII letters, digits,

@@ -65,57 +65,10 @@ const HEADER_BYTES: usize = 8;
 const STREAM_SUFFIX: &str = ".updates";
 const TMP_SUFFIX: &str = ".updates.tmp";
 
-/// The state of a task as reported to frameworks (Mesos `TaskState`, same names on the wire).
-/// Not to be confused with [`crate::sandbox::TaskState`], which is what a sandbox's files say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum TaskState {
-    #[serde(rename = "TASK_STAGING")]
-    Staging,
-    #[serde(rename = "TASK_STARTING")]
-    Starting,
-    #[serde(rename = "TASK_RUNNING")]
-    Running,
-    #[serde(rename = "TASK_KILLING")]
-    Killing,
-    #[serde(rename = "TASK_FINISHED")]
-    Finished,
-    #[serde(rename = "TASK_FAILED")]
-    Failed,
-    #[serde(rename = "TASK_KILLED")]
-    Killed,
-    #[serde(rename = "TASK_ERROR")]
-    Error,
-    #[serde(rename = "TASK_LOST")]
-    Lost,
-    #[serde(rename = "TASK_DROPPED")]
-    Dropped,
-    #[serde(rename = "TASK_UNREACHABLE")]
-    Unreachable,
-    #[serde(rename = "TASK_GONE")]
-    Gone,
-    #[serde(rename = "TASK_GONE_BY_OPERATOR")]
-    GoneByOperator,
-    #[serde(rename = "TASK_UNKNOWN")]
-    Unknown,
-}
-
-impl TaskState {
-    /// True for states a task never leaves (Mesos `protobuf::isTerminalState`). `UNREACHABLE` and
-    /// `UNKNOWN` are not terminal: the task may still come back.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Finished
-                | TaskState::Failed
-                | TaskState::Killed
-                | TaskState::Error
-                | TaskState::Lost
-                | TaskState::Dropped
-                | TaskState::Gone
-                | TaskState::GoneByOperator
-        )
-    }
-}
+/// The state of a task as reported to frameworks (Mesos `TaskState`; checkpointed by the same
+/// names as on the wire). Not to be confused with [`crate::sandbox::TaskState`], which is what a
+/// sandbox's files say.
+pub use drover_types::TaskState;
 
 /// One status update of one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use drover_proto::v1;
 
 use crate::ids::{AgentId, OfferId, TaskId};
 use crate::offers::Offer;
-use crate::resources::{PortRanges, Resources};
+use crate::resources::Resources;
 use crate::tasks::{Command, StatusSource, TaskInfo, TaskState, TaskStatus};
 
 /// Wire data the SDK cannot represent; `field` names it.
@@ -22,46 +22,6 @@ use crate::tasks::{Command, StatusSource, TaskInfo, TaskState, TaskStatus};
 pub struct ConvertError {
     pub field: &'static str,
     pub reason: String,
-}
-
-impl TryFrom<&v1::Resources> for Resources {
-    type Error = ConvertError;
-
-    fn try_from(r: &v1::Resources) -> Result<Resources, ConvertError> {
-        let mut ranges = Vec::with_capacity(r.ports.len());
-        for p in &r.ports {
-            let port = |v: u32| {
-                u16::try_from(v).map_err(|_| ConvertError {
-                    field: "resources.ports",
-                    reason: format!("{v} is not a port (0..=65535)"),
-                })
-            };
-            ranges.push((port(p.begin)?, port(p.end)?));
-        }
-        let ports = PortRanges::from_ranges(&ranges).map_err(|e| ConvertError {
-            field: "resources.ports",
-            reason: e.to_string(),
-        })?;
-        Ok(Resources::from_millicpus(r.millicpus, r.mem_bytes, ports))
-    }
-}
-
-impl From<&Resources> for v1::Resources {
-    fn from(r: &Resources) -> v1::Resources {
-        v1::Resources {
-            millicpus: r.millicpus(),
-            mem_bytes: r.mem_bytes(),
-            ports: r
-                .ports()
-                .ranges()
-                .iter()
-                .map(|&(begin, end)| v1::PortRange {
-                    begin: u32::from(begin),
-                    end: u32::from(end),
-                })
-                .collect(),
-        }
-    }
 }
 
 impl TryFrom<&v1::Offer> for Offer {
@@ -75,7 +35,11 @@ impl TryFrom<&v1::Offer> for Offer {
             });
         }
         let resources = match &o.resources {
-            Some(r) => Resources::try_from(r)?,
+            // The message names `ports`; the field says where it is in the offer.
+            Some(r) => Resources::try_from(r).map_err(|e| ConvertError {
+                field: "offer.resources",
+                reason: e.to_string(),
+            })?,
             None => Resources::default(),
         };
         Ok(Offer {
@@ -92,53 +56,9 @@ impl TryFrom<&v1::Offer> for Offer {
     }
 }
 
-impl From<v1::TaskState> for TaskState {
-    fn from(s: v1::TaskState) -> TaskState {
-        use v1::TaskState as P;
-        match s {
-            P::TaskStaging => TaskState::Staging,
-            P::TaskStarting => TaskState::Starting,
-            P::TaskRunning => TaskState::Running,
-            P::TaskKilling => TaskState::Killing,
-            P::TaskFinished => TaskState::Finished,
-            P::TaskFailed => TaskState::Failed,
-            P::TaskKilled => TaskState::Killed,
-            P::TaskError => TaskState::Error,
-            P::TaskLost => TaskState::Lost,
-            P::TaskDropped => TaskState::Dropped,
-            P::TaskUnreachable => TaskState::Unreachable,
-            P::TaskGone => TaskState::Gone,
-            P::TaskGoneByOperator => TaskState::GoneByOperator,
-            P::TaskUnknown | P::Unspecified => TaskState::Unknown,
-        }
-    }
-}
-
-impl From<TaskState> for v1::TaskState {
-    fn from(s: TaskState) -> v1::TaskState {
-        use v1::TaskState as P;
-        match s {
-            TaskState::Staging => P::TaskStaging,
-            TaskState::Starting => P::TaskStarting,
-            TaskState::Running => P::TaskRunning,
-            TaskState::Killing => P::TaskKilling,
-            TaskState::Finished => P::TaskFinished,
-            TaskState::Failed => P::TaskFailed,
-            TaskState::Killed => P::TaskKilled,
-            TaskState::Error => P::TaskError,
-            TaskState::Lost => P::TaskLost,
-            TaskState::Dropped => P::TaskDropped,
-            TaskState::Unreachable => P::TaskUnreachable,
-            TaskState::Gone => P::TaskGone,
-            TaskState::GoneByOperator => P::TaskGoneByOperator,
-            TaskState::Unknown => P::TaskUnknown,
-        }
-    }
-}
-
-/// A task state number from the wire; unknown numbers are `TaskState::Unknown`.
+/// A task state number from the wire; unspecified and unknown numbers are `TaskState::Unknown`.
 pub fn task_state_from_wire(state: i32) -> TaskState {
-    v1::TaskState::try_from(state).map_or(TaskState::Unknown, TaskState::from)
+    TaskState::from_wire(state).unwrap_or(TaskState::Unknown)
 }
 
 fn status_source_from_wire(source: i32) -> StatusSource {
@@ -200,35 +120,12 @@ impl From<&TaskInfo> for v1::TaskInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resources_round_trip_and_bad_ports_name_the_field() {
-        // Proves resources survive proto and back, and out-of-range or inverted ports are refused.
-        let r = Resources::from_millicpus(
-            1500,
-            64 << 20,
-            PortRanges::from_ranges(&[(31000, 31009), (32000, 32000)]).expect("valid"),
-        );
-        let wire = v1::Resources::from(&r);
-        assert_eq!(wire.ports.len(), 2);
-        assert_eq!(Resources::try_from(&wire), Ok(r));
-
-        let mut bad = wire.clone();
-        bad.ports[0].end = 70000;
-        let err = Resources::try_from(&bad).expect_err("port too big");
-        assert_eq!(err.field, "resources.ports");
-        assert!(err.reason.contains("70000"), "{err}");
-        let mut inverted = wire;
-        inverted.ports[0] = v1::PortRange { begin: 9, end: 8 };
-        assert_eq!(
-            Resources::try_from(&inverted).expect_err("inverted").field,
-            "resources.ports"
-        );
-    }
+    use crate::resources::PortRanges;
 
     #[test]
     fn offer_from_proto() {
-        // Proves an offer keeps its id, agent, host, attributes and resources; an empty id is refused.
+        // Proves an offer keeps its id, agent, host, attributes and resources; an empty id or a bad
+        // port is refused naming the field.
         let wire = v1::Offer {
             id: "o1".into(),
             framework_id: "f1".into(),
@@ -251,6 +148,14 @@ mod tests {
         assert_eq!(offer.attributes.get("rack").map(String::as_str), Some("r1"));
         assert_eq!(offer.resources.cpus(), 2.0);
         assert_eq!(offer.resources.ports().count(), 2);
+        let mut bad_port = wire.clone();
+        bad_port.resources.as_mut().expect("set").ports[0].end = 70000;
+        assert_eq!(
+            Offer::try_from(&bad_port)
+                .expect_err("port too big")
+                .to_string(),
+            "offer.resources: ports: 70000 is not a port (0..=65535)"
+        );
         let no_id = v1::Offer {
             id: String::new(),
             ..wire
@@ -262,32 +167,15 @@ mod tests {
     }
 
     #[test]
-    fn task_states_round_trip() {
-        // Proves every SDK state maps to its proto state and back; unknown numbers become Unknown.
-        use TaskState::*;
-        for s in [
-            Staging,
-            Starting,
-            Running,
-            Killing,
-            Finished,
-            Failed,
-            Killed,
-            Error,
-            Lost,
-            Dropped,
-            Unreachable,
-            Gone,
-            GoneByOperator,
-            Unknown,
-        ] {
-            let wire = v1::TaskState::from(s);
-            assert_eq!(TaskState::from(wire), s);
-            assert_eq!(wire.as_str_name(), s.as_str());
-            assert_eq!(task_state_from_wire(wire as i32), s);
-        }
-        assert_eq!(task_state_from_wire(0), Unknown);
-        assert_eq!(task_state_from_wire(999), Unknown);
+    fn unknown_task_states_are_tolerated() {
+        // Proves the SDK delivers an update with an unspecified or unrecognised state as Unknown
+        // instead of refusing it (the mapping itself is tested in drover-types).
+        assert_eq!(task_state_from_wire(0), TaskState::Unknown);
+        assert_eq!(task_state_from_wire(999), TaskState::Unknown);
+        assert_eq!(
+            task_state_from_wire(v1::TaskState::TaskRunning as i32),
+            TaskState::Running
+        );
     }
 
     #[test]

@@ -75,8 +75,10 @@ pub mod ids;
 mod leader;
 pub mod offers;
 pub mod placement;
-pub mod resources;
 pub mod tasks;
+
+/// Resource arithmetic lives in `drover-types`, shared with the master and the agents.
+pub use drover_types::resources;
 
 pub use calls::{Filters, ReconcileTask};
 pub use connection::{ConnectionOptions, Framework, FrameworkBuilder};

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{
-    PortRanges, Resources, ResourcesError, cpus_from_millicpus, millicpus_from_cpus,
-};
+use crate::resources::{PortRanges, Resources, ResourcesError, Scalars, millicpus_from_cpus};
 
 pub use crate::ids::{AgentId, OfferId};
 
@@ -28,12 +26,11 @@ pub struct Offer {
 
 /// What one instance of a task needs: cpus, memory, and how many ports (any free ones).
 ///
-/// Invariant: `millicpus > 0`, so an offer holds finitely many instances.
+/// Invariant: `scalars.millicpus > 0`, so an offer holds finitely many instances.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "TaskRequestFields", into = "TaskRequestFields")]
 pub struct TaskRequest {
-    millicpus: u64,
-    mem_bytes: u64,
+    scalars: Scalars,
     ports: u32,
 }
 
@@ -49,22 +46,24 @@ impl TaskRequest {
             });
         }
         Ok(TaskRequest {
-            millicpus,
-            mem_bytes,
+            scalars: Scalars {
+                millicpus,
+                mem_bytes,
+            },
             ports,
         })
     }
 
     pub fn cpus(&self) -> f64 {
-        cpus_from_millicpus(self.millicpus)
+        self.scalars.cpus()
     }
 
     pub fn millicpus(&self) -> u64 {
-        self.millicpus
+        self.scalars.millicpus
     }
 
     pub fn mem_bytes(&self) -> u64 {
-        self.mem_bytes
+        self.scalars.mem_bytes
     }
 
     /// How many ports each instance gets (`PORT0..`).
@@ -75,8 +74,8 @@ impl TaskRequest {
     /// The resources of one instance given the ports it was assigned.
     pub fn resources_with(&self, ports: &[u16]) -> Resources {
         Resources::from_millicpus(
-            self.millicpus,
-            self.mem_bytes,
+            self.scalars.millicpus,
+            self.scalars.mem_bytes,
             PortRanges::from_ports(ports.iter().copied()),
         )
     }
@@ -104,7 +103,7 @@ impl From<TaskRequest> for TaskRequestFields {
     fn from(r: TaskRequest) -> TaskRequestFields {
         TaskRequestFields {
             cpus: r.cpus(),
-            mem_bytes: r.mem_bytes,
+            mem_bytes: r.mem_bytes(),
             ports: r.ports,
         }
     }

@@ -28,77 +28,7 @@ pub struct TaskError {
     pub reason: String,
 }
 
-/// Mesos task states, with the same meanings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TaskState {
-    Staging,
-    Starting,
-    Running,
-    Killing,
-    Finished,
-    Failed,
-    Killed,
-    Error,
-    Lost,
-    Dropped,
-    /// The agent is unreachable; the task may come back when the agent does (not terminal).
-    Unreachable,
-    Gone,
-    GoneByOperator,
-    /// The master does not know the task's state (not terminal). Also what an unspecified or
-    /// unrecognised state on the wire becomes.
-    Unknown,
-}
-
-impl TaskState {
-    /// Whether the task will never run again: FINISHED, FAILED, KILLED, ERROR, LOST, DROPPED,
-    /// GONE, GONE_BY_OPERATOR. UNREACHABLE and UNKNOWN are not terminal.
-    ///
-    /// ```
-    /// use drover_sdk::TaskState;
-    /// assert!(TaskState::Failed.is_terminal());
-    /// assert!(!TaskState::Unreachable.is_terminal());
-    /// ```
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Finished
-                | TaskState::Failed
-                | TaskState::Killed
-                | TaskState::Error
-                | TaskState::Lost
-                | TaskState::Dropped
-                | TaskState::Gone
-                | TaskState::GoneByOperator
-        )
-    }
-
-    /// The Mesos-style name, e.g. `TASK_RUNNING`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Staging => "TASK_STAGING",
-            TaskState::Starting => "TASK_STARTING",
-            TaskState::Running => "TASK_RUNNING",
-            TaskState::Killing => "TASK_KILLING",
-            TaskState::Finished => "TASK_FINISHED",
-            TaskState::Failed => "TASK_FAILED",
-            TaskState::Killed => "TASK_KILLED",
-            TaskState::Error => "TASK_ERROR",
-            TaskState::Lost => "TASK_LOST",
-            TaskState::Dropped => "TASK_DROPPED",
-            TaskState::Unreachable => "TASK_UNREACHABLE",
-            TaskState::Gone => "TASK_GONE",
-            TaskState::GoneByOperator => "TASK_GONE_BY_OPERATOR",
-            TaskState::Unknown => "TASK_UNKNOWN",
-        }
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use drover_types::TaskState;
 
 /// Who generated a status update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

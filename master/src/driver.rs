@@ -795,8 +795,8 @@ impl Term {
                 .map(|a| v1::AgentState {
                     agent: Some(wire::agent_to_wire(&a.info)),
                     reachable: a.reachable,
-                    used: Some(wire::resources_to_wire(&a.used)),
-                    offered: Some(wire::resources_to_wire(&a.offered)),
+                    used: Some(v1::Resources::from(&a.used)),
+                    offered: Some(v1::Resources::from(&a.offered)),
                     registered_at_ms: a.registered_at_ms,
                 })
                 .collect(),
@@ -807,8 +807,8 @@ impl Term {
                     framework: Some(wire::framework_to_wire(&f.info)),
                     connected: f.connected,
                     suppressed: f.suppressed,
-                    used: Some(wire::resources_to_wire(&f.used)),
-                    offered: Some(wire::resources_to_wire(&f.offered)),
+                    used: Some(v1::Resources::from(&f.used)),
+                    offered: Some(v1::Resources::from(&f.offered)),
                 })
                 .collect(),
             tasks: view
@@ -1062,7 +1062,7 @@ fn reported_tasks(r: &v1::Reregister) -> Vec<ReportedTask> {
             .map_err(|e| e.to_string())
             .and_then(|fw| {
                 let launch = wire::task_from_wire(info).map_err(|e| e.message)?;
-                let state = wire::state_from_wire(t.state)?;
+                let state = TaskState::from_wire(t.state).map_err(|e| e.to_string())?;
                 Ok(ReportedTask {
                     framework: fw,
                     launch,

@@ -16,11 +16,13 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod registry;
-pub mod resources;
 pub mod wire;
+
+/// Resource arithmetic lives in `drover-types`, shared with the agents and the SDK.
+pub use drover_types::resources;
 
 pub use allocator::{
     Allocation, Allocator, AllocatorConfig, AllocatorError, Offer, Skip, SkipReason,
 };
+pub use drover_types::{PortRanges, Resources, ResourcesError, Scalars};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, Role};
-pub use resources::{Ports, Resources, ResourcesError, Scalars};

@@ -18,7 +18,7 @@
 
 use crate::core::types::{AgentInfo, FrameworkInfo, RegistryWrite};
 use crate::ids::{AgentId, FrameworkId, Role};
-use crate::resources::{Ports, Resources};
+use crate::resources::{PortRanges, Resources};
 use drover_coord::client::{Client, ClientError};
 use drover_coord::op::ErrorCode;
 use drover_coord::{CreateMode, WriteOp};
@@ -103,9 +103,9 @@ fn encode_agent(a: &AgentInfo) -> Vec<u8> {
         id: a.id.to_string(),
         hostname: a.hostname.clone(),
         address: a.address.clone(),
-        millicpus: a.resources.millicpus,
-        mem_bytes: a.resources.mem_bytes,
-        ports: a.resources.ports.ranges().to_vec(),
+        millicpus: a.resources.millicpus(),
+        mem_bytes: a.resources.mem_bytes(),
+        ports: a.resources.ports().ranges().to_vec(),
         attributes: a.attributes.clone(),
     })
     .expect("plain record serializes")
@@ -117,10 +117,10 @@ fn decode_agent(data: &[u8]) -> Result<AgentInfo, String> {
         id: AgentId::new(&r.id).map_err(|e| e.to_string())?,
         hostname: r.hostname,
         address: r.address,
-        resources: Resources::new(
+        resources: Resources::from_millicpus(
             r.millicpus,
             r.mem_bytes,
-            Ports::from_ranges(&r.ports).map_err(|e| e.to_string())?,
+            PortRanges::from_ranges(&r.ports).map_err(|e| e.to_string())?,
         ),
         attributes: r.attributes,
     })
@@ -308,10 +308,10 @@ mod tests {
             id: AgentId::new("a-1").unwrap(),
             hostname: "h".into(),
             address: "127.0.0.1:5051".into(),
-            resources: Resources::new(
+            resources: Resources::from_millicpus(
                 2000,
                 1 << 30,
-                Ports::from_ranges(&[(31000, 31010)]).unwrap(),
+                PortRanges::from_ranges(&[(31000, 31010)]).unwrap(),
             ),
             attributes: [("rack".to_string(), "r1".to_string())].into(),
         };

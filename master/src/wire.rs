@@ -3,7 +3,7 @@
 
 use crate::core::types::*;
 use crate::ids::{AgentId, FrameworkId, OfferId, Role};
-use crate::resources::{Ports, Resources};
+use crate::resources::Resources;
 use drover_proto::v1;
 use std::collections::BTreeMap;
 
@@ -12,77 +12,13 @@ pub const TASK_ENTRIES_MAX: usize = 1024;
 /// Longest single string in a command, env value or label.
 pub const TASK_STRING_BYTES_MAX: usize = 64 * 1024;
 
-pub fn resources_to_wire(r: &Resources) -> v1::Resources {
-    v1::Resources {
-        millicpus: r.millicpus,
-        mem_bytes: r.mem_bytes,
-        ports: r
-            .ports
-            .ranges()
-            .iter()
-            .map(|&(b, e)| v1::PortRange {
-                begin: b.into(),
-                end: e.into(),
-            })
-            .collect(),
-    }
-}
-
+/// `r` as resources, or an error naming the path below `field` (e.g. `task.resources.ports: ...`;
+/// every `ResourcesError` message starts with its own field).
 pub fn resources_from_wire(field: &str, r: Option<&v1::Resources>) -> Result<Resources, String> {
     let Some(r) = r else {
         return Err(format!("{field}: missing"));
     };
-    let mut ranges = Vec::with_capacity(r.ports.len());
-    for p in &r.ports {
-        let begin = u16::try_from(p.begin)
-            .map_err(|_| format!("{field}.ports: {} is not a port (0..=65535)", p.begin))?;
-        let end = u16::try_from(p.end)
-            .map_err(|_| format!("{field}.ports: {} is not a port (0..=65535)", p.end))?;
-        ranges.push((begin, end));
-    }
-    let ports = Ports::from_ranges(&ranges).map_err(|e| format!("{field}: {e}"))?;
-    Ok(Resources::new(r.millicpus, r.mem_bytes, ports))
-}
-
-pub fn state_to_wire(s: TaskState) -> v1::TaskState {
-    match s {
-        TaskState::Staging => v1::TaskState::TaskStaging,
-        TaskState::Starting => v1::TaskState::TaskStarting,
-        TaskState::Running => v1::TaskState::TaskRunning,
-        TaskState::Killing => v1::TaskState::TaskKilling,
-        TaskState::Finished => v1::TaskState::TaskFinished,
-        TaskState::Failed => v1::TaskState::TaskFailed,
-        TaskState::Killed => v1::TaskState::TaskKilled,
-        TaskState::Error => v1::TaskState::TaskError,
-        TaskState::Lost => v1::TaskState::TaskLost,
-        TaskState::Dropped => v1::TaskState::TaskDropped,
-        TaskState::Unreachable => v1::TaskState::TaskUnreachable,
-        TaskState::Gone => v1::TaskState::TaskGone,
-        TaskState::GoneByOperator => v1::TaskState::TaskGoneByOperator,
-        TaskState::Unknown => v1::TaskState::TaskUnknown,
-    }
-}
-
-pub fn state_from_wire(s: i32) -> Result<TaskState, String> {
-    Ok(match v1::TaskState::try_from(s) {
-        Ok(v1::TaskState::TaskStaging) => TaskState::Staging,
-        Ok(v1::TaskState::TaskStarting) => TaskState::Starting,
-        Ok(v1::TaskState::TaskRunning) => TaskState::Running,
-        Ok(v1::TaskState::TaskKilling) => TaskState::Killing,
-        Ok(v1::TaskState::TaskFinished) => TaskState::Finished,
-        Ok(v1::TaskState::TaskFailed) => TaskState::Failed,
-        Ok(v1::TaskState::TaskKilled) => TaskState::Killed,
-        Ok(v1::TaskState::TaskError) => TaskState::Error,
-        Ok(v1::TaskState::TaskLost) => TaskState::Lost,
-        Ok(v1::TaskState::TaskDropped) => TaskState::Dropped,
-        Ok(v1::TaskState::TaskUnreachable) => TaskState::Unreachable,
-        Ok(v1::TaskState::TaskGone) => TaskState::Gone,
-        Ok(v1::TaskState::TaskGoneByOperator) => TaskState::GoneByOperator,
-        Ok(v1::TaskState::TaskUnknown) => TaskState::Unknown,
-        Ok(v1::TaskState::Unspecified) | Err(_) => {
-            return Err(format!("state: {s} is not a task state"));
-        }
-    })
+    Resources::try_from(r).map_err(|e| format!("{field}.{e}"))
 }
 
 pub fn status_to_wire(s: &TaskStatus, now_unix_ms: u64) -> v1::TaskStatus {
@@ -93,7 +29,7 @@ pub fn status_to_wire(s: &TaskStatus, now_unix_ms: u64) -> v1::TaskStatus {
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        state: state_to_wire(s.state).into(),
+        state: v1::TaskState::from(s.state).into(),
         message: s.message.clone(),
         uuid: s.uuid.map(|u| u.to_vec()).unwrap_or_default(),
         exit_code: s.exit_code,
@@ -123,7 +59,7 @@ pub fn status_from_agent(s: &v1::TaskStatus, agent: &AgentId) -> Result<TaskStat
     Ok(TaskStatus {
         task_id: s.task_id.clone(),
         agent_id: Some(agent.clone()),
-        state: state_from_wire(s.state)?,
+        state: TaskState::from_wire(s.state).map_err(|e| e.to_string())?,
         message: s.message.clone(),
         reason: s.reason.clone(),
         uuid: Some(uuid),
@@ -191,7 +127,7 @@ pub fn agent_to_wire(a: &AgentInfo) -> v1::AgentInfo {
         id: a.id.to_string(),
         hostname: a.hostname.clone(),
         address: a.address.clone(),
-        resources: Some(resources_to_wire(&a.resources)),
+        resources: Some(v1::Resources::from(&a.resources)),
         attributes: a.attributes.clone().into_iter().collect(),
     }
 }
@@ -310,7 +246,7 @@ pub fn task_to_wire(t: &TaskLaunch) -> v1::TaskInfo {
         task_id: t.id.to_string(),
         name: t.name.clone(),
         agent_id: t.agent.to_string(),
-        resources: Some(resources_to_wire(&t.resources)),
+        resources: Some(v1::Resources::from(&t.resources)),
         command: Some(v1::CommandInfo {
             argv,
             shell,
@@ -327,7 +263,7 @@ pub fn offer_to_wire(epoch: u32, fw: &FrameworkId, o: &OfferOut) -> v1::Offer {
         framework_id: fw.to_string(),
         agent_id: o.agent.to_string(),
         hostname: o.hostname.clone(),
-        resources: Some(resources_to_wire(&o.resources)),
+        resources: Some(v1::Resources::from(&o.resources)),
         attributes: o.attributes.clone().into_iter().collect(),
     }
 }

@@ -3,34 +3,14 @@
 use drover_proto::v1;
 
 use crate::resources::AgentResources;
-use crate::status_updates::{StatusUpdate, TaskState};
-
-/// The wire value of a task state.
-pub fn task_state(state: TaskState) -> v1::TaskState {
-    match state {
-        TaskState::Staging => v1::TaskState::TaskStaging,
-        TaskState::Starting => v1::TaskState::TaskStarting,
-        TaskState::Running => v1::TaskState::TaskRunning,
-        TaskState::Killing => v1::TaskState::TaskKilling,
-        TaskState::Finished => v1::TaskState::TaskFinished,
-        TaskState::Failed => v1::TaskState::TaskFailed,
-        TaskState::Killed => v1::TaskState::TaskKilled,
-        TaskState::Error => v1::TaskState::TaskError,
-        TaskState::Lost => v1::TaskState::TaskLost,
-        TaskState::Dropped => v1::TaskState::TaskDropped,
-        TaskState::Unreachable => v1::TaskState::TaskUnreachable,
-        TaskState::Gone => v1::TaskState::TaskGone,
-        TaskState::GoneByOperator => v1::TaskState::TaskGoneByOperator,
-        TaskState::Unknown => v1::TaskState::TaskUnknown,
-    }
-}
+use crate::status_updates::StatusUpdate;
 
 /// A checkpointed update as the `TaskStatus` the agent sends (source `SOURCE_AGENT`, uuid set).
 pub fn task_status(update: &StatusUpdate, agent_id: &str) -> v1::TaskStatus {
     v1::TaskStatus {
         task_id: update.task_id.clone(),
         agent_id: agent_id.to_owned(),
-        state: task_state(update.state) as i32,
+        state: v1::TaskState::from(update.state) as i32,
         message: update.message.clone(),
         uuid: update.uuid.as_bytes().to_vec(),
         exit_code: update.exit_code,
@@ -73,33 +53,9 @@ pub fn resources(r: &AgentResources) -> v1::Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status_updates::TaskState;
     use std::collections::BTreeMap;
     use uuid::Uuid;
-
-    #[test]
-    fn states_keep_their_mesos_names_on_the_wire() {
-        // Proves every agent task state maps to the wire enum value of the same name.
-        let all = [
-            TaskState::Staging,
-            TaskState::Starting,
-            TaskState::Running,
-            TaskState::Killing,
-            TaskState::Finished,
-            TaskState::Failed,
-            TaskState::Killed,
-            TaskState::Error,
-            TaskState::Lost,
-            TaskState::Dropped,
-            TaskState::Unreachable,
-            TaskState::Gone,
-            TaskState::GoneByOperator,
-            TaskState::Unknown,
-        ];
-        for s in all {
-            let json = serde_json::to_string(&s).unwrap();
-            assert_eq!(json.trim_matches('"'), task_state(s).as_str_name());
-        }
-    }
 
     #[test]
     fn an_update_goes_out_with_uuid_source_and_exit_info() {

@@ -621,7 +621,7 @@ impl Driver {
                 v1::AgentTask {
                     framework_id: e.framework.id.clone(),
                     task: Some(v1::TaskInfo::from(&e.task)),
-                    state: convert::task_state(e.state) as i32,
+                    state: v1::TaskState::from(e.state) as i32,
                 }
             })
             .collect();

@@ -149,20 +149,20 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::Ports;
+    use crate::resources::PortRanges;
 
     #[test]
     fn filters_hide_only_contained_offers_until_expiry() {
         // Proves a filter hides offers ⊆ the refused resources until it expires, then is dropped.
         let fw = FrameworkId::new("fw").expect("valid");
         let a = AgentId::new("a").expect("valid");
-        let refused = Resources::new(1000, 100, Ports::new());
+        let refused = Resources::from_millicpus(1000, 100, PortRanges::new());
         let mut f = Filters::new();
         f.add(&fw, &a, refused.clone(), 10, 0);
         assert!(f.is_empty(), "refuse_for 0 is no filter");
         f.add(&fw, &a, refused.clone(), 10, 5);
         assert_eq!(f.filtered_until(&fw, &a, &refused, 14), Some(15));
-        let bigger = Resources::new(2000, 100, Ports::new());
+        let bigger = Resources::from_millicpus(2000, 100, PortRanges::new());
         assert_eq!(f.filtered_until(&fw, &a, &bigger, 14), None);
         assert_eq!(f.next_expiry_ms(), Some(15));
         assert_eq!(f.expire(14), 0);

@@ -1,7 +1,7 @@
 //! Allocator tests: feed events, run cycles, assert the exact offers, rescinds and skip records.
 
 use super::*;
-use crate::resources::Ports;
+use crate::resources::PortRanges;
 use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;
@@ -16,13 +16,13 @@ fn role(name: &str) -> Role {
     Role::new(name).expect("valid role")
 }
 fn res(millicpus: u64, mem_bytes: u64) -> Resources {
-    Resources::new(millicpus, mem_bytes, Ports::new())
+    Resources::from_millicpus(millicpus, mem_bytes, PortRanges::new())
 }
 fn res_ports(millicpus: u64, mem_bytes: u64, ports: &[(u16, u16)]) -> Resources {
-    Resources::new(
+    Resources::from_millicpus(
         millicpus,
         mem_bytes,
-        Ports::from_ranges(ports).expect("valid ports"),
+        PortRanges::from_ranges(ports).expect("valid ports"),
     )
 }
 
@@ -604,7 +604,7 @@ enum Op {
     Use {
         pick: usize,
         quarters: u64,
-        ports: u64,
+        ports: u32,
     },
     Recover {
         agent: usize,
@@ -635,7 +635,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => Just(Op::Allocate),
         2 => (0u64..3_000).prop_map(Op::Advance),
         3 => (0usize..8, prop_oneof![Just(0u64), 1u64..5_000]).prop_map(|(pick, refuse_ms)| Op::Decline { pick, refuse_ms }),
-        3 => (0usize..8, 0u64..5, 0u64..4).prop_map(|(pick, quarters, ports)| Op::Use { pick, quarters, ports }),
+        3 => (0usize..8, 0u64..5, 0u32..4).prop_map(|(pick, quarters, ports)| Op::Use { pick, quarters, ports }),
         2 => (0..AGENTS, 0..FRAMEWORKS, prop_oneof![Just(0u64), 1u64..5_000]).prop_map(|(agent, fw, refuse_ms)| Op::Recover { agent, fw, refuse_ms }),
         1 => (0..FRAMEWORKS).prop_map(Op::Suppress),
         1 => (0..FRAMEWORKS).prop_map(Op::Revive),
@@ -770,11 +770,14 @@ fn apply(a: &mut Allocator, now: &mut u64, weights: &mut BTreeMap<Role, f64>, op
         } => {
             if let Some(id) = pick(p) {
                 let o = a.offer(id).expect("listed").resources.clone();
-                let mut offered_ports = o.ports.clone();
-                let ports = offered_ports.split_off(ports).unwrap_or_default();
-                let used = Resources::new(
-                    o.millicpus * quarters / 4,
-                    o.mem_bytes / 4 * quarters.min(4),
+                let mut offered_ports = o.ports().clone();
+                let ports = offered_ports
+                    .take_n(ports)
+                    .map(PortRanges::from_ports)
+                    .unwrap_or_default();
+                let used = Resources::from_millicpus(
+                    o.millicpus() * quarters / 4,
+                    o.mem_bytes() / 4 * quarters.min(4),
                     ports,
                 );
                 a.offer_used(id, used).expect("use part of an offer");
@@ -787,7 +790,11 @@ fn apply(a: &mut Allocator, now: &mut u64, weights: &mut BTreeMap<Role, f64>, op
         } => {
             let id = fw(&format!("f{f}"));
             if let Some(u) = a.used(&agent(i), &id).cloned() {
-                let half = Resources::new(u.millicpus / 2, u.mem_bytes / 2, u.ports.clone());
+                let half = Resources::from_millicpus(
+                    u.millicpus() / 2,
+                    u.mem_bytes() / 2,
+                    u.ports().clone(),
+                );
                 a.recover_resources(*now, &id, &agent(i), half, refuse_ms)
                     .expect("recover part of what is used");
             }
@@ -815,7 +822,7 @@ fn apply(a: &mut Allocator, now: &mut u64, weights: &mut BTreeMap<Role, f64>, op
         } => {
             // May not fit (an error, nothing changes); the invariants must hold either way.
             let t = agent_total(i);
-            let used = res(t.millicpus * quarters / 4, t.mem_bytes / 4 * quarters);
+            let used = res(t.millicpus() * quarters / 4, t.mem_bytes() / 4 * quarters);
             drop(a.update_agent_used(&agent(i), &fw(&format!("f{f}")), used));
         }
     }

@@ -578,7 +578,7 @@ impl MasterCore {
                     "duplicate_task_id",
                     format!("task_id: {} is already in use by this framework", launch.id),
                 ))
-            } else if launch.resources.millicpus == 0 && launch.resources.mem_bytes == 0 {
+            } else if launch.resources.millicpus() == 0 && launch.resources.mem_bytes() == 0 {
                 Some((
                     "invalid_task",
                     "resources: a task needs some cpus or memory".to_string(),
@@ -926,7 +926,7 @@ impl MasterCore {
     }
 
     fn check_agent_info(&self, info: &AgentInfo) -> Result<(), String> {
-        if info.resources.millicpus == 0 && info.resources.mem_bytes == 0 {
+        if info.resources.millicpus() == 0 && info.resources.mem_bytes() == 0 {
             return Err("agent.resources: an agent must offer some cpus or memory".into());
         }
         if info.hostname.is_empty() || info.hostname.len() > LABEL_BYTES_MAX {
@@ -1533,7 +1533,7 @@ pub fn describe(r: &Resources) -> String {
     format!(
         "{} cpus, {} MiB, ports {}",
         r.cpus(),
-        r.mem_bytes as f64 / (1 << 20) as f64,
-        r.ports
+        r.mem_bytes() as f64 / (1 << 20) as f64,
+        r.ports()
     )
 }

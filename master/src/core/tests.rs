@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::ids::Role;
-use crate::resources::Ports;
+use crate::resources::PortRanges;
 
 const FW: ConnId = 100;
 const AGENT: ConnId = 200;
@@ -23,10 +23,10 @@ fn agent_info(id: &str) -> AgentInfo {
         id: AgentId::new(id).unwrap(),
         hostname: format!("{id}.host"),
         address: "127.0.0.1:5051".into(),
-        resources: Resources::new(
+        resources: Resources::from_millicpus(
             2000,
             2 << 30,
-            Ports::from_ranges(&[(31000, 31009)]).unwrap(),
+            PortRanges::from_ranges(&[(31000, 31009)]).unwrap(),
         ),
         attributes: BTreeMap::new(),
     }
@@ -37,7 +37,7 @@ fn launch(id: &str, agent: &str, millicpus: u64, mem: u64) -> TaskLaunch {
         id: TaskId::new(id).unwrap(),
         name: id.into(),
         agent: AgentId::new(agent).unwrap(),
-        resources: Resources::new(millicpus, mem, Ports::new()),
+        resources: Resources::from_millicpus(millicpus, mem, PortRanges::new()),
         program: Program::Argv(vec!["sleep".into(), "100".into()]),
         env: BTreeMap::new(),
         kill_grace_period_ms: 0,
@@ -162,7 +162,7 @@ fn an_offer_launches_tasks_and_bad_launches_get_task_error_without_harming_other
     // agent and a malformed one each get TASK_ERROR with a reason, and affect no other task.
     let mut core = cluster(60_000);
     let offer = offer_one(&mut core, 10);
-    assert_eq!(offer.resources.millicpus, 2000);
+    assert_eq!(offer.resources.millicpus(), 2000);
     let launches = vec![
         Ok(launch("good", "a1", 500, 1 << 20)),
         Ok(launch("huge", "a1", 5000, 1 << 20)),
@@ -258,14 +258,15 @@ fn status_updates_flow_to_the_framework_and_acks_back_to_the_agent() {
     ));
     // Everything but 1 GiB of memory is in use; the next offer holds the rest.
     let rest = offer_one(&mut core, 40);
-    assert_eq!(rest.resources.millicpus, 0);
+    assert_eq!(rest.resources.millicpus(), 0);
     core.decline(45, &fw(), vec![OfferRef::Known(rest.id)], Some(0))
         .unwrap();
     core.status_update(50, AGENT, &fw(), agent_status("t1", TaskState::Failed, 2));
     core.take_actions();
     let offer = offer_one(&mut core, 60);
     assert_eq!(
-        offer.resources.millicpus, 2000,
+        offer.resources.millicpus(),
+        2000,
         "the failed task's cpus are free again"
     );
 }
@@ -339,7 +340,8 @@ fn a_silent_agent_makes_its_tasks_unreachable_and_comes_back_on_reregister() {
     );
     let offer = offer_one(&mut core, 2_200);
     assert_eq!(
-        offer.resources.millicpus, 1500,
+        offer.resources.millicpus(),
+        1500,
         "the running task's share stays used"
     );
 }

@@ -54,41 +54,7 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// Mesos task states, same meaning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TaskState {
-    Staging,
-    Starting,
-    Running,
-    Killing,
-    Finished,
-    Failed,
-    Killed,
-    Error,
-    Lost,
-    Dropped,
-    Unreachable,
-    Gone,
-    GoneByOperator,
-    Unknown,
-}
-
-impl TaskState {
-    /// States a task never leaves. `Unreachable` and `Unknown` are not terminal.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Finished
-                | TaskState::Failed
-                | TaskState::Killed
-                | TaskState::Error
-                | TaskState::Lost
-                | TaskState::Dropped
-                | TaskState::Gone
-                | TaskState::GoneByOperator
-        )
-    }
-}
+pub use drover_types::TaskState;
 
 /// Who generated a status update: the agent's need an acknowledgement, the master's do not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

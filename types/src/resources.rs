@@ -1,8 +1,9 @@
-//! `Resources` and `PortRanges`: what an offer carries and what a task asks for.
+//! `Resources`, `PortRanges` and `Scalars`: what an agent has, what an offer carries, what a task
+//! asks for and uses.
 //!
-//! CPU is fixed-point (millicpus) inside, so sums and differences over many offers never drift the
-//! way `f64` would; the API speaks `f64` cpus and converts at the edge, rounding to the nearest
-//! millicpu (the master does the same). Memory is bytes. Ports are a set of inclusive ranges.
+//! CPU is fixed-point (millicpus) inside, so sums and differences over thousands of agents and
+//! offers never drift the way `f64` would; the API speaks `f64` cpus and converts at the edge,
+//! rounding to the nearest millicpu. Memory is bytes. Ports are a set of inclusive ranges.
 //! Arithmetic is checked: subtracting what is not there, or adding a port twice, is an error naming
 //! the field, never a panic or a silent wrap.
 
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// One CPU in millicpus.
 pub const MILLICPUS_PER_CPU: u64 = 1000;
 
-/// Resource input or arithmetic that does not make sense; `field` names the resource.
+/// Resource input or arithmetic that does not make sense; `field` names the resource. Every
+/// message starts with `{field}: `, so a caller may put a path in front (`task.resources.ports: ...`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResourcesError {
     #[error("{field}: {value} is not a finite, non-negative number of cpus")]
@@ -25,6 +27,8 @@ pub enum ResourcesError {
         input: String,
         reason: &'static str,
     },
+    #[error("{field}: {value} is not a port (0..=65535)")]
+    InvalidPort { field: &'static str, value: u32 },
     #[error("{field}: range {start}-{end} has its start after its end")]
     InvalidRange {
         field: &'static str,
@@ -41,7 +45,7 @@ pub enum ResourcesError {
 
 /// Converts fractional cpus to millicpus, rounding to the nearest millicpu. NaN, negative,
 /// infinite or absurdly large values are `InvalidCpus` naming `field`.
-pub(crate) fn millicpus_from_cpus(field: &'static str, cpus: f64) -> Result<u64, ResourcesError> {
+pub fn millicpus_from_cpus(field: &'static str, cpus: f64) -> Result<u64, ResourcesError> {
     // 2^53 millicpus is far beyond any cluster and keeps the conversion exact.
     const MILLICPUS_MAX: f64 = 9_007_199_254_740_992.0;
     let milli = (cpus * MILLICPUS_PER_CPU as f64).round();
@@ -53,7 +57,7 @@ pub(crate) fn millicpus_from_cpus(field: &'static str, cpus: f64) -> Result<u64,
 }
 
 /// Millicpus as the `f64` cpus the API speaks (exact for any realistic amount).
-pub(crate) fn cpus_from_millicpus(millicpus: u64) -> f64 {
+pub fn cpus_from_millicpus(millicpus: u64) -> f64 {
     millicpus as f64 / MILLICPUS_PER_CPU as f64
 }
 
@@ -287,7 +291,7 @@ impl fmt::Display for PortRanges {
 /// CPU, memory and ports: an offer's contents or a launch's share of it.
 ///
 /// ```
-/// use drover_sdk::{PortRanges, Resources};
+/// use drover_types::{PortRanges, Resources};
 ///
 /// let offer = Resources::new(2.0, Resources::parse_mem("1GiB")?, PortRanges::from_ranges(&[(31000, 31009)])?)?;
 /// let task = Resources::new(0.5, Resources::parse_mem("256MiB")?, PortRanges::from_ports([31000]))?;
@@ -302,7 +306,7 @@ impl fmt::Display for PortRanges {
 /// // Taking more than is there is an error naming the field.
 /// let err = task.checked_sub(&offer).unwrap_err();
 /// assert_eq!(err.to_string(), "cpus: subtracting more than is there");
-/// # Ok::<(), drover_sdk::ResourcesError>(())
+/// # Ok::<(), drover_types::ResourcesError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
@@ -394,13 +398,13 @@ impl Resources {
     /// the `mem` field.
     ///
     /// ```
-    /// use drover_sdk::Resources;
+    /// use drover_types::Resources;
     ///
     /// assert_eq!(Resources::parse_mem("64MiB")?, 64 * 1024 * 1024);
     /// assert_eq!(Resources::parse_mem("1.5 GiB")?, 3 * 512 * 1024 * 1024);
     /// assert_eq!(Resources::parse_mem("2GB")?, 2_000_000_000);
     /// assert!(Resources::parse_mem("lots").is_err());
-    /// # Ok::<(), drover_sdk::ResourcesError>(())
+    /// # Ok::<(), drover_types::ResourcesError>(())
     /// ```
     pub fn parse_mem(input: &str) -> Result<u64, ResourcesError> {
         let bad = |reason| ResourcesError::InvalidMem {
@@ -445,6 +449,66 @@ impl Resources {
             return Err(bad("not a whole number of bytes"));
         }
         u64::try_from(scaled / scale).map_err(|_| bad("too large"))
+    }
+
+    /// The scalar part, which is what fair sharing counts.
+    pub fn scalars(&self) -> Scalars {
+        Scalars {
+            millicpus: self.millicpus,
+            mem_bytes: self.mem_bytes,
+        }
+    }
+
+    /// The largest share of `total` this uses, over cpus and memory (see
+    /// [`Scalars::dominant_share`]).
+    pub fn dominant_share(&self, total: &Resources) -> f64 {
+        self.scalars().dominant_share(&total.scalars())
+    }
+}
+
+/// The scalar resources DRF shares out. Ports are left out, as Mesos' sorter leaves out ranges:
+/// a port is not a fraction of capacity anyone is short of in the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scalars {
+    pub millicpus: u64,
+    pub mem_bytes: u64,
+}
+
+impl Scalars {
+    /// Millicpus as the `f64` cpus the API speaks.
+    pub fn cpus(&self) -> f64 {
+        cpus_from_millicpus(self.millicpus)
+    }
+
+    /// Max over cpus and memory of `self / total`; a dimension with a zero total is ignored.
+    pub fn dominant_share(&self, total: &Scalars) -> f64 {
+        let share = |used: u64, total: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 / total as f64
+            }
+        };
+        share(self.millicpus, total.millicpus).max(share(self.mem_bytes, total.mem_bytes))
+    }
+
+    /// Saturating: the callers keep sums bounded by the cluster total, which fits.
+    pub fn add(&mut self, other: Scalars) {
+        self.millicpus = self.millicpus.saturating_add(other.millicpus);
+        self.mem_bytes = self.mem_bytes.saturating_add(other.mem_bytes);
+    }
+
+    /// Panics if `other` exceeds `self`: the callers only take back what they added, so an
+    /// underflow is a bookkeeping bug, not bad input.
+    pub fn sub(&mut self, other: Scalars) {
+        self.millicpus = self
+            .millicpus
+            .checked_sub(other.millicpus)
+            .expect("scalar bookkeeping: removing cpus that were never added");
+        self.mem_bytes = self
+            .mem_bytes
+            .checked_sub(other.mem_bytes)
+            .expect("scalar bookkeeping: removing memory that was never added");
     }
 }
 
@@ -561,6 +625,18 @@ mod tests {
         assert_eq!(
             Resources::new(1.2345, 0, PortRanges::new()).map(|r| r.millicpus()),
             Ok(1235)
+        );
+    }
+
+    #[test]
+    fn dominant_share_is_the_larger_scalar_share() {
+        // Proves the dominant share is the max over cpus and memory, and a zero total counts 0.
+        let r = Resources::new(0.25, 512, PortRanges::new()).expect("valid");
+        let total = Resources::from_millicpus(1000, 1024, PortRanges::new());
+        assert_eq!(r.dominant_share(&total), 0.5);
+        assert_eq!(
+            Resources::default().dominant_share(&Resources::default()),
+            0.0
         );
     }
 
