@@ -30,7 +30,10 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::ConnectError;
-use crate::events::{ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event, Events};
+use crate::events::{
+    ACKNOWLEDGEMENTS_IN_FLIGHT_MAX, ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event,
+    Events, WarnEvery,
+};
 use crate::ids::{AgentId, FrameworkId, OfferId};
 use crate::leader::{Backoff, LeaderSearch, Step, Verdict, classify, validate_master_addr};
 use crate::offers::Offer;
@@ -378,6 +381,7 @@ impl FrameworkBuilder {
             Events {
                 rx: events_rx,
                 acknowledgements,
+                unacknowledged: Default::default(),
             },
         ))
     }
@@ -839,14 +843,26 @@ impl Driver {
     }
 }
 
-/// Acknowledges the agent updates `Events` has yielded, until `Events` is dropped. A failed
-/// acknowledgement is only logged: the agent sends the update again, and it is acknowledged then.
+/// Acknowledges the agent updates `Events` has yielded, up to `ACKNOWLEDGEMENTS_IN_FLIGHT_MAX`
+/// at once, until `Events` is dropped. A failed acknowledgement is only logged: the agent sends
+/// the update again, and it is acknowledged then.
 async fn acknowledge_loop(framework: Framework, mut statuses: mpsc::Receiver<TaskStatus>) {
-    while let Some(status) = statuses.recv().await {
-        if let Err(error) = framework.acknowledge(&status).await {
-            warn!(task_id = %status.task_id, error = %error, "acknowledgement failed; the agent will send the update again");
-        }
-    }
+    use futures::StreamExt;
+    let failed = std::sync::Mutex::new(WarnEvery::default());
+    futures::stream::poll_fn(|cx| statuses.poll_recv(cx))
+        .for_each_concurrent(ACKNOWLEDGEMENTS_IN_FLIGHT_MAX, |status| {
+            let (framework, failed) = (&framework, &failed);
+            async move {
+                let Err(error) = framework.acknowledge(&status).await else {
+                    return;
+                };
+                let due = failed.lock().map(|mut f| f.count()).unwrap_or(Some(1));
+                if let Some(updates) = due {
+                    warn!(task_id = %status.task_id, updates, error = %error, "acknowledgement failed; the agent will send these updates again");
+                }
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

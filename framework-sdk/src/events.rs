@@ -20,6 +20,14 @@ pub const EVENTS_QUEUE_CAPACITY: usize = 64;
 /// update is left unacknowledged, and the agent sends it again: nothing is lost, only repeated.
 pub const ACKNOWLEDGEMENTS_QUEUE_CAPACITY: usize = 256;
 
+/// Acknowledgements the auto-acknowledge task has in flight at once (one call each): a burst of
+/// updates is acknowledged at the pace of the master, not of one round trip per update.
+pub const ACKNOWLEDGEMENTS_IN_FLIGHT_MAX: usize = 64;
+
+/// Least time between two warnings about updates left unacknowledged (queue full, or the call
+/// failed); those in between are counted in the next one.
+const ACK_QUEUE_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One event of a subscription.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -60,6 +68,49 @@ pub struct Events {
     pub(crate) rx: mpsc::Receiver<Event>,
     /// Where yielded agent updates go to be acknowledged; `None` when auto-acknowledge is off.
     pub(crate) acknowledgements: Option<mpsc::Sender<TaskStatus>>,
+    /// Updates left unacknowledged (queue full) since the last warning, and when that was.
+    pub(crate) unacknowledged: AckQueueFull,
+}
+
+/// Counts updates left unacknowledged because the acknowledgement queue was full, so a burst
+/// logs one warning a second instead of one per update.
+#[derive(Debug, Default)]
+pub(crate) struct AckQueueFull(pub(crate) WarnEvery);
+
+impl AckQueueFull {
+    fn left(&mut self, status: &TaskStatus) {
+        if let Some(updates) = self.0.count() {
+            warn!(
+                task_id = %status.task_id,
+                updates,
+                "acknowledgement queue full; these updates stay unacknowledged and the agent \
+                 sends them again"
+            );
+        }
+    }
+}
+
+/// Rate limit for a warning that can repeat once per update: [`WarnEvery::count`] counts an
+/// occurrence and says how many to report when a warning is due (at most one a second).
+#[derive(Debug, Default)]
+pub(crate) struct WarnEvery {
+    since_warning: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl WarnEvery {
+    pub(crate) fn count(&mut self) -> Option<u64> {
+        self.since_warning += 1;
+        let now = std::time::Instant::now();
+        if self
+            .warned_at
+            .is_some_and(|at| now.duration_since(at) < ACK_QUEUE_FULL_WARN_INTERVAL)
+        {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(std::mem::take(&mut self.since_warning))
+    }
 }
 
 impl Events {
@@ -79,10 +130,7 @@ impl Stream for Events {
             && status.needs_acknowledgement()
             && acks.try_send(status.clone()).is_err()
         {
-            warn!(
-                task_id = %status.task_id,
-                "acknowledgement queue full; the agent will send this update again"
-            );
+            self.unacknowledged.left(status);
         }
         polled
     }
@@ -117,6 +165,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_repeated_warning_is_due_once_a_second_with_the_count_since_the_last() {
+        // Proves a burst of unacknowledged updates logs one line (not one per update), and the
+        // next line reports how many were left meanwhile.
+        let mut warn = WarnEvery::default();
+        assert_eq!(warn.count(), Some(1), "the first is reported at once");
+        assert_eq!(warn.count(), None);
+        assert_eq!(warn.count(), None);
+        warn.warned_at = Some(std::time::Instant::now() - ACK_QUEUE_FULL_WARN_INTERVAL);
+        assert_eq!(warn.count(), Some(3), "two quiet ones and this one");
+        assert_eq!(warn.count(), None);
+    }
+
     #[tokio::test]
     async fn agent_updates_are_queued_for_acknowledgement_only_once_yielded() {
         // Proves an update is queued for acknowledgement when the consumer receives it, not when
@@ -126,6 +187,7 @@ mod tests {
         let mut events = Events {
             rx,
             acknowledgements: Some(ack_tx),
+            unacknowledged: AckQueueFull::default(),
         };
         let master = status("t0", &[], StatusSource::Master);
         let agent = status("t1", &[9; 16], StatusSource::Agent);

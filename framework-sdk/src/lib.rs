@@ -84,7 +84,10 @@ pub use calls::{Filters, ReconcileTask};
 pub use connection::{ConnectionOptions, Framework, FrameworkBuilder};
 pub use convert::ConvertError;
 pub use error::{CallError, ConnectError};
-pub use events::{ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event, Events};
+pub use events::{
+    ACKNOWLEDGEMENTS_IN_FLIGHT_MAX, ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event,
+    Events,
+};
 pub use ids::{AgentId, FrameworkId, OfferId, TaskId};
 pub use leader::LEADER_METADATA_KEY;
 pub use offers::{Offer, TaskRequest};

@@ -44,8 +44,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Requests waiting for the term task.
 pub const INBOX_CAP: usize = 8192;
-/// Events queued for one framework before it counts as too slow and is disconnected.
-pub const FRAMEWORK_QUEUE_CAP: usize = 4096;
+/// Events queued for one framework before it counts as too slow and is disconnected. A framework
+/// that launched 10,000 tasks at once gets their updates in a burst (a few hundred bytes each, so
+/// a full queue is some tens of MiB); 4,096 cut such frameworks off in `drover bench scheduler`.
+pub const FRAMEWORK_QUEUE_CAP: usize = 65_536;
 /// Messages queued for one agent before it counts as too slow and its link is closed.
 pub const AGENT_QUEUE_CAP: usize = 1024;
 /// The metadata key that names the leading master.

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use drover_proto::v1;
 use drover_proto::v1::agent_api_client::AgentApiClient;
 use drover_proto::v1::operator_client::OperatorClient;
-use drover_sdk::{Event, Filters, Framework, Resources, TaskSpec};
+use drover_sdk::{Event, Filters, Framework, OfferId, Resources, TaskInfo, TaskSpec};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use std::process::Stdio;
@@ -270,8 +270,16 @@ async fn bench_framework(
     let mut launched = 0u64;
     let mut running = 0u64;
     let mut next_id = 0u64;
+    let mut batches = tokio::task::JoinSet::new();
     while running < quota {
-        let Some(event) = events.recv().await else {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            Some(batch) = batches.join_next() => {
+                batch.context("an accept batch panicked")??;
+                continue;
+            }
+        };
+        let Some(event) = event else {
             bail!("framework {index}: event stream ended");
         };
         match event {
@@ -302,38 +310,18 @@ async fn bench_framework(
                     launched += n;
                     accepts.push((offer.id.clone(), tasks));
                 }
-                // The accepts of one batch go out together, as a framework with many offers
-                // would send them; each one's latency runs from the batch's arrival.
-                let results: Vec<anyhow::Result<u64>> = futures::stream::iter(accepts)
-                    .map(|(offer, tasks)| {
-                        let fw = fw.clone();
-                        let shared = shared.clone();
-                        async move {
-                            let n = tasks.len() as u64;
-                            fw.launch(&[offer], tasks, Filters::refuse(Duration::from_secs(5)))
-                                .await?;
-                            shared.launched.fetch_add(n, Ordering::Relaxed);
-                            let us = received.elapsed().as_micros() as u64;
-                            let _ = shared
-                                .offer_to_launch_us
-                                .lock()
-                                .expect("not poisoned")
-                                .record(us.clamp(1, LATENCY_US_MAX));
-                            Ok(n)
-                        }
-                    })
-                    .buffer_unordered(ACCEPTS_IN_FLIGHT_MAX)
-                    .collect()
-                    .await;
-                for r in results {
-                    r?;
-                }
-                if !unused.is_empty() {
-                    fw.decline(&unused, Duration::from_secs(600)).await?;
-                }
-                if launched >= quota {
-                    fw.suppress().await?;
-                }
+                // The batch's calls go out on their own task: the event loop keeps reading
+                // updates meanwhile, as a framework must (the master cuts a stream that falls
+                // thousands of events behind).
+                let suppress = launched >= quota;
+                batches.spawn(accept_batch(
+                    fw.clone(),
+                    accepts,
+                    unused,
+                    suppress,
+                    received,
+                    shared.clone(),
+                ));
             }
             Event::Update(status) if status.state == drover_sdk::TaskState::Running => {
                 running += 1;
@@ -342,6 +330,50 @@ async fn bench_framework(
             Event::Error(e) => bail!("framework {index}: {e}"),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Accepts one offer batch: the accepts go out together, as a framework with many offers would
+/// send them, each one's latency counted from the batch's arrival; then declines what was not
+/// used and suppresses once the framework has launched its quota.
+async fn accept_batch(
+    fw: Framework,
+    accepts: Vec<(OfferId, Vec<TaskInfo>)>,
+    unused: Vec<OfferId>,
+    suppress: bool,
+    received: Instant,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    let results: Vec<anyhow::Result<u64>> = futures::stream::iter(accepts)
+        .map(|(offer, tasks)| {
+            let fw = fw.clone();
+            let shared = shared.clone();
+            async move {
+                let n = tasks.len() as u64;
+                fw.launch(&[offer], tasks, Filters::refuse(Duration::from_secs(5)))
+                    .await?;
+                shared.launched.fetch_add(n, Ordering::Relaxed);
+                let us = received.elapsed().as_micros() as u64;
+                let _ = shared
+                    .offer_to_launch_us
+                    .lock()
+                    .expect("not poisoned")
+                    .record(us.clamp(1, LATENCY_US_MAX));
+                Ok(n)
+            }
+        })
+        .buffer_unordered(ACCEPTS_IN_FLIGHT_MAX)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    if !unused.is_empty() {
+        fw.decline(&unused, Duration::from_secs(600)).await?;
+    }
+    if suppress {
+        fw.suppress().await?;
     }
     Ok(())
 }
