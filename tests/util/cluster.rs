@@ -35,24 +35,16 @@ impl TestCluster {
     /// 200 ms) and `master_flags` on top (timeouts each test picks), and waits until it listens.
     pub fn start(master_flags: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let data = dir.path().join("master");
-        let mut args = vec![
-            "master",
-            "--id",
-            "1",
-            "--listen",
-            &addr,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
+        let port = free_port();
+        let mut flags = vec![
             "--allocation-interval-ms",
             "20",
             "--agent-heartbeat-interval-ms",
             "200",
         ];
-        args.extend_from_slice(master_flags);
-        let master = Proc::spawn("master", &args, dir.path());
-        wait_listening(&addr);
+        flags.extend_from_slice(master_flags);
+        let master = super::start_master(dir.path(), port, "master", &flags);
+        let addr = format!("127.0.0.1:{port}");
         TestCluster {
             dir,
             addr,
