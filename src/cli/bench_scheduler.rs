@@ -15,6 +15,7 @@ use drover_proto::v1::operator_client::OperatorClient;
 use drover_sdk::{Event, Filters, Framework, OfferId, Resources, TaskInfo, TaskSpec};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +70,8 @@ pub struct SimAgentsArgs {
 
 /// Messages queued towards the master per simulated agent.
 const SIM_AGENT_QUEUE: usize = 256;
+/// A simulated agent resends a status update not acknowledged this long after it was sent.
+const SIM_UPDATE_RESEND_AFTER: Duration = Duration::from_secs(2);
 /// Accept calls one framework has in flight at once.
 const ACCEPTS_IN_FLIGHT_MAX: usize = 64;
 /// Highest latency tracked, in microseconds.
@@ -160,6 +163,10 @@ async fn sim_agent(
         .into_inner();
     let mut agent_id = String::new();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
+    // Updates not yet acknowledged, by task, and when each was last sent: resent like a real
+    // agent's, so a framework that lost its stream gets them after it re-subscribes.
+    let mut unacknowledged: HashMap<String, (Instant, v1::AgentMessage)> = HashMap::new();
+    let mut resend = tokio::time::interval(SIM_UPDATE_RESEND_AFTER);
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -180,17 +187,37 @@ async fn sim_agent(
                             source: v1::StatusSource::SourceAgent.into(),
                             ..Default::default()
                         };
-                        tx.send(v1::AgentMessage {
+                        let task_id = status.task_id.clone();
+                        let update = v1::AgentMessage {
                             message: Some(A::StatusUpdate(v1::StatusUpdate {
                                 agent_id: agent_id.clone(),
                                 framework_id: fw.id,
                                 status: Some(status),
                             })),
-                        })
-                        .await?;
+                        };
+                        tx.send(update.clone()).await?;
+                        unacknowledged.insert(task_id, (Instant::now(), update));
+                    }
+                    Some(M::Acknowledgement(ack)) => {
+                        let acked = unacknowledged.get(&ack.task_id).is_some_and(|(_, m)| {
+                            matches!(&m.message, Some(A::StatusUpdate(u))
+                                if u.status.as_ref().is_some_and(|s| s.uuid == ack.uuid))
+                        });
+                        if acked {
+                            unacknowledged.remove(&ack.task_id);
+                        }
                     }
                     Some(M::Refused(r)) => bail!("refused: {}", r.message),
                     _ => {}
+                }
+            }
+            _ = resend.tick() => {
+                let now = Instant::now();
+                for (sent, update) in unacknowledged.values_mut() {
+                    if now.duration_since(*sent) >= SIM_UPDATE_RESEND_AFTER {
+                        *sent = now;
+                        tx.send(update.clone()).await?;
+                    }
                 }
             }
             _ = heartbeat.tick(), if !agent_id.is_empty() => {
@@ -271,6 +298,7 @@ async fn bench_framework(
     let mut running = 0u64;
     let mut next_id = 0u64;
     let mut batches = tokio::task::JoinSet::new();
+    let mut seen_running = std::collections::HashSet::new();
     while running < quota {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -323,7 +351,11 @@ async fn bench_framework(
                     shared.clone(),
                 ));
             }
-            Event::Update(status) if status.state == drover_sdk::TaskState::Running => {
+            // A resent update (its acknowledgement was lost) counts once.
+            Event::Update(status)
+                if status.state == drover_sdk::TaskState::Running
+                    && seen_running.insert(status.task_id.clone()) =>
+            {
                 running += 1;
                 shared.running.fetch_add(1, Ordering::Relaxed);
             }
