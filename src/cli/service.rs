@@ -19,16 +19,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use drover_coord::client::{Client, ClientOptions};
 use drover_coord::op::{CreateMode, ErrorCode};
-use futures::StreamExt;
 use serde_json::json;
 use services::spec::{self, Format, ServiceSpec, SpecError};
 use services::status::{Health, ServiceStatus};
 use tokio::time::Instant;
 
-use super::coord::cli_error;
+use super::coord::{cli_error, ensure_node};
 use super::operator::{ConnectArgs, Operator};
 use super::render::{self, Table};
-use super::service_wait::{self, Display, WaitArgs, read_status, status_path};
+use super::service_wait::{self, Display, StatusWake, WaitArgs, read_status, status_path};
 use super::task;
 use super::{Context, Output};
 
@@ -246,18 +245,6 @@ fn spec_path(name: &str) -> String {
 
 fn no_service(name: &str) -> anyhow::Error {
     anyhow::anyhow!("no service named {name}")
-}
-
-/// Creates `path` (empty) unless it exists.
-async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
-    match client
-        .create(path, Vec::new(), CreateMode::Persistent)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
-        Err(e) => Err(cli_error(e)),
-    }
 }
 
 /// The stored spec of `name` and the node's version; `None` when there is none.
@@ -645,9 +632,7 @@ async fn rm(
     let started = Instant::now();
     let deadline = started + wait.timeout;
     let mut operator = Operator::new(ctx, connect)?;
-    let mut watch = client.watch(&status_path(name), false).await.ok();
-    let mut poll = tokio::time::interval(wait.poll);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake = StatusWake::new(client, name, wait.poll).await;
     loop {
         let status_left = client
             .exists(&status_path(name))
@@ -664,17 +649,7 @@ async fn rm(
             break;
         }
         tokio::select! {
-            event = async {
-                match watch.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if event.is_none() {
-                    watch = None;
-                }
-            }
-            _ = poll.tick() => {}
+            _ = wake.next() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let mut why = Vec::new();
                 if !running.is_empty() {

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_coord::client::Client;
+use drover_coord::client::{Client, WatchStream};
 use drover_coord::op::ErrorCode;
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -241,6 +241,40 @@ impl Display {
     }
 }
 
+/// When to read a service's status again: on a change of its node (a watch) or every `poll`,
+/// whichever comes first. A watch that fails or ends only costs promptness: the poll still reads.
+pub(super) struct StatusWake {
+    watch: Option<WatchStream>,
+    poll: tokio::time::Interval,
+}
+
+impl StatusWake {
+    pub(super) async fn new(client: &Client, name: &str, poll: Duration) -> StatusWake {
+        let watch = client.watch(&status_path(name), false).await.ok();
+        let mut poll = tokio::time::interval(poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        StatusWake { watch, poll }
+    }
+
+    /// Returns at the next change or poll tick.
+    pub(super) async fn next(&mut self) {
+        let watch = &mut self.watch;
+        tokio::select! {
+            event = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if event.is_none() {
+                    *watch = None;
+                }
+            }
+            _ = self.poll.tick() => {}
+        }
+    }
+}
+
 /// The status of `name`, if published.
 pub async fn read_status(client: &Client, name: &str) -> anyhow::Result<Option<ServiceStatus>> {
     let path = status_path(name);
@@ -274,10 +308,7 @@ pub async fn wait_at_spec(
         desired,
         Duration::from_millis(args.place_grace_ms),
     );
-    // A watch that fails or ends only costs promptness: the poll still reads.
-    let mut watch = client.watch(&status_path(name), false).await.ok();
-    let mut poll = tokio::time::interval(Duration::from_millis(args.poll_ms));
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake = StatusWake::new(client, name, Duration::from_millis(args.poll_ms)).await;
     let mut last: Option<ServiceStatus> = None;
     loop {
         let status = read_status(client, name).await?;
@@ -311,17 +342,7 @@ pub async fn wait_at_spec(
             last = status;
         }
         tokio::select! {
-            event = async {
-                match watch.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if event.is_none() {
-                    watch = None;
-                }
-            }
-            _ = poll.tick() => {}
+            _ = wake.next() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 display.finish();
                 let why = match &last {
