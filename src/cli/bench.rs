@@ -23,7 +23,7 @@
 //!
 //! Every phase is bounded in time and in ops per client, and every wait has a deadline.
 
-use super::coord::cli_error;
+use super::coord::{cli_error, ensure_node};
 use super::ensemble::{Ensemble, LOG_TAIL_LINES};
 use super::{Context, Output};
 use anyhow::{Context as _, bail};
@@ -241,17 +241,6 @@ fn addrs_for(addrs: &[String], i: usize) -> Vec<String> {
     let mut mine = addrs.to_vec();
     mine.rotate_left(i % addrs.len().max(1));
     mine
-}
-
-async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
-    match client
-        .create(path, Vec::new(), CreateMode::Persistent)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
-        Err(e) => Err(cli_error(e)),
-    }
 }
 
 /// Opens the session that owns a run's parent znode and creates it.

@@ -113,6 +113,18 @@ pub(crate) async fn connect(ctx: &Context, options: ClientOptions) -> anyhow::Re
     Client::connect(addrs, options).await.map_err(cli_error)
 }
 
+/// Creates `path` (empty, persistent) unless it exists.
+pub(crate) async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
+    match client
+        .create(path, Vec::new(), CreateMode::Persistent)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
+        Err(e) => Err(cli_error(e)),
+    }
+}
+
 /// The CLI's one-line wording of a client error.
 pub(crate) fn cli_error(e: ClientError) -> anyhow::Error {
     match e {
