@@ -26,7 +26,7 @@ pub const ACKNOWLEDGEMENTS_IN_FLIGHT_MAX: usize = 64;
 
 /// Least time between two warnings about updates left unacknowledged (queue full, or the call
 /// failed); those in between are counted in the next one.
-const ACK_QUEUE_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const UNACKNOWLEDGED_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One event of a subscription.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,26 +68,8 @@ pub struct Events {
     pub(crate) rx: mpsc::Receiver<Event>,
     /// Where yielded agent updates go to be acknowledged; `None` when auto-acknowledge is off.
     pub(crate) acknowledgements: Option<mpsc::Sender<TaskStatus>>,
-    /// Updates left unacknowledged (queue full) since the last warning, and when that was.
-    pub(crate) unacknowledged: AckQueueFull,
-}
-
-/// Counts updates left unacknowledged because the acknowledgement queue was full, so a burst
-/// logs one warning a second instead of one per update.
-#[derive(Debug, Default)]
-pub(crate) struct AckQueueFull(pub(crate) WarnEvery);
-
-impl AckQueueFull {
-    fn left(&mut self, status: &TaskStatus) {
-        if let Some(updates) = self.0.count() {
-            warn!(
-                task_id = %status.task_id,
-                updates,
-                "acknowledgement queue full; these updates stay unacknowledged and the agent \
-                 sends them again"
-            );
-        }
-    }
+    /// Updates left unacknowledged because the queue was full, warned about once a second.
+    pub(crate) unacknowledged: WarnEvery,
 }
 
 /// Rate limit for a warning that can repeat once per update: [`WarnEvery::count`] counts an
@@ -104,7 +86,7 @@ impl WarnEvery {
         let now = std::time::Instant::now();
         if self
             .warned_at
-            .is_some_and(|at| now.duration_since(at) < ACK_QUEUE_FULL_WARN_INTERVAL)
+            .is_some_and(|at| now.duration_since(at) < UNACKNOWLEDGED_WARN_INTERVAL)
         {
             return None;
         }
@@ -129,8 +111,14 @@ impl Stream for Events {
             (&polled, &self.acknowledgements)
             && status.needs_acknowledgement()
             && acks.try_send(status.clone()).is_err()
+            && let Some(updates) = self.unacknowledged.count()
         {
-            self.unacknowledged.left(status);
+            warn!(
+                task_id = %status.task_id,
+                updates,
+                "acknowledgement queue full; these updates stay unacknowledged and the agent \
+                 sends them again"
+            );
         }
         polled
     }
@@ -173,7 +161,7 @@ mod tests {
         assert_eq!(warn.count(), Some(1), "the first is reported at once");
         assert_eq!(warn.count(), None);
         assert_eq!(warn.count(), None);
-        warn.warned_at = Some(std::time::Instant::now() - ACK_QUEUE_FULL_WARN_INTERVAL);
+        warn.warned_at = Some(std::time::Instant::now() - UNACKNOWLEDGED_WARN_INTERVAL);
         assert_eq!(warn.count(), Some(3), "two quiet ones and this one");
         assert_eq!(warn.count(), None);
     }
@@ -187,7 +175,7 @@ mod tests {
         let mut events = Events {
             rx,
             acknowledgements: Some(ack_tx),
-            unacknowledged: AckQueueFull::default(),
+            unacknowledged: WarnEvery::default(),
         };
         let master = status("t0", &[], StatusSource::Master);
         let agent = status("t1", &[9; 16], StatusSource::Agent);
