@@ -100,12 +100,6 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no agent {name} in this cluster"))
     }
 
-    pub async fn operator(&self) -> OperatorClient<tonic::transport::Channel> {
-        OperatorClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("operator client")
-    }
-
     /// The master's `GetState`, retried while the master is not answering yet.
     pub async fn state(&self) -> v1::ClusterState {
         let deadline = Instant::now() + STATE_WAIT;
