@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/agent.proto",
             "proto/operator.proto",
             "proto/agent_files.proto",
+            "proto/cluster.proto",
         ],
         &["proto"],
     )?;

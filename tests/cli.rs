@@ -341,16 +341,19 @@ async fn task_agent_framework_and_cluster_commands_print_tables_and_json() {
         text.contains(&format!("leader:      {}", c.tc.addr)),
         "{text}"
     );
-    assert!(
-        text.contains(&format!("masters:     {} leading", c.tc.addr)),
-        "{text}"
-    );
+    let master_row = text
+        .lines()
+        .find(|l| l.contains(&c.tc.addr))
+        .unwrap_or_default();
+    assert!(master_row.contains(" leading "), "{text}");
     assert!(text.contains("agents:      1 reachable of 1"), "{text}");
     assert!(text.contains("frameworks:  1 connected of 1"), "{text}");
     assert!(text.contains("tasks:       2 RUNNING"), "{text}");
     let status = json(&c.drover(&["cluster", "status", "--output", "json"]).await);
     assert_eq!(status["leader"], c.tc.addr.as_str());
-    assert_eq!(status["masters"][0]["state"], "leading");
+    assert_eq!(status["masters"][0]["role"], "leading", "{status}");
+    assert_eq!(status["masters"][0]["serving"], true, "{status}");
+    assert_eq!(status["leader_id"], status["masters"][0]["master_id"]);
     assert_eq!(status["agents"]["reachable"], 1);
     assert_eq!(status["tasks"]["by_state"]["TASK_RUNNING"], 2);
 
@@ -432,7 +435,19 @@ async fn commands_follow_redirects_and_fail_with_one_line_while_no_master_leads(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status["leader"], e.addr(leader).as_str(), "{status}");
-    assert_eq!(status["masters"][0]["state"], "following", "{status}");
+    assert_eq!(status["leader_id"], leader, "{status}");
+    // Asked through one follower, the command still lists all three masters (their peers).
+    let masters = status["masters"].as_array().expect("masters");
+    assert_eq!(masters.len(), 3, "{status}");
+    for m in masters {
+        let want = if m["master_id"] == leader {
+            "leading"
+        } else {
+            "following"
+        };
+        assert_eq!(m["role"], want, "{status}");
+        assert_eq!(m["epoch"], status["epoch"], "{status}");
+    }
     let out = drover_at(&follower_addr, &["agent", "ls", "--output", "json"]).await;
     assert_eq!(json(&out), serde_json::json!([]));
     let text = ok(&drover_at(&all, &["cluster", "status"]).await);

@@ -160,6 +160,41 @@ enum CoreMsg {
         outbound: mpsc::Sender<ServerMsg>,
     },
     Input(Input),
+    Status(oneshot::Sender<ReplicaStatus>),
+}
+
+/// What [`StatusQuery::get`] answers: the ZAB peer's view plus what the server has applied.
+#[derive(Clone, Debug)]
+pub struct ReplicaStatus {
+    pub zab: zab::ZabStatus,
+    /// Wall time (Unix ms) at which this replica's [`Leadership`] last changed: when it began to
+    /// lead or follow the current leader, or stopped.
+    pub leadership_since_wall_ms: i64,
+    /// The server's tree holds every transaction up to here.
+    pub last_applied: Zxid,
+    pub znodes: usize,
+    pub sessions: usize,
+}
+
+/// Asks the running replica how it stands ([`ReplicaStatus`]). Cloneable; answered by the core
+/// between two inputs, so it costs one inbox message.
+#[derive(Clone, Debug)]
+pub struct StatusQuery {
+    inbox: mpsc::Sender<CoreMsg>,
+}
+
+impl StatusQuery {
+    /// None when the replica has stopped, or does not answer within `timeout`.
+    pub async fn get(&self, timeout: Duration) -> Option<ReplicaStatus> {
+        let (tx, rx) = oneshot::channel();
+        tokio::time::timeout(timeout, async {
+            self.inbox.send(CoreMsg::Status(tx)).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
 }
 
 /// Handle to a running coord replica: its gRPC services and a way to wait for it to stop.
@@ -169,6 +204,8 @@ pub struct CoordHandle {
     /// Who leads the ensemble as this replica sees it; changes as elections happen. The embedding
     /// master leads exactly while `leading` is true here.
     pub leadership: watch::Receiver<Leadership>,
+    /// This replica's role, epoch, zxids and peers, on request.
+    pub status: StatusQuery,
     /// Resolves when the core stops, with the reason if it failed.
     pub stopped: oneshot::Receiver<Result<(), DriverError>>,
 }
@@ -260,6 +297,7 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
     let (leadership_tx, leadership) = watch::channel(Leadership::of(&replica));
     let core = Core {
         leadership: leadership_tx,
+        leadership_since_wall_ms: clock.now().wall_ms,
         replica,
         clock,
         data_dir: config.data_dir.clone(),
@@ -285,6 +323,9 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         config.peer_port,
         inbox_tx.clone(),
     ));
+    let status = StatusQuery {
+        inbox: inbox_tx.clone(),
+    };
     let service = CoordService {
         inbox: inbox_tx.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
@@ -303,6 +344,7 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         service,
         peer_service,
         leadership,
+        status,
         stopped,
     })
 }
@@ -524,6 +566,8 @@ impl LogRate {
 
 struct Core {
     leadership: watch::Sender<Leadership>,
+    /// When `leadership` last changed (wall clock, Unix ms), for status.
+    leadership_since_wall_ms: i64,
     replica: Replica,
     clock: Clock,
     data_dir: PathBuf,
@@ -589,6 +633,16 @@ impl Core {
                                 }
                                 self.replica.step(now, input, &mut actions);
                             }
+                            CoreMsg::Status(reply) => {
+                                let server = self.replica.server();
+                                let _ = reply.send(ReplicaStatus {
+                                    zab: self.replica.zab().status(now),
+                                    leadership_since_wall_ms: self.leadership_since_wall_ms,
+                                    last_applied: server.tree().last_applied(),
+                                    znodes: server.tree().node_count(),
+                                    sessions: server.tree().sessions().count(),
+                                });
+                            }
                         }
                         handled += 1;
                         if handled < INBOX_BATCH_MAX {
@@ -603,8 +657,12 @@ impl Core {
             }
             self.carry_out(&mut actions, &inbox)?;
             let now = Leadership::of(&self.replica);
-            self.leadership
-                .send_if_modified(|seen| std::mem::replace(seen, now) != now);
+            if self
+                .leadership
+                .send_if_modified(|seen| std::mem::replace(seen, now) != now)
+            {
+                self.leadership_since_wall_ms = self.clock.now().wall_ms;
+            }
         }
     }
 

@@ -235,6 +235,54 @@ pub enum ZabAction {
     Touches(Vec<SessionId>),
 }
 
+/// A peer's role as operators see it: `Leading` and `Following` only once the epoch is
+/// established (broadcast phase); discovery and sync count as `Looking`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZabRole {
+    Looking,
+    Following,
+    Leading,
+}
+
+impl ZabRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZabRole::Looking => "looking",
+            ZabRole::Following => "following",
+            ZabRole::Leading => "leading",
+        }
+    }
+}
+
+/// One other voter as this peer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub id: PeerId,
+    /// How long since this peer last heard from it; None: not in contact (a follower hears only
+    /// from its leader, a looking peer from nobody in particular).
+    pub heard_ms_ago: Option<u64>,
+    /// It is in broadcast with us: our synced follower (we lead) or our established leader.
+    pub synced: bool,
+    /// While looking: whom its vote in our round names.
+    pub voted_for: Option<PeerId>,
+}
+
+/// [`ZabPeer::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZabStatus {
+    pub id: PeerId,
+    pub role: ZabRole,
+    /// `election`, `discovery`, `epoch`, `sync` or `broadcast`.
+    pub phase: &'static str,
+    pub leader: Option<PeerId>,
+    pub accepted_epoch: u32,
+    pub current_epoch: u32,
+    pub last_logged: Zxid,
+    pub durable: Zxid,
+    pub committed: Zxid,
+    pub peers: Vec<PeerView>,
+}
+
 /// What the peer recovered from its disk.
 #[derive(Clone, Debug, Default)]
 pub struct Durable {
@@ -435,6 +483,91 @@ impl ZabPeer {
 
     pub fn last_logged(&self) -> Zxid {
         self.last_logged
+    }
+
+    /// This peer's view of the ensemble right now, for operators (`Cluster.Status`). Cheap: no
+    /// history is copied.
+    pub fn status(&self, now: Now) -> ZabStatus {
+        let ago = |heard_ms: u64| Some(now.mono_ms.saturating_sub(heard_ms));
+        let (role, phase, peers) = match &self.state {
+            State::Looking(e) => {
+                let peers = self
+                    .others()
+                    .into_iter()
+                    .map(|id| PeerView {
+                        id,
+                        heard_ms_ago: None,
+                        synced: false,
+                        voted_for: e.votes.get(&id).map(|p| p.leader),
+                    })
+                    .collect();
+                (ZabRole::Looking, "election", peers)
+            }
+            State::Following(f) => {
+                let phase = match f.phase {
+                    FollowerPhase::Discovery => "discovery",
+                    FollowerPhase::Syncing => "sync",
+                    FollowerPhase::Broadcast => "broadcast",
+                };
+                let broadcasting = f.phase == FollowerPhase::Broadcast;
+                let peers = self
+                    .others()
+                    .into_iter()
+                    .map(|id| PeerView {
+                        id,
+                        // A follower hears only from its leader.
+                        heard_ms_ago: (id == f.leader).then(|| ago(f.last_heard_ms)).flatten(),
+                        synced: id == f.leader && broadcasting,
+                        voted_for: None,
+                    })
+                    .collect();
+                let role = if broadcasting {
+                    ZabRole::Following
+                } else {
+                    ZabRole::Looking
+                };
+                (role, phase, peers)
+            }
+            State::Leading(l) => {
+                let phase = match l.phase {
+                    LeaderPhase::Discovery => "discovery",
+                    LeaderPhase::EpochAcks => "epoch",
+                    LeaderPhase::Syncing => "sync",
+                    LeaderPhase::Broadcast => "broadcast",
+                };
+                let peers = self
+                    .others()
+                    .into_iter()
+                    .map(|id| {
+                        let view = l.followers.get(&id);
+                        PeerView {
+                            id,
+                            heard_ms_ago: view.and_then(|v| ago(v.last_heard_ms)),
+                            synced: view.is_some_and(|v| v.synced && v.acked_new_leader),
+                            voted_for: None,
+                        }
+                    })
+                    .collect();
+                let role = if l.phase == LeaderPhase::Broadcast {
+                    ZabRole::Leading
+                } else {
+                    ZabRole::Looking
+                };
+                (role, phase, peers)
+            }
+        };
+        ZabStatus {
+            id: self.config.id,
+            role,
+            phase,
+            leader: self.leader(),
+            accepted_epoch: self.accepted_epoch,
+            current_epoch: self.current_epoch,
+            last_logged: self.last_logged,
+            durable: self.durable,
+            committed: self.committed,
+            peers,
+        }
     }
 
     fn my_proposal(&self) -> Proposal {

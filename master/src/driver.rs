@@ -20,13 +20,14 @@
 //! - **Redirect.** A master that does not lead answers every call with `UNAVAILABLE` and the
 //!   leader's address in the `drover-leader` metadata key.
 
+use crate::cluster::ClusterService;
 use crate::core::types::*;
 use crate::core::{CoreConfig, MasterCore};
 use crate::ids::{AgentId, FrameworkId};
 use crate::registry::{LeaderRecord, Registry, RegistryError};
 use crate::wire;
 use drover_coord::client::{Client, ClientOptions};
-use drover_coord::driver::Leadership;
+use drover_coord::driver::{Leadership, StatusQuery};
 use drover_proto::v1;
 use drover_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
 use drover_proto::v1::operator_server::{Operator, OperatorServer};
@@ -269,6 +270,8 @@ pub struct MasterServices {
     pub scheduler: SchedulerServer<SchedulerService>,
     pub agent_api: AgentApiServer<AgentApiService>,
     pub operator: OperatorServer<OperatorService>,
+    /// `Cluster.Status`: answered by every master about itself, leading or not.
+    pub cluster: ClusterService,
     /// For in-process readers (the HTTP endpoints).
     pub handle: MasterHandle,
 }
@@ -288,10 +291,20 @@ impl MasterHandle {
     pub async fn metrics(&self) -> Result<v1::MasterMetrics, Status> {
         self.shared.ask(|reply| Input::GetMetrics { reply }).await
     }
+
+    /// This master leads and its term serves (the registry is taken over).
+    pub fn serving(&self) -> bool {
+        matches!(&*self.shared.role.borrow(), Role::Leading(_))
+    }
 }
 
-/// Starts following `leadership` (coord's) and returns the services.
-pub fn start(config: MasterConfig, leadership: watch::Receiver<Leadership>) -> MasterServices {
+/// Starts following `leadership` (coord's) and returns the services; `status` is the same
+/// replica's status query, for `Cluster.Status`.
+pub fn start(
+    config: MasterConfig,
+    leadership: watch::Receiver<Leadership>,
+    status: StatusQuery,
+) -> MasterServices {
     let (role_tx, role_rx) = watch::channel(Role::Following(None));
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -316,6 +329,14 @@ pub fn start(config: MasterConfig, leadership: watch::Receiver<Leadership>) -> M
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
+        cluster: ClusterService::new(
+            shared.config.master_id,
+            shared.config.peers.clone(),
+            status,
+            MasterHandle {
+                shared: shared.clone(),
+            },
+        ),
         handle: MasterHandle { shared },
     }
 }

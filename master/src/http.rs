@@ -3,23 +3,65 @@
 //! (`/`) that renders the JSON. Everything is read through the same inbox as the gRPC services, so
 //! a master that does not lead answers 503 naming the leader.
 
+use crate::cluster::ClusterService;
 use crate::driver::MasterHandle;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use drover_proto::v1;
 use serde_json::{Value, json};
 
+/// What the handlers read: the leading master's state (through `MasterHandle`) and this
+/// master's own status (`ClusterService`, answered leading or not).
+#[derive(Clone)]
+pub struct HttpState {
+    pub master: MasterHandle,
+    pub cluster: ClusterService,
+}
+
+impl FromRef<HttpState> for MasterHandle {
+    fn from_ref(state: &HttpState) -> MasterHandle {
+        state.master.clone()
+    }
+}
+
+impl FromRef<HttpState> for ClusterService {
+    fn from_ref(state: &HttpState) -> ClusterService {
+        state.cluster.clone()
+    }
+}
+
 /// The routes, served by the binary on `--http`.
-pub fn router(handle: MasterHandle) -> Router {
+pub fn router(master: MasterHandle, cluster: ClusterService) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/api/v1/state", get(state))
         .route("/api/v1/metrics", get(metrics_json))
+        .route("/api/v1/masters", get(masters))
         .route("/metrics", get(metrics_text))
-        .with_state(handle)
+        .with_state(HttpState { master, cluster })
+}
+
+/// Every master of the ensemble with its role, answered by any master (leading or not): this
+/// one from its own replica, the others over `Cluster.Status`.
+async fn masters(State(cluster): State<ClusterService>) -> Response {
+    let masters: Vec<Value> = cluster
+        .ensemble()
+        .await
+        .into_iter()
+        .map(|(id, address, answer)| match answer {
+            Ok(s) => crate::cluster::status_json(&s),
+            Err(error) => json!({"master_id": id, "address": address, "error": error}),
+        })
+        .collect();
+    let leaders: Vec<&Value> = masters.iter().filter(|m| m["role"] == "leading").collect();
+    let leader = match leaders.as_slice() {
+        [one] => one["master_id"].clone(),
+        _ => Value::Null,
+    };
+    axum::Json(json!({"leader_id": leader, "masters": masters})).into_response()
 }
 
 fn unavailable(status: tonic::Status) -> Response {

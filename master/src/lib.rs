@@ -10,6 +10,7 @@
 //! Start at `core` (module doc), then `driver`, then `allocator`.
 
 pub mod allocator;
+pub mod cluster;
 pub mod core;
 pub mod driver;
 pub mod http;

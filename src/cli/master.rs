@@ -131,12 +131,13 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         .with_nodelay(Some(true));
     tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), "master serving");
     let mut stopped = handle.stopped;
-    let services = drover_master::driver::start(master, handle.leadership.clone());
+    let services =
+        drover_master::driver::start(master, handle.leadership.clone(), handle.status.clone());
     if let Some(http) = args.http {
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen on {http} (--http)"))?;
-        let app = drover_master::http::router(services.handle.clone());
+        let app = drover_master::http::router(services.handle.clone(), services.cluster.clone());
         tracing::info!(%http, "dashboard and HTTP API serving");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -150,6 +151,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         .add_service(services.scheduler)
         .add_service(services.agent_api)
         .add_service(services.operator)
+        .add_service(services.cluster.into_server())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         });

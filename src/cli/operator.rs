@@ -65,8 +65,6 @@ impl Default for ConnectArgs {
 /// What one master answered when asked directly (no redirect followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasterAnswer {
-    /// It leads.
-    Leading,
     /// It does not lead and names the leader.
     Following { leader: String },
     /// It answers, but no master leads right now (as far as it knows).
@@ -76,19 +74,9 @@ pub enum MasterAnswer {
 }
 
 impl MasterAnswer {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            MasterAnswer::Leading => "leading",
-            MasterAnswer::Following { .. } => "following",
-            MasterAnswer::NoLeader { .. } => "no_leader",
-            MasterAnswer::Unreachable { .. } => "unreachable",
-        }
-    }
-
     /// One phrase for logs and the final error.
     pub fn describe(&self) -> String {
         match self {
-            MasterAnswer::Leading => "leads".into(),
             MasterAnswer::Following { leader } => format!("does not lead (names {leader})"),
             MasterAnswer::NoLeader { .. } => "answers, but no master leads".into(),
             MasterAnswer::Unreachable { error } => error.clone(),
@@ -205,28 +193,6 @@ impl Operator {
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(backoff_max);
         }
-    }
-
-    /// Asks every `--masters` address directly (no redirect followed) whether it leads.
-    pub async fn probe(&mut self) -> anyhow::Result<Vec<(String, MasterAnswer)>> {
-        let mut calls = Vec::new();
-        for addr in self.masters.clone() {
-            let mut client = self.client(&addr)?;
-            let timeout = Duration::from_millis(self.args.request_timeout_ms);
-            calls.push(async move {
-                let r = tokio::time::timeout(timeout, client.get_metrics(v1::GetMetricsRequest {}))
-                    .await;
-                let answer = match r {
-                    Ok(Ok(_)) => MasterAnswer::Leading,
-                    Ok(Err(status)) => classify(&status),
-                    Err(_) => MasterAnswer::Unreachable {
-                        error: format!("no answer within {timeout:?}"),
-                    },
-                };
-                (addr, answer)
-            });
-        }
-        Ok(futures::future::join_all(calls).await)
     }
 
     fn client(&mut self, addr: &str) -> anyhow::Result<OperatorClient<Channel>> {
