@@ -343,7 +343,7 @@ async fn task_agent_framework_and_cluster_commands_print_tables_and_json() {
     );
     let master_row = text
         .lines()
-        .find(|l| l.contains(&c.tc.addr))
+        .find(|l| l.starts_with("  ") && l.contains(&c.tc.addr))
         .unwrap_or_default();
     assert!(master_row.contains(" leading "), "{text}");
     assert!(text.contains("agents:      1 reachable of 1"), "{text}");

@@ -43,6 +43,11 @@ impl Local {
     /// `TMPDIR` there, so its own temp dir lands there too; returns once it printed `export
     /// DROVER_MASTERS=...`.
     fn start(agents: u32, temp_data: bool) -> Local {
+        Local::start_masters(1, agents, temp_data)
+    }
+
+    /// Like `start`, with `masters` masters (1 or 3).
+    fn start_masters(masters: u32, agents: u32, temp_data: bool) -> Local {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for attempt in 0..5 {
             let (base, tasks) = free_port_block();
@@ -57,7 +62,9 @@ impl Local {
                 cmd.arg("--data-dir").arg(dir.path().join("data"));
             }
             let mut child = cmd
-                .args(["--masters", "1", "--agents"])
+                .arg("--masters")
+                .arg(masters.to_string())
+                .arg("--agents")
                 .arg(agents.to_string())
                 .args(["--agent-cpus", "2", "--agent-mem", "2GiB", "--base-port"])
                 .arg(base.to_string())
@@ -719,4 +726,81 @@ fn stopping_local_leaves_no_process_behind() {
     assert!(left.is_empty(), "left running: {left:?}");
     assert!(task_procs(&data).is_empty());
     assert!(!data.exists(), "{} was removed", data.display());
+}
+
+/// `drover cluster status --output json` through `local`'s masters; None while it fails.
+fn cluster_status(local: &Local) -> Option<Value> {
+    let out = local.drover(&[
+        "cluster",
+        "status",
+        "--output",
+        "json",
+        "--leader-wait-ms",
+        "200",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `(leader id, epoch)` when every master answers, one leads and the others follow it in its
+/// epoch.
+fn settled_leader(status: &Value, masters: usize) -> Option<(u64, u64)> {
+    let all = status["masters"].as_array()?;
+    let answered: Vec<&Value> = all.iter().filter(|m| m["epoch"].is_u64()).collect();
+    let leader = status["leader_id"].as_u64()?;
+    let epoch = status["epoch"].as_u64()?;
+    let agree = answered.len() == masters
+        && answered.iter().all(|m| {
+            let want = if m["master_id"] == leader {
+                "leading"
+            } else {
+                "following"
+            };
+            m["role"] == want && m["epoch"] == epoch
+        });
+    agree.then_some((leader, epoch))
+}
+
+#[test]
+fn three_masters_survive_a_killed_leader_which_comes_back_as_a_follower() {
+    // Proves `drover local --masters 3` lets you try a failover: kill -9 of the leading master
+    // does not stop the cluster; `cluster status` shows a new leader of a later epoch, the agent
+    // stays registered, and `drover local` starts the killed master again on its data dir, where
+    // it rejoins as a follower of the new leader.
+    let mut local = Local::start_masters(3, 1, false);
+    let data = local.data();
+    let (leader, epoch) = util::wait_for("3 masters settled", WAIT, || {
+        settled_leader(&cluster_status(&local)?, 3)
+    });
+    let needle = data.join(format!("master-{leader}"));
+    let pids = processes_naming(&format!("--data-dir {}", needle.display()));
+    assert_eq!(pids.len(), 1, "one process of master {leader}: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0].0),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the leader");
+    let (new_leader, new_epoch) = util::wait_for("a new leader", WAIT, || {
+        let status = cluster_status(&local)?;
+        let id = status["leader_id"].as_u64()?;
+        let e = status["epoch"].as_u64()?;
+        (id != leader && e > epoch).then_some((id, e))
+    });
+    let status = util::wait_for("the killed master back as a follower", WAIT, || {
+        let status = cluster_status(&local)?;
+        (settled_leader(&status, 3)? == (new_leader, new_epoch)).then_some(status)
+    });
+    assert_eq!(status["agents"]["reachable"], 1, "{status}");
+    let again = processes_naming(&format!("--data-dir {}", needle.display()));
+    assert_eq!(again.len(), 1, "master {leader} runs again: {again:?}");
+    assert_ne!(again[0].0, pids[0].0, "a new process");
+    let log = std::fs::read_to_string(&local.stderr_log).unwrap_or_default();
+    assert!(
+        log.contains(&format!("master-{leader} exited")) && log.contains("started again"),
+        "drover local reported the death and the restart:\n{log}"
+    );
+    let stopped = local.stop().expect("drover local ran");
+    assert!(stopped.success(), "drover local exited with {stopped}");
 }

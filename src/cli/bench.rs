@@ -24,16 +24,16 @@
 //! Every phase is bounded in time and in ops per client, and every wait has a deadline.
 
 use super::coord::{cli_error, ensure_node};
-use super::ensemble::{Ensemble, LOG_TAIL_LINES};
 use super::{Context, Output};
 use anyhow::{Context as _, bail};
 use drover_coord::client::{Client, ClientError, ClientOptions};
 use drover_coord::op::{CreateMode, ErrorCode};
+use drover_devcluster::ensemble::{Ensemble, LOG_TAIL_LINES};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
@@ -154,7 +154,8 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut ensemble = Ensemble::start(ENSEMBLE_SIZE, &args.master_args, &parent)?;
     let result = until_interrupted(async {
-        let (leader, epoch) = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
+        let agreed = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
+        let (leader, epoch) = (agreed.leader, agreed.epoch);
         eprintln!(
             "drover bench: {ENSEMBLE_SIZE} masters serving after {} ms (leader {leader}, epoch \
              {epoch}); data and logs in {}",
@@ -562,12 +563,12 @@ struct WriterLog {
 /// One kill, as the controller saw it.
 struct Kill {
     leader: u32,
-    epoch: u64,
+    epoch: u32,
     at_us: u64,
     /// Whether a write issued after the kill succeeded within `WRITES_RESUME_TIMEOUT`.
     resumed: bool,
     new_leader: u32,
-    /// Kill → the new leader's "leading" log line (it has a synced quorum).
+    /// Kill → the new leader established (its synced quorum), by its `Cluster.Status`.
     elected_ms: Option<f64>,
     /// Restart → every master serving again.
     rejoin_ms: f64,
@@ -653,7 +654,8 @@ async fn kill_leaders(
 ) -> anyhow::Result<Vec<Kill>> {
     let mut kills = Vec::new();
     for k in 1..=args.kill_leader {
-        let (leader, epoch) = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
+        let agreed = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
+        let (leader, epoch) = (agreed.leader, agreed.epoch);
         let before = progress.load(Ordering::Relaxed);
         tokio::time::sleep(args.settle).await;
         if progress.load(Ordering::Relaxed) == before {
@@ -675,11 +677,14 @@ async fn kill_leaders(
             }
             tokio::time::sleep(RESUME_POLL_INTERVAL).await;
         };
-        let (new_leader, elected_at) = ensemble
+        let elected = ensemble
             .wait_leader_after(epoch, ENSEMBLE_READY_TIMEOUT)
             .await?;
+        let new_leader = elected.leader;
+        let elected_at = UNIX_EPOCH + Duration::from_millis(elected.since_unix_ms);
         let elected_ms = elected_at
-            .and_then(|at| at.duration_since(killed_wall).ok())
+            .duration_since(killed_wall)
+            .ok()
             .map(|d| d.as_secs_f64() * 1000.0);
         ensemble.restart(leader)?;
         let restarted = Instant::now();

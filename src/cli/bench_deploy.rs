@@ -9,11 +9,11 @@
 //! Then it removes the service and measures until no instance runs any more. The cluster is
 //! stopped at the end, also on error, Ctrl-C and SIGTERM.
 
-use super::local::{LocalCluster, LocalConfig, Signals, get_state};
 use super::{Context, Output};
 use anyhow::{Context as _, bail};
 use drover_coord::client::{Client, ClientOptions};
 use drover_coord::op::{CreateMode, ErrorCode};
+use drover_devcluster::local::{AGENTS_MAX, LocalCluster, LocalConfig, Signals, get_state};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ pub struct DeployBenchArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub instances: u32,
     /// Agents of the bench's cluster.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=i64::from(super::local::AGENTS_MAX)))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=i64::from(AGENTS_MAX)))]
     pub agents: u32,
     /// What each instance runs (under `sh -c`).
     #[arg(long, default_value = "sleep 600")]
@@ -71,7 +71,7 @@ const BASE_PORT_ATTEMPTS: u32 = 50;
 /// Lowest base port picked at random.
 const BASE_PORT_LOW: u16 = 10_000;
 /// Ports a picked range must have free above the base (the cluster uses base..base+40+agents).
-const BASE_PORT_SPAN: u16 = 40 + super::local::AGENTS_MAX as u16;
+const BASE_PORT_SPAN: u16 = 40 + AGENTS_MAX as u16;
 
 /// What one deploy took, in ms from the spec write.
 #[derive(Default)]
@@ -98,6 +98,8 @@ pub async fn bench_deploy(ctx: &Context, args: DeployBenchArgs) -> anyhow::Resul
     config.master_args = args.master_args.clone();
     config.agent_args = args.agent_args.clone();
     config.services_args = args.services_args.clone();
+    // A child that dies spoils the figures: the bench stops instead of restarting it.
+    config.restart.deaths_max = 0;
     config.base_port = match args.base_port {
         Some(p) => p,
         None => free_base_port(BASE_PORT_SPAN)?,
@@ -107,7 +109,8 @@ pub async fn bench_deploy(ctx: &Context, args: DeployBenchArgs) -> anyhow::Resul
     let first = config.base_port + BASE_PORT_SPAN;
     config.task_ports = (first, first.saturating_add(args.agents as u16 * 10));
     let mut signals = Signals::new()?;
-    let mut cluster = LocalCluster::start(config)?;
+    let mut cluster =
+        LocalCluster::start(config, Box::new(|line| eprintln!("drover bench: {line}")))?;
     let measured = tokio::select! {
         m = measure(&mut cluster, &args, &spec) => m,
         _ = signals.recv() => Err(anyhow::anyhow!("interrupted")),
@@ -238,7 +241,7 @@ async fn deploy_and_remove(
             );
         }
         tokio::select! {
-            e = cluster.wait_exit() => return Err(e),
+            e = cluster.supervise() => return Err(e),
             _ = tokio::time::sleep(args.poll_interval) => {}
         }
     }
@@ -257,7 +260,7 @@ async fn deploy_and_remove(
             bail!("the service's tasks still run {:?} after rm", args.timeout);
         }
         tokio::select! {
-            e = cluster.wait_exit() => return Err(e),
+            e = cluster.supervise() => return Err(e),
             _ = tokio::time::sleep(args.poll_interval) => {}
         }
     }

@@ -9,6 +9,7 @@
 
 use super::Context;
 use anyhow::{Context as _, bail};
+use drover_devcluster::process::{self, Guard, Spawn};
 use drover_proto::v1;
 use drover_proto::v1::agent_api_client::AgentApiClient;
 use drover_proto::v1::operator_client::OperatorClient;
@@ -16,7 +17,6 @@ use drover_sdk::{Event, Filters, Framework, OfferId, Resources, TaskInfo, TaskSp
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -231,33 +231,17 @@ async fn sim_agent(
 }
 
 /// A child process killed (with its group) on drop.
-struct Child(tokio::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-fn spawn(args: &[String], log: &std::path::Path) -> anyhow::Result<Child> {
+/// Starts `drover ARGS` with its output in `log`; killed with its process group when dropped.
+fn spawn(args: &[String], log: &std::path::Path) -> anyhow::Result<Guard> {
     let exe = std::env::current_exe().context("cannot find the drover executable")?;
-    let file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    let child = tokio::process::Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a drover process")?;
-    Ok(Child(child))
+    let child = process::spawn(Spawn {
+        exe: &exe,
+        args: args.iter().map(Into::into).collect(),
+        log,
+        log_filter: "info",
+        die_with_parent: true,
+    })?;
+    Ok(Guard(child))
 }
 
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -593,7 +577,7 @@ pub async fn bench_scheduler(ctx: &Context, args: SchedulerBenchArgs) -> anyhow:
         .get_metrics(v1::GetMetricsRequest {})
         .await?
         .into_inner();
-    let rss = master.as_ref().and_then(|m| m.0.id()).and_then(rss_kib);
+    let rss = master.as_ref().map(|m| m.0.id()).and_then(rss_kib);
     let h = shared
         .offer_to_launch_us
         .lock()

@@ -8,7 +8,6 @@ pub mod bench_disk;
 pub mod bench_scheduler;
 pub mod cluster;
 pub mod coord;
-pub mod ensemble;
 pub mod framework;
 pub mod local;
 pub mod logs;

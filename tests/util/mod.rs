@@ -36,22 +36,16 @@ impl Proc {
 
     /// Like `spawn`, for another program (an example framework built next to `drover`).
     pub fn spawn_program(name: &str, program: &Path, args: &[&str], log_dir: &Path) -> Proc {
-        use std::os::unix::process::CommandExt;
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .process_group(0)
-            .spawn()
-            .expect("spawn drover");
+        // A test thread may end before its processes should: no death signal tied to it.
+        let child = drover_devcluster::process::spawn(drover_devcluster::process::Spawn {
+            exe: program,
+            args: args.iter().map(Into::into).collect(),
+            log: &log,
+            log_filter: "info",
+            die_with_parent: false,
+        })
+        .expect("spawn drover");
         Proc {
             name: name.to_string(),
             child: Some(child),
@@ -66,9 +60,7 @@ impl Proc {
     /// SIGKILL to the whole process group, then reap.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
+            drover_devcluster::process::kill_group(&mut child);
         }
     }
 
@@ -189,59 +181,6 @@ pub fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// The value of `key=value` in a tracing log line, up to the next space.
-pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[start..].split_whitespace().next()
-}
-
-/// What a master's log says about its place in the ZAB ensemble, as of its last line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ZabRole {
-    Leading {
-        epoch: u64,
-    },
-    Following {
-        leader: u32,
-        epoch: u64,
-    },
-    /// Looking for a leader, or not yet in the ensemble.
-    NotServing,
-}
-
-/// The role of the current run of a master, read from its log text (ANSI stripped): the last
-/// `coord role changed` line since the last `master serving` line, with the epoch (and leader)
-/// of the last `leading`/`following` line of the ZAB peer.
-pub fn zab_role(log: &str) -> ZabRole {
-    let run = match log.rfind("master serving") {
-        Some(at) => &log[at..],
-        None => return ZabRole::NotServing,
-    };
-    let role = run
-        .lines()
-        .rev()
-        .find(|l| l.contains("coord role changed"))
-        .and_then(|l| log_field(l, "role"));
-    let zab = run.lines().rev().find(|l| {
-        l.contains("drover_coord::zab: leading ") || l.contains("drover_coord::zab: following ")
-    });
-    let epoch = zab
-        .and_then(|l| log_field(l, "epoch"))
-        .and_then(|e| e.parse().ok());
-    match (role, zab, epoch) {
-        (Some("Leading"), Some(l), Some(epoch)) if l.contains("zab: leading ") => {
-            ZabRole::Leading { epoch }
-        }
-        (Some("Following"), Some(l), Some(epoch)) if l.contains("zab: following ") => {
-            match log_field(l, "leader").and_then(|p| p.parse().ok()) {
-                Some(leader) => ZabRole::Following { leader, epoch },
-                None => ZabRole::NotServing,
-            }
-        }
-        _ => ZabRole::NotServing,
-    }
 }
 
 /// Flags that make a loopback ensemble elect quickly. A killed master is noticed at once by its
@@ -432,34 +371,44 @@ impl Ensemble {
         strip_ansi(&std::fs::read_to_string(log).unwrap_or_default())
     }
 
-    /// Waits until the running masters agree, by their logs: one leads an epoch and every other
-    /// running master follows it in that epoch. Returns `(leader, epoch)`.
+    /// Waits until the running masters agree, by their own `Cluster.Status`: one leads an epoch
+    /// and every other running master follows it in that epoch. Returns `(leader, epoch)`.
     pub fn wait_stable(&self, timeout: Duration) -> (u32, u64) {
         wait_for("the running masters to agree on a leader", timeout, || {
             self.stable()
         })
     }
 
-    /// `(leader, epoch)` if the running masters agree right now, by their logs.
+    /// `(leader, epoch)` if the running masters agree right now, by their `Cluster.Status`.
     pub fn stable(&self) -> Option<(u32, u64)> {
-        let roles: Vec<(u32, ZabRole)> = self
+        let addrs: Vec<String> = self
             .ids()
             .filter(|&id| self.is_running(id))
-            .map(|id| (id, zab_role(&self.log(id))))
+            .map(|id| self.addr(id))
             .collect();
-        let mut leaders = roles.iter().filter_map(|&(id, r)| match r {
-            ZabRole::Leading { epoch } => Some((id, epoch)),
-            _ => None,
-        });
-        let (leader, epoch) = leaders.next()?;
-        if leaders.next().is_some() {
-            return None;
-        }
-        roles
-            .iter()
-            .all(|&(id, r)| id == leader || r == ZabRole::Following { leader, epoch })
-            .then_some((leader, epoch))
+        let answers = master_statuses(&addrs);
+        drover_devcluster::roles::agreement(&answers, addrs.len(), false)
+            .map(|a| (a.leader, u64::from(a.epoch)))
     }
+}
+
+/// Every address's own `Cluster.Status` (or why it did not answer), asked on a thread of its
+/// own so that sync and async tests alike may call it.
+pub fn master_statuses(addrs: &[String]) -> Vec<drover_devcluster::roles::Answer> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(drover_devcluster::roles::ask_all(
+                    addrs,
+                    Duration::from_millis(500),
+                ))
+        })
+        .join()
+        .expect("status thread")
+    })
 }
 
 /// Stops every task supervisor (and task) started under `dir`: supervisors are detached from
@@ -468,35 +417,18 @@ impl Ensemble {
 /// for whatever is left after a few seconds; a task is recognised by its working directory (its
 /// sandbox) under `dir`.
 pub fn stop_processes_under(dir: &Path) {
+    use drover_devcluster::process::processes_under;
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let dir_str = dir.to_string_lossy().to_string();
-    let under = |pid: i32| -> bool {
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let cwd = std::fs::read_link(proc_dir.join("cwd")).unwrap_or_default();
-        cmdline.contains(&dir_str) || cwd.starts_with(&dir)
-    };
-    let pids = || -> Vec<i32> {
-        let me = std::process::id() as i32;
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-            .filter(|&pid| pid != me && under(pid))
-            .collect()
-    };
-    for pid in pids() {
+    let dirs = [dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
+    for pid in processes_under(&dirs, &[]) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && !pids().is_empty() {
+    while Instant::now() < deadline && !processes_under(&dirs, &[]).is_empty() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for pid in pids() {
+    for pid in processes_under(&dirs, &[]) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
