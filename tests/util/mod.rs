@@ -64,6 +64,14 @@ impl Proc {
         }
     }
 
+    /// Whether the process has exited (it is reaped then).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => false,
+            Some(Ok(Some(_))) | Some(Err(_)) | None => true,
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -227,27 +235,6 @@ pub fn free_port_outside_ephemeral() -> u16 {
     free_port()
 }
 
-/// How a master's latest run started, by its log, given how many runs had logged that they
-/// serve and that they could not bind before it: `Ok` once it serves, `Err` if it could not bind
-/// its port.
-fn master_started(log: &str, before: (usize, usize)) -> Option<Result<(), ()>> {
-    if log.matches("master serving").count() > before.0 {
-        Some(Ok(()))
-    } else if log.matches("cannot listen on").count() > before.1 {
-        Some(Err(()))
-    } else {
-        None
-    }
-}
-
-/// The counts `master_started` compares with.
-fn master_runs(log: &str) -> (usize, usize) {
-    (
-        log.matches("master serving").count(),
-        log.matches("cannot listen on").count(),
-    )
-}
-
 /// `drover master` processes replicating coord with ZAB on loopback, each with its own free
 /// port, data dir and log (`master-<id>.log`, appended to across restarts). Master `id` is
 /// `1..=n`. Every process is killed on drop.
@@ -282,13 +269,14 @@ impl Ensemble {
             for id in 1..=n {
                 e.spawn(id);
             }
-            let started: Vec<Result<(), ()>> = e
-                .ids()
+            let ids: Vec<u32> = e.ids().collect();
+            let started: Vec<Result<(), ()>> = ids
+                .into_iter()
                 .map(|id| {
                     wait_for(
                         &format!("master {id} to start"),
                         Duration::from_secs(30),
-                        || master_started(&e.log(id), (0, 0)),
+                        || e.started(id),
                     )
                 })
                 .collect();
@@ -350,12 +338,11 @@ impl Ensemble {
             &format!("master {id} to start again"),
             Duration::from_secs(30),
             || {
-                let before = master_runs(&self.log(id));
                 self.spawn(id);
                 let started = wait_for(
                     &format!("master {id} to start"),
                     Duration::from_secs(30),
-                    || master_started(&self.log(id), before),
+                    || self.started(id),
                 );
                 if started.is_err() {
                     self.kill9(id);
@@ -363,6 +350,19 @@ impl Ensemble {
                 started.ok()
             },
         );
+    }
+
+    /// How master `id`'s latest run started: `Ok` once it answers `Cluster.Status`, `Err` if it
+    /// exited (its port was taken: a master that cannot listen exits), None while neither.
+    fn started(&mut self, id: u32) -> Option<Result<(), ()>> {
+        let exited = self.masters[id as usize - 1]
+            .as_mut()
+            .is_none_or(Proc::exited);
+        if exited {
+            return Some(Err(()));
+        }
+        let answers = master_statuses(&[self.addr(id)]);
+        answers[0].1.is_ok().then_some(Ok(()))
     }
 
     /// The log of master `id` so far, without colour codes.
