@@ -27,12 +27,12 @@ use tokio::time::Instant;
 use super::coord::{cli_error, ensure_node};
 use super::operator::{ConnectArgs, Operator};
 use super::render::{self, Table};
-use super::service_wait::{self, Display, StatusWake, WaitArgs, read_status, status_path};
+use super::service_wait::{self, Display, StatusWake, WaitArgs, read_status};
 use super::task;
 use super::{Context, Output};
+use services::paths;
 
 /// Parent of the specs.
-pub const SPECS_PATH: &str = "/services/specs";
 /// Longest spec file read; a spec is small, and coord refuses nodes above 1 MiB anyway.
 pub const SPEC_FILE_BYTES_MAX: u64 = 1 << 20;
 /// `scale` re-reads and retries this often when someone else changed the spec in between.
@@ -239,17 +239,13 @@ fn parse_instances(text: &str) -> anyhow::Result<u32> {
     u32::try_from(n).map_err(|_| anyhow::anyhow!("instances: {n} is out of range"))
 }
 
-fn spec_path(name: &str) -> String {
-    format!("{SPECS_PATH}/{name}")
-}
-
 fn no_service(name: &str) -> anyhow::Error {
     anyhow::anyhow!("no service named {name}")
 }
 
 /// The stored spec of `name` and the node's version; `None` when there is none.
 async fn read_stored(client: &Client, name: &str) -> anyhow::Result<Option<(ServiceSpec, i32)>> {
-    let path = spec_path(name);
+    let path = paths::spec(name);
     match client.get(&path).await {
         Ok((data, stat)) => {
             let text = std::str::from_utf8(&data)
@@ -271,11 +267,11 @@ async fn deploy(
     json: bool,
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
-    let path = spec_path(&name);
+    let path = paths::spec(&name);
     let data = spec.to_json();
     let version = spec.version();
-    ensure_node(client, "/services").await?;
-    ensure_node(client, SPECS_PATH).await?;
+    ensure_node(client, paths::ROOT).await?;
+    ensure_node(client, paths::SPECS).await?;
     let stored = match client
         .create(&path, data.clone().into_bytes(), CreateMode::Persistent)
         .await
@@ -380,7 +376,7 @@ fn plural(n: u32) -> &'static str {
 }
 
 async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
-    let mut names = match client.children(SPECS_PATH).await {
+    let mut names = match client.children(paths::SPECS).await {
         Ok(n) => n,
         Err(e) if e.code() == Some(ErrorCode::NoNode) => Vec::new(),
         Err(e) => return Err(cli_error(e)),
@@ -536,7 +532,7 @@ async fn scale(
     wait: Option<&WaitArgs>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let path = spec_path(name);
+    let path = paths::spec(name);
     let mut attempt = 0;
     let (previous, spec) = loop {
         attempt += 1;
@@ -610,7 +606,7 @@ async fn rm(
     wait: Option<RmWait>,
     json: bool,
 ) -> anyhow::Result<()> {
-    match client.delete(&spec_path(name), None).await {
+    match client.delete(&paths::spec(name), None).await {
         Ok(()) => {}
         Err(e) if e.code() == Some(ErrorCode::NoNode) => return Err(no_service(name)),
         Err(e) => return Err(cli_error(e)),
@@ -635,7 +631,7 @@ async fn rm(
     let mut wake = StatusWake::new(client, name, wait.poll).await;
     loop {
         let status_left = client
-            .exists(&status_path(name))
+            .exists(&paths::status(name))
             .await
             .map_err(cli_error)?
             .is_some();
@@ -656,7 +652,7 @@ async fn rm(
                     why.push(format!("{} task{} still run ({})", running.len(), plural(running.len() as u32), running.join(", ")));
                 }
                 if status_left {
-                    why.push(format!("{} is still there", status_path(name)));
+                    why.push(format!("{} is still there", paths::status(name)));
                 }
                 bail!(
                     "the spec of {name} is removed, but after {:?} {} (is the services framework running?)",

@@ -28,11 +28,6 @@ use tokio::time::Instant;
 
 use super::coord::cli_error;
 
-/// Where the framework publishes a service's status.
-pub fn status_path(name: &str) -> String {
-    format!("/services/status/{name}")
-}
-
 /// How long and how often `--wait` follows the status.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WaitArgs {
@@ -250,7 +245,10 @@ pub(super) struct StatusWake {
 
 impl StatusWake {
     pub(super) async fn new(client: &Client, name: &str, poll: Duration) -> StatusWake {
-        let watch = client.watch(&status_path(name), false).await.ok();
+        let watch = client
+            .watch(&services::paths::status(name), false)
+            .await
+            .ok();
         let mut poll = tokio::time::interval(poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         StatusWake { watch, poll }
@@ -277,7 +275,7 @@ impl StatusWake {
 
 /// The status of `name`, if published.
 pub async fn read_status(client: &Client, name: &str) -> anyhow::Result<Option<ServiceStatus>> {
-    let path = status_path(name);
+    let path = services::paths::status(name);
     match client.get(&path).await {
         Ok((data, _)) => {
             let text = std::str::from_utf8(&data)
@@ -348,7 +346,7 @@ pub async fn wait_at_spec(
                 let why = match &last {
                     None => format!(
                         "no status was published at {} (is the services framework running?)",
-                        status_path(name)
+                        services::paths::status(name)
                     ),
                     Some(s) if s.version != version => format!(
                         "the services framework still works on version {} (is it running?)",
