@@ -25,7 +25,7 @@ pub fn router(handle: MasterHandle) -> Router {
 fn unavailable(status: tonic::Status) -> Response {
     let leader = status
         .metadata()
-        .get(crate::driver::LEADER_METADATA)
+        .get(drover_proto::LEADER_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     (
