@@ -86,6 +86,11 @@ impl<E: std::fmt::Display> std::fmt::Display for SearchError<E> {
     }
 }
 
+/// A seed for a [`LeaderSearch`]'s jitter, different in every process and call.
+pub fn random_seed() -> u64 {
+    rand::random()
+}
+
 /// Runs `search` until an attempt succeeds (`Ok` with its value; `search.leader()` is where),
 /// an attempt says stop, or the search's total wait passes. See the module doc.
 pub async fn find_leader<T, E, F, Fut>(

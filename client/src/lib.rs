@@ -16,7 +16,7 @@ pub mod redirect;
 pub mod search;
 pub mod transport;
 
-pub use driver::{Answer, Outcome, SearchError, find_leader};
+pub use driver::{Answer, Outcome, SearchError, find_leader, random_seed};
 pub use endpoints::{Endpoints, EndpointsError, validate_addr};
 pub use redirect::{LEADER_METADATA_KEY, Redirect, leader_hint, redirect};
 pub use search::{

@@ -213,6 +213,12 @@ impl LeaderSearch {
         self.preferred = Some(addr);
     }
 
+    /// Changes the total wait of the searches from now on (e.g. a bounded first connect, then
+    /// unbounded reconnects).
+    pub fn set_total_wait(&mut self, total_wait: Option<Duration>) {
+        self.total_wait = total_wait;
+    }
+
     /// How long one search may take; `None`: until found.
     pub fn total_wait(&self) -> Option<Duration> {
         self.total_wait
