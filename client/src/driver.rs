@@ -3,7 +3,7 @@
 //! agent attaches and registers, the CLI makes its operator call).
 //!
 //! Duties, in order, for each step the search returns:
-//! 1. `Wait`: sleep it (the search already bounded and jittered it).
+//! 1. `Wait`: log it at `info` and sleep it (the search already bounded and jittered it).
 //! 2. `Try(addr)`: connect through [`Transport::connect`] (connect timeout), then run the
 //!    attempt with the channel, bounded by [`Transport::call_timeout`]; both are also cut at the
 //!    search's total deadline, when there is one.
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout_at};
 use tonic::transport::Channel;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::search::{LeaderSearch, Step};
 use crate::transport::Transport;
@@ -116,10 +116,12 @@ where
                 });
             }
             Step::Wait(wait) => {
-                debug!(
-                    ?wait,
+                // `info`: one line per failed round (bounded by the backoff), so an operator sees
+                // why a daemon is not connected yet.
+                info!(
+                    delay_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     last_error = last_error.as_deref().unwrap_or(""),
-                    "no leading master found; backing off"
+                    "no leading master answered; retrying"
                 );
                 sleep(wait).await;
                 continue;

@@ -55,7 +55,8 @@ pub struct ConnectionOptions {
     /// How long [`FrameworkBuilder::connect`] looks for a leader before giving up. Later
     /// re-subscriptions keep trying until the master says the framework is gone.
     pub subscribe_timeout: Duration,
-    /// First wait after a full round of masters failed; doubles up to `backoff_max`.
+    /// Ceiling of the first wait after a full round of masters failed; doubles up to
+    /// `backoff_max`. Each wait is drawn between half its ceiling and the ceiling (jitter).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Heartbeat intervals without any event after which the stream counts as dead.
