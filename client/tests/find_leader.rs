@@ -64,6 +64,11 @@ async fn start(role: Role) -> (String, Arc<AtomicU32>) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
+    (addr, serve(listener, role))
+}
+
+/// Serves a fake master on `listener`; returns how often it was asked.
+fn serve(listener: tokio::net::TcpListener, role: Role) -> Arc<AtomicU32> {
     let asked = Arc::new(AtomicU32::new(0));
     let fake = Fake {
         role,
@@ -74,7 +79,7 @@ async fn start(role: Role) -> (String, Arc<AtomicU32>) {
             .add_service(OperatorServer::new(fake))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (addr, asked)
+    asked
 }
 
 fn transport() -> Transport {
@@ -155,17 +160,7 @@ async fn a_redirect_loop_is_cut_after_redirects_max_and_the_round_goes_on() {
     drop((a_listener, b_listener));
     let start_at = |addr: String, role: Role| async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("rebind");
-        let asked = Arc::new(AtomicU32::new(0));
-        let fake = Fake {
-            role,
-            asked: asked.clone(),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(OperatorServer::new(fake))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        asked
+        serve(listener, role)
     };
     let a_asked = start_at(a_addr.clone(), Role::Following(b_addr.clone())).await;
     let b_asked = start_at(b_addr.clone(), Role::Following(a_addr.clone())).await;
