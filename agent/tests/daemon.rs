@@ -531,8 +531,10 @@ async fn follows_leader_redirects_and_reregisters_after_a_failover() {
         leader: leader2.addr.clone(),
     });
     let mut s = Status::unavailable("lost leadership");
-    s.metadata_mut()
-        .insert("drover-leader", leader2.addr.parse().unwrap());
+    s.metadata_mut().insert(
+        drover_proto::LEADER_METADATA_KEY,
+        leader2.addr.parse().unwrap(),
+    );
     h.master.end_stream(s).await;
     let (conn, hello) = leader2.wait_hello(0).await;
     let agent_message::Message::Reregister(rr) = hello else {

@@ -1,6 +1,7 @@
 //! Connecting to the leading master and keeping the subscription alive.
 //!
-//! [`FrameworkBuilder::connect`] finds the leader (see `leader` for the rules), subscribes, and
+//! [`FrameworkBuilder::connect`] finds the leader (`drover_client`'s search rules and driver; the
+//! attempt here is one `Subscribe`), subscribes, and
 //! spawns one connection task per subscription. Its duties, in order:
 //! 1. Read the master's events, convert them at the edge (`convert`) and queue them for
 //!    [`Events`] (bounded: a slow consumer slows the reading, nothing grows).
@@ -20,13 +21,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use drover_client::{
+    Endpoints, LeaderSearch, Outcome, SearchError, SearchLimits, Transport, find_leader,
+    random_seed,
+};
 use drover_proto::MESSAGE_BYTES_MAX;
 use drover_proto::v1;
 use drover_proto::v1::scheduler_client::SchedulerClient;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::ConnectError;
@@ -35,7 +40,7 @@ use crate::events::{
     Events, WarnEvery,
 };
 use crate::ids::{AgentId, FrameworkId, OfferId};
-use crate::leader::{Backoff, LeaderSearch, Step, Verdict, classify, validate_master_addr};
+use crate::leader::{Verdict, classify, verdict};
 use crate::offers::Offer;
 use crate::tasks::TaskStatus;
 
@@ -50,13 +55,25 @@ pub struct ConnectionOptions {
     /// How long [`FrameworkBuilder::connect`] looks for a leader before giving up. Later
     /// re-subscriptions keep trying until the master says the framework is gone.
     pub subscribe_timeout: Duration,
-    /// First wait after a full round of masters failed; doubles up to `backoff_max`.
+    /// Ceiling of the first wait after a full round of masters failed; doubles up to
+    /// `backoff_max`. Each wait is drawn between half its ceiling and the ceiling (jitter).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Heartbeat intervals without any event after which the stream counts as dead.
     pub heartbeat_misses_max: u32,
     /// `drover-leader` redirects followed in a row before an attempt counts as failed.
     pub redirects_max: u32,
+}
+
+impl ConnectionOptions {
+    /// How every connection to a master is opened and bounded.
+    pub(crate) fn transport(&self) -> Transport {
+        Transport {
+            connect_timeout: self.connect_timeout,
+            call_timeout: self.call_timeout,
+            keepalive: None,
+        }
+    }
 }
 
 impl Default for ConnectionOptions {
@@ -92,7 +109,7 @@ pub struct FrameworkBuilder {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Config {
     pub(crate) info: v1::FrameworkInfo,
-    pub(crate) masters: Vec<String>,
+    pub(crate) masters: Endpoints,
     pub(crate) suppressed: bool,
     pub(crate) auto_acknowledge: bool,
     pub(crate) options: ConnectionOptions,
@@ -208,17 +225,10 @@ impl FrameworkBuilder {
         if self.role.trim().is_empty() {
             return Err(invalid("role", "empty (leave it unset for \"*\")"));
         }
-        if self.masters.is_empty() {
-            return Err(invalid("masters", "no master address given"));
-        }
-        let masters = self
-            .masters
-            .iter()
-            .map(|m| validate_master_addr(m))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| ConnectError::InvalidConfig {
+        let masters =
+            Endpoints::from_list(&self.masters).map_err(|e| ConnectError::InvalidConfig {
                 field: "masters",
-                reason,
+                reason: e.to_string(),
             })?;
         if let Some(id) = &self.framework_id
             && id.as_str().trim().is_empty()
@@ -300,34 +310,48 @@ impl FrameworkBuilder {
             auto_acknowledge,
             options,
         } = config;
-        let mut search = LeaderSearch::new(
-            masters.clone(),
-            options.redirects_max,
-            Backoff::new(options.backoff_initial, options.backoff_max),
-        );
+        // The first search is bounded by the subscribe timeout; re-subscriptions are not.
+        let limits = SearchLimits {
+            redirects_max: options.redirects_max,
+            backoff_min: options.backoff_initial,
+            backoff_max: options.backoff_max,
+            total_wait: Some(options.subscribe_timeout),
+        };
+        let mut search = LeaderSearch::new(&masters, &limits, random_seed());
         let request = v1::SubscribeRequest {
             framework: Some(info.clone()),
             suppressed,
         };
-        let started = Instant::now();
-        let deadline = started + options.subscribe_timeout;
-        let sub = match find_leader(&mut search, &request, &options, Some(deadline)).await {
+        let sub = match subscribe(&mut search, &request, &options).await {
             Ok(sub) => sub,
-            Err(SearchEnd::NotFound(message)) => {
+            Err(SearchError::Stopped {
+                addr,
+                error: Refusal::NotFound(message),
+            }) => {
                 return Err(ConnectError::FrameworkNotFound {
                     framework_id: FrameworkId(info.id.clone()),
-                    message,
+                    message: format!("{addr}: {message}"),
                 });
             }
-            Err(SearchEnd::Refused(message)) => return Err(ConnectError::Refused { message }),
-            Err(SearchEnd::Deadline(last_error)) => {
+            Err(SearchError::Stopped {
+                addr,
+                error: Refusal::Refused(message),
+            }) => {
+                return Err(ConnectError::Refused {
+                    message: format!("{addr}: {message}"),
+                });
+            }
+            Err(SearchError::GaveUp {
+                waited, last_error, ..
+            }) => {
                 return Err(ConnectError::NoLeader {
-                    masters: masters.join(","),
-                    waited: started.elapsed(),
+                    masters: masters.to_string(),
+                    waited,
                     last_error,
                 });
             }
         };
+        search.set_total_wait(None);
         let framework_id = FrameworkId(sub.subscribed.framework_id.clone());
         if framework_id.as_str().is_empty() {
             return Err(ConnectError::Refused {
@@ -457,42 +481,24 @@ impl std::fmt::Debug for Framework {
     }
 }
 
-/// A gRPC client for the master at `addr`, with the message size limits set.
+/// A scheduler client on `channel`, with the message size limits set.
+pub(crate) fn scheduler_client(channel: Channel) -> SchedulerClient<Channel> {
+    SchedulerClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+/// A scheduler client connected to the master at `addr`.
 pub(crate) async fn connect_client(
     addr: &str,
     options: &ConnectionOptions,
 ) -> Result<SchedulerClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("{addr}: bad address: {}", error_reason(&e)))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
-    let channel = timeout(options.connect_timeout, endpoint.connect())
+    let channel = options
+        .transport()
+        .connect(addr)
         .await
-        .map_err(|_| format!("{addr}: no connection within {:?}", options.connect_timeout))?
-        .map_err(|e| format!("{addr}: {}", error_reason(&e)))?;
-    Ok(SchedulerClient::new(channel)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX))
-}
-
-/// A one-phrase reason for a transport failure: the innermost I/O error where there is one
-/// ("connection refused"), else the innermost message.
-fn error_reason(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = e;
-    loop {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-                std::io::ErrorKind::TimedOut => "timed out".into(),
-                _ => io.to_string(),
-            };
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => return current.to_string(),
-        }
-    }
+        .map_err(|e| e.to_string())?;
+    Ok(scheduler_client(channel))
 }
 
 /// A live subscription: the master's `Subscribed` and the rest of its stream.
@@ -521,127 +527,64 @@ impl Subscription {
     }
 }
 
-/// How one subscribe attempt failed.
-enum Attempt {
-    Redirect(String),
-    Retry(String),
+/// Why a subscribe attempt ended the whole search.
+#[derive(Debug)]
+enum Refusal {
+    /// The master does not know the framework id.
     NotFound(String),
+    /// The master refused the subscription for good.
     Refused(String),
 }
 
-/// Why the search for a leader stopped without a subscription.
-enum SearchEnd {
-    NotFound(String),
-    Refused(String),
-    /// The deadline passed; the last attempt's error.
-    Deadline(String),
-}
-
-/// Subscribes at the leader, following the search rules, until it works, the master refuses for
-/// good, or `deadline` passes (never, if `None`).
-async fn find_leader(
+/// Subscribes at the leader, following the search rules (`drover_client::find_leader`).
+async fn subscribe(
     search: &mut LeaderSearch,
     request: &v1::SubscribeRequest,
     options: &ConnectionOptions,
-    deadline: Option<Instant>,
-) -> Result<Subscription, SearchEnd> {
-    let mut last_error = String::from("no master answered");
-    let mut attempts = 0u64;
-    loop {
-        match search.next_step() {
-            Step::Wait(wait) => {
-                if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                    return Err(SearchEnd::Deadline(last_error));
-                }
-                debug!(?wait, last_error = %last_error, "no leading master found; backing off");
-                sleep(wait).await;
-            }
-            Step::Try(addr) => {
-                let attempt = subscribe_once(&addr, request, options);
-                let result = match deadline {
-                    Some(d) => match timeout_at(d, attempt).await {
-                        Ok(result) => result,
-                        // Report the last complete attempt's error, which says more than this.
-                        Err(_) if attempts > 0 => return Err(SearchEnd::Deadline(last_error)),
-                        Err(_) => {
-                            return Err(SearchEnd::Deadline(format!(
-                                "{addr}: no answer before the deadline"
-                            )));
-                        }
-                    },
-                    None => attempt.await,
-                };
-                attempts += 1;
-                match result {
-                    Ok(sub) => {
-                        search.connected(&addr);
-                        return Ok(sub);
-                    }
-                    Err(Attempt::Redirect(leader)) => {
-                        debug!(from = %addr, to = %leader, "following the leader redirect");
-                        last_error = format!("{addr}: not leading, redirected to {leader}");
-                        search.redirected(&addr, leader);
-                    }
-                    Err(Attempt::Retry(error)) => {
-                        debug!(error = %error, "subscribe attempt failed");
-                        last_error = error;
-                        search.failed();
-                    }
-                    Err(Attempt::NotFound(message)) => return Err(SearchEnd::NotFound(message)),
-                    Err(Attempt::Refused(message)) => return Err(SearchEnd::Refused(message)),
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(SearchEnd::Deadline(last_error));
-                }
-            }
-        }
-    }
+) -> Result<Subscription, SearchError<Refusal>> {
+    find_leader(search, &options.transport(), |channel, addr| {
+        subscribe_once(channel, addr, request.clone())
+    })
+    .await
 }
 
-/// One subscribe attempt at `addr`: connect, call `Subscribe`, wait for `Subscribed`.
+/// One subscribe attempt: call `Subscribe` on `channel` (to `addr`), wait for `Subscribed`. The
+/// driver bounds it by the call timeout.
 async fn subscribe_once(
-    addr: &str,
-    request: &v1::SubscribeRequest,
-    options: &ConnectionOptions,
-) -> Result<Subscription, Attempt> {
-    let mut client = connect_client(addr, options)
-        .await
-        .map_err(Attempt::Retry)?;
-    let no_answer = || {
-        Attempt::Retry(format!(
-            "{addr}: no answer within {:?}",
-            options.call_timeout
-        ))
+    channel: Channel,
+    addr: String,
+    request: v1::SubscribeRequest,
+) -> Outcome<Subscription, Refusal> {
+    let mut client = scheduler_client(channel);
+    let mut stream = match client.subscribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(&status, &addr),
     };
-    let verdict = |status: tonic::Status| match classify(&status, addr) {
-        Verdict::Redirect(leader) => Attempt::Redirect(leader),
-        Verdict::Retry(m) => Attempt::Retry(m),
-        Verdict::NotFound(m) => Attempt::NotFound(m),
-        Verdict::InvalidArgument(m) | Verdict::Refused(_, m) => Attempt::Refused(m),
+    let first = match stream.message().await {
+        Ok(first) => first,
+        Err(status) => return failed(&status, &addr),
     };
-    let mut stream = timeout(options.call_timeout, client.subscribe(request.clone()))
-        .await
-        .map_err(|_| no_answer())?
-        .map_err(verdict)?
-        .into_inner();
-    let first = timeout(options.call_timeout, stream.message())
-        .await
-        .map_err(|_| no_answer())?
-        .map_err(verdict)?;
     match first.and_then(|e| e.event) {
-        Some(v1::event::Event::Subscribed(subscribed)) => Ok(Subscription {
-            addr: addr.to_string(),
+        Some(v1::event::Event::Subscribed(subscribed)) => Outcome::Done(Subscription {
+            addr,
             client,
             stream,
             subscribed,
         }),
-        Some(v1::event::Event::Error(e)) => Err(Attempt::Refused(format!("{addr}: {}", e.message))),
-        None => Err(Attempt::Retry(format!(
-            "{addr}: the stream ended before Subscribed"
-        ))),
-        Some(_) => Err(Attempt::Retry(format!(
-            "{addr}: the first event was not Subscribed"
-        ))),
+        Some(v1::event::Event::Error(e)) => Outcome::Stop(Refusal::Refused(e.message)),
+        None => Outcome::Unreachable("the stream ended before Subscribed".into()),
+        Some(_) => Outcome::Unreachable("the first event was not Subscribed".into()),
+    }
+}
+
+/// What a failed `Subscribe` means for the search.
+fn failed(status: &tonic::Status, addr: &str) -> Outcome<Subscription, Refusal> {
+    match verdict(status, addr) {
+        Verdict::Redirect(leader) => Outcome::Redirect(leader),
+        Verdict::Retry(m) if status.code() == tonic::Code::Unavailable => Outcome::NotLeading(m),
+        Verdict::Retry(m) => Outcome::Unreachable(m),
+        Verdict::NotFound(m) => Outcome::Stop(Refusal::NotFound(m)),
+        Verdict::InvalidArgument(m) | Verdict::Refused(_, m) => Outcome::Stop(Refusal::Refused(m)),
     }
 }
 
@@ -718,7 +661,7 @@ impl Driver {
         };
         let options = self.framework.inner.options.clone();
         let found = tokio::select! {
-            found = find_leader(&mut self.search, &request, &options, None) => found,
+            found = subscribe(&mut self.search, &request, &options) => found,
             _ = self.events.closed() => return None,
         };
         let error = match found {
@@ -731,11 +674,19 @@ impl Driver {
                 "{}: re-subscribed as framework {} but was given {}",
                 sub.addr, self.info.id, sub.subscribed.framework_id
             ),
-            Err(SearchEnd::NotFound(message)) => format!(
-                "framework {} is not known to the master any more (torn down?): {message}",
+            Err(SearchError::Stopped {
+                addr,
+                error: Refusal::NotFound(message),
+            }) => format!(
+                "framework {} is not known to the master any more (torn down?): {addr}: {message}",
                 self.info.id
             ),
-            Err(SearchEnd::Refused(message) | SearchEnd::Deadline(message)) => message,
+            Err(SearchError::Stopped {
+                addr,
+                error: Refusal::Refused(message),
+            }) => format!("{addr}: {message}"),
+            // Re-subscriptions have no total wait, so this is not expected; say what happened.
+            Err(SearchError::GaveUp { last_error, .. }) => last_error,
         };
         warn!(error = %error, "cannot re-subscribe");
         self.emit(Event::Error(error)).await;
@@ -890,7 +841,7 @@ mod tests {
             .config()
             .expect("valid");
         assert_eq!(
-            config.masters,
+            config.masters.as_slice(),
             ["127.0.0.1:5050", "127.0.0.1:5060", "node:7"]
         );
         assert_eq!(config.info.role, "*");

@@ -6,8 +6,8 @@
 //! `convert` sees wire types; everything else speaks the SDK's own types. Start at
 //! [`Framework::builder`] and [`Event`], then [`place`], [`TaskSpec`] and [`Resources`].
 //!
-//! Modules: `connection` (builder, leader search driver, re-subscription), `leader` (the pure
-//! redirect/backoff rules), `events` (the stream), `calls` (launch, decline, ...), `convert`
+//! Modules: `connection` (builder, subscribe attempts, re-subscription; the leader search
+//! rules and driver are `drover-client`'s), `leader` (what a master's failed answer means), `events` (the stream), `calls` (launch, decline, ...), `convert`
 //! (proto ↔ SDK), `tasks`, `offers`, `placement`, `resources`.
 //!
 //! ```no_run
@@ -83,13 +83,14 @@ pub use drover_types::resources;
 pub use calls::{Filters, ReconcileTask};
 pub use connection::{ConnectionOptions, Framework, FrameworkBuilder};
 pub use convert::ConvertError;
+/// The metadata key naming the leader, and the master address list, from `drover-client`.
+pub use drover_client::{Endpoints, EndpointsError, LEADER_METADATA_KEY};
 pub use error::{CallError, ConnectError};
 pub use events::{
     ACKNOWLEDGEMENTS_IN_FLIGHT_MAX, ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event,
     Events,
 };
 pub use ids::{AgentId, FrameworkId, OfferId, TaskId};
-pub use leader::LEADER_METADATA_KEY;
 pub use offers::{Offer, TaskRequest};
 pub use placement::{ExistingInstance, Launch, Placement, PlacementPlan, Strategy, Unfit, place};
 pub use resources::{MILLICPUS_PER_CPU, PortRanges, Resources, ResourcesError, format_mem};

@@ -51,8 +51,6 @@ pub const INBOX_CAP: usize = 8192;
 pub const FRAMEWORK_QUEUE_CAP: usize = 65_536;
 /// Messages queued for one agent before it counts as too slow and its link is closed.
 pub const AGENT_QUEUE_CAP: usize = 1024;
-/// The metadata key that names the leading master.
-pub const LEADER_METADATA: &str = "drover-leader";
 
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
@@ -245,7 +243,9 @@ fn redirect(message: &str, leader: Option<String>) -> Status {
     if let Some(l) = leader
         && let Ok(v) = l.parse()
     {
-        status.metadata_mut().insert(LEADER_METADATA, v);
+        status
+            .metadata_mut()
+            .insert(drover_proto::LEADER_METADATA_KEY, v);
     }
     status
 }

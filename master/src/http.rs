@@ -67,7 +67,7 @@ async fn masters(State(cluster): State<ClusterService>) -> Response {
 fn unavailable(status: tonic::Status) -> Response {
     let leader = status
         .metadata()
-        .get(crate::driver::LEADER_METADATA)
+        .get(drover_proto::LEADER_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     (

@@ -10,3 +10,8 @@ pub mod v1 {
 /// Largest gRPC message any Drover endpoint decodes or encodes: a 1 MiB znode plus framing and a
 /// `multi` of several such ops stays under it.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The response metadata key in which a master that does not lead names the leader
+/// (`HOST:PORT`) on its `UNAVAILABLE` answers. Part of the wire contract: the master sets it and
+/// every client (`drover-client`) reads it; defined here once.
+pub const LEADER_METADATA_KEY: &str = "drover-leader";

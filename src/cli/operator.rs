@@ -1,13 +1,15 @@
 //! The user commands' way to the leading master's Operator API.
 //!
-//! The rules are the SDK's (`drover_sdk`'s leader search), for a short-lived command:
+//! The rules are `drover_client`'s leader search (shared with the SDK and the agent), for a
+//! short-lived command:
 //! 1. The `--masters` addresses are tried in turn. A master that does not lead answers
 //!    `UNAVAILABLE` with the leader's `HOST:PORT` in `drover-leader`; that address is tried next,
-//!    at once, at most `REDIRECTS_MAX` times in a row (two masters with stale views cannot bounce
-//!    a command for ever).
-//! 2. After a round in which nobody answered as leader, wait (`--retry-backoff-min-ms`, doubling
-//!    up to `--retry-backoff-max-ms`) and try again, until `--leader-wait-ms` has passed since the
-//!    command started. Then fail with one line saying what each master answered.
+//!    at once, at most `REDIRECTS_MAX_DEFAULT` times in a row (two masters with stale views cannot
+//!    bounce a command for ever).
+//! 2. After a round in which nobody answered as leader, wait (jittered below a ceiling that
+//!    starts at `--retry-backoff-min-ms` and doubles up to `--retry-backoff-max-ms`) and try
+//!    again. The whole search, attempts included, ends by `--leader-wait-ms` after the call
+//!    started; then it fails with one line saying what each master answered.
 //! 3. Every connection attempt and every call has its own deadline (`--connect-timeout-ms`,
 //!    `--request-timeout-ms`).
 //!
@@ -17,18 +19,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
+use drover_client::{
+    Answer, Endpoints, EndpointsError, LeaderSearch, Outcome, REDIRECTS_MAX_DEFAULT, SearchError,
+    SearchLimits, Transport, find_leader, leader_hint, random_seed, validate_addr,
+};
 use drover_proto::v1;
 use drover_proto::v1::operator_client::OperatorClient;
-use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::Context;
-
-/// The response metadata key in which a non-leading master names the leader.
-pub const LEADER_METADATA_KEY: &str = "drover-leader";
-
-/// Redirects followed in a row before the attempt counts as failed.
-pub const REDIRECTS_MAX: u32 = 3;
 
 /// How a user command reaches the leading master. Flattened into every command that asks it.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,7 +39,7 @@ pub struct ConnectArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
     /// How long to keep looking for the leading master (while none leads, e.g. during a
-    /// failover) before giving up.
+    /// failover) before giving up; bounds the attempts too.
     #[arg(long, default_value_t = 5_000)]
     pub leader_wait_ms: u64,
     /// First wait after a round of masters found no leader (doubles up to the max).
@@ -86,24 +85,19 @@ impl MasterAnswer {
 
 /// A connection to the Operator API of whichever master leads.
 pub struct Operator {
-    masters: Vec<String>,
-    args: ConnectArgs,
-    /// One lazily connected channel per address seen (configured masters and redirect targets).
-    channels: BTreeMap<String, Channel>,
-    /// The master that answered last as leader: tried first by the next call.
-    leader: Option<String>,
+    transport: Transport,
+    /// Remembers the last leader (tried first by the next call) between calls.
+    search: LeaderSearch,
 }
 
 impl Operator {
-    /// Checks `--masters`; connects nothing yet.
+    /// Checks `--masters` and the connection flags; connects nothing yet.
     pub fn new(ctx: &Context, args: &ConnectArgs) -> anyhow::Result<Operator> {
-        let masters = ctx.master_addrs();
-        if masters.is_empty() {
-            bail!("--masters is empty; give at least one host:port");
-        }
-        for m in &masters {
-            check_addr(m).map_err(|e| anyhow::anyhow!("--masters: {e}"))?;
-        }
+        let masters = match Endpoints::parse(&ctx.masters) {
+            Ok(m) => m,
+            Err(EndpointsError::Empty) => bail!("--masters is empty; give at least one host:port"),
+            Err(e) => bail!("--masters: {e}"),
+        };
         if args.retry_backoff_min_ms > args.retry_backoff_max_ms {
             bail!(
                 "--retry-backoff-min-ms ({}) is greater than --retry-backoff-max-ms ({})",
@@ -111,11 +105,23 @@ impl Operator {
                 args.retry_backoff_max_ms
             );
         }
+        if args.leader_wait_ms == 0 {
+            bail!("--leader-wait-ms must be more than 0");
+        }
+        let limits = SearchLimits {
+            redirects_max: REDIRECTS_MAX_DEFAULT,
+            backoff_min: Duration::from_millis(args.retry_backoff_min_ms),
+            backoff_max: Duration::from_millis(args.retry_backoff_max_ms),
+            total_wait: Some(Duration::from_millis(args.leader_wait_ms)),
+        };
+        let transport = Transport {
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            call_timeout: Duration::from_millis(args.request_timeout_ms),
+            keepalive: None,
+        };
         Ok(Operator {
-            masters,
-            args: args.clone(),
-            channels: BTreeMap::new(),
-            leader: None,
+            search: LeaderSearch::new(&masters, &limits, random_seed()),
+            transport,
         })
     }
 
@@ -127,7 +133,7 @@ impl Operator {
 
     /// The address of the master that answered the last call as leader.
     pub fn leader(&self) -> Option<&str> {
-        self.leader.as_deref()
+        self.search.leader()
     }
 
     /// Runs `rpc` on the leading master, following redirects and waiting (bounded) while none
@@ -137,117 +143,69 @@ impl Operator {
         F: FnMut(OperatorClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + Duration::from_millis(self.args.leader_wait_ms);
-        let mut backoff = Duration::from_millis(self.args.retry_backoff_min_ms);
-        let backoff_max = Duration::from_millis(self.args.retry_backoff_max_ms);
-        // What each address answered last, for the final error.
-        let mut answers: BTreeMap<String, MasterAnswer> = BTreeMap::new();
-        loop {
-            let mut round: Vec<String> = Vec::new();
-            if let Some(l) = self.leader.take() {
-                round.push(l);
-            }
-            round.extend(self.masters.iter().cloned());
-            let mut i = 0;
-            let mut redirects = 0u32;
-            while i < round.len() {
-                let addr = round[i].clone();
-                i += 1;
-                let client = self.client(&addr)?;
-                let timeout = Duration::from_millis(self.args.request_timeout_ms);
-                let result = match tokio::time::timeout(timeout, rpc(client)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                        "no answer within {timeout:?}"
-                    ))),
-                };
-                match result {
-                    Ok(response) => {
-                        self.leader = Some(addr);
-                        return Ok(response.into_inner());
-                    }
-                    Err(status) => {
-                        let answer = classify(&status);
-                        if let MasterAnswer::Following { leader } = &answer
-                            && *leader != addr
-                            && redirects < REDIRECTS_MAX
-                        {
-                            redirects += 1;
-                            // Tried next, at once.
-                            round.insert(i, leader.clone());
-                        } else if matches!(answer, MasterAnswer::Unreachable { .. })
-                            && is_refusal(&status)
-                        {
-                            // A leader that refuses the request itself: asking elsewhere or
-                            // later will not help.
-                            bail!("{addr}: {}", status_text(&status));
-                        }
-                        answers.insert(addr, answer);
-                    }
+        let found = find_leader(&mut self.search, &self.transport, |channel, addr| {
+            let call = rpc(operator_client(channel));
+            async move {
+                match call.await {
+                    Ok(response) => Outcome::Done(response.into_inner()),
+                    Err(status) => outcome(&status, &addr),
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!("{}", no_leader_error(&answers));
+        })
+        .await;
+        match found {
+            Ok(value) => Ok(value),
+            Err(SearchError::Stopped { addr, error }) => bail!("{addr}: {error}"),
+            Err(SearchError::GaveUp { answers, .. }) if !answers.is_empty() => {
+                let answers = answers
+                    .into_iter()
+                    .map(|(addr, a)| (addr, MasterAnswer::from(a)))
+                    .collect();
+                bail!("{}", no_leader_error(&answers))
             }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(backoff_max);
+            Err(SearchError::GaveUp { last_error, .. }) => {
+                bail!("cannot reach any master ({last_error})")
+            }
         }
-    }
-
-    fn client(&mut self, addr: &str) -> anyhow::Result<OperatorClient<Channel>> {
-        let channel = match self.channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| anyhow::anyhow!("{addr:?} is not a master address: {e}"))?
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_millis(self.args.connect_timeout_ms))
-                    .connect_lazy();
-                self.channels.insert(addr.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(OperatorClient::new(channel)
-            .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX))
     }
 }
 
-/// Checks a master address is `HOST:PORT` (IPv6 hosts in brackets).
-fn check_addr(addr: &str) -> Result<(), String> {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} is not HOST:PORT (no port)"));
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("{addr:?} is not HOST:PORT (bad host)"));
+/// An Operator API client on `channel`, with the message size limits set.
+fn operator_client(channel: Channel) -> OperatorClient<Channel> {
+    OperatorClient::new(channel)
+        .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+}
+
+impl From<Answer> for MasterAnswer {
+    fn from(answer: Answer) -> MasterAnswer {
+        match answer {
+            Answer::Redirected { leader } => MasterAnswer::Following { leader },
+            Answer::NotLeading(message) => MasterAnswer::NoLeader { message },
+            Answer::Unreachable(error) => MasterAnswer::Unreachable { error },
+        }
     }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!(
-            "{addr:?} is not HOST:PORT (write IPv6 hosts in brackets)"
-        ));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!(
-            "{addr:?} is not HOST:PORT ({port:?} is not a port 1..=65535)"
-        )),
+}
+
+/// What a failed call at `addr` means for the leader search.
+fn outcome<T>(status: &tonic::Status, addr: &str) -> Outcome<T, String> {
+    match classify(status) {
+        MasterAnswer::Following { leader } if leader != addr => Outcome::Redirect(leader),
+        MasterAnswer::Following { leader } => {
+            Outcome::NotLeading(format!("names itself ({leader}) as leader"))
+        }
+        MasterAnswer::NoLeader { message } => Outcome::NotLeading(message),
+        // A leader that refuses the request itself: asking elsewhere or later will not help.
+        MasterAnswer::Unreachable { error } if is_refusal(status) => Outcome::Stop(error),
+        MasterAnswer::Unreachable { error } => Outcome::Unreachable(error),
     }
 }
 
 /// What a failed call says about the master that answered it.
 fn classify(status: &tonic::Status) -> MasterAnswer {
     if status.code() == tonic::Code::Unavailable {
-        let leader = status
-            .metadata()
-            .get(LEADER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && check_addr(v).is_ok());
-        if let Some(leader) = leader {
-            return MasterAnswer::Following {
-                leader: leader.to_string(),
-            };
+        if let Some(leader) = leader_hint(status).and_then(|l| validate_addr(&l).ok()) {
+            return MasterAnswer::Following { leader };
         }
         // A master's own refusal says so in its message; a transport failure has no metadata and
         // a source error.
@@ -328,6 +286,7 @@ fn no_leader_error(answers: &BTreeMap<String, MasterAnswer>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_client::LEADER_METADATA_KEY;
 
     fn unavailable_with_leader(leader: &str) -> tonic::Status {
         let mut s = tonic::Status::unavailable("not leading");
@@ -362,13 +321,32 @@ mod tests {
     }
 
     #[test]
-    fn master_addresses_must_be_host_port() {
-        assert!(check_addr("127.0.0.1:5050").is_ok());
-        assert!(check_addr("[::1]:5050").is_ok());
-        assert!(check_addr("localhost").is_err());
-        assert!(check_addr(":5050").is_err());
-        assert!(check_addr("h:0").is_err());
-        assert!(check_addr("::1:5050").is_err());
+    fn bad_flags_are_refused_naming_the_flag() {
+        // Proves --masters is validated through Endpoints (naming the bad entry) and a zero
+        // --leader-wait-ms is refused, before anything connects.
+        let ctx = |masters: &str| Context {
+            masters: masters.into(),
+            output: super::super::Output::Human,
+        };
+        let err = |masters: &str, args: &ConnectArgs| match Operator::new(&ctx(masters), args) {
+            Ok(_) => panic!("{masters:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        let args = ConnectArgs::default();
+        assert_eq!(
+            err(" , ", &args),
+            "--masters is empty; give at least one host:port"
+        );
+        assert_eq!(
+            err("a:1,localhost", &args),
+            "--masters: \"localhost\" is not HOST:PORT (no port)"
+        );
+        let zero = ConnectArgs {
+            leader_wait_ms: 0,
+            ..ConnectArgs::default()
+        };
+        assert_eq!(err("a:1", &zero), "--leader-wait-ms must be more than 0");
+        assert!(Operator::new(&ctx("127.0.0.1:5050,[::1]:5050"), &args).is_ok());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The agent's connection to the leading master: find it, open `AgentApi.Attach`, register.
 //!
-//! [`connect`] tries the masters in `--masters` in turn (a redirect hint first, when the last
-//! stream ended with one). A master that does not lead answers `UNAVAILABLE` with the leader's
-//! address in the `drover-leader` metadata; that address is tried next at once. When a whole round
-//! finds no leader, [`connect`] sleeps with bounded exponential backoff (with jitter, so agents do
-//! not reconnect in lockstep after a failover) and starts over. Every attempt has a deadline.
+//! [`connect`] runs `drover_client`'s leader search over `--masters` (a redirect hint first,
+//! when the last stream ended with one): a master that does not lead answers `UNAVAILABLE` with
+//! the leader's address in the `drover-leader` metadata, and that address is tried next at once;
+//! when a whole round finds no leader it sleeps with bounded, jittered exponential backoff (so
+//! agents do not reconnect in lockstep after a failover) and starts over, until it succeeds or a
+//! master refuses the agent. Every attempt has a deadline (connect, then registration).
 //!
 //! An attempt sends the latest hello (`Register` or `Reregister`, read from a `watch` channel the
 //! driver keeps current) as the first message and waits for `Registered` (success) or
@@ -12,16 +13,20 @@
 
 use std::time::Duration;
 
+use drover_client::{
+    Endpoints, EndpointsError, Keepalive, LeaderSearch, Outcome, REDIRECTS_MAX_DEFAULT, Redirect,
+    SearchError, SearchLimits, Transport, find_leader, random_seed,
+};
 use drover_proto::MESSAGE_BYTES_MAX;
 use drover_proto::v1::{self, agent_api_client::AgentApiClient, master_message};
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::sleep;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status, Streaming};
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
 
-/// Metadata key naming the leading master in a non-leader's `UNAVAILABLE` answer.
-pub const LEADER_METADATA_KEY: &str = "drover-leader";
+pub use drover_client::leader_hint;
+
 /// Messages the agent may have queued towards the master on one stream (updates, heartbeats).
 pub const OUTBOUND_MESSAGES_MAX: usize = 1024;
 
@@ -32,9 +37,10 @@ pub struct LinkConfig {
     pub masters: Vec<String>,
     /// Deadline of the TCP/HTTP2 connect of one attempt.
     pub connect_timeout: Duration,
-    /// Deadline, from the start of one attempt, for the master's answer to the hello.
+    /// Deadline, once connected, for the master's answer to the hello.
     pub registration_timeout: Duration,
-    /// First backoff after a round of attempts found no leader; doubles up to `backoff_max`.
+    /// Ceiling of the first backoff after a round of attempts found no leader; doubles up to
+    /// `backoff_max`. Each wait is jittered below its ceiling.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// HTTP/2 keepalive pings on the stream, so a dead master is noticed without traffic.
@@ -60,15 +66,8 @@ pub enum LinkError {
     /// The master refused the agent; retrying with the same id would be refused again.
     #[error("master {master} refused this agent: {message}")]
     Refused { master: String, message: String },
-    #[error("no master address to connect to")]
-    NoMasters,
-}
-
-enum Attempt {
-    Registered(Box<Link>),
-    Refused(String),
-    Redirect(String),
-    Failed(String),
+    #[error("masters: {0}")]
+    BadMasters(#[source] EndpointsError),
 }
 
 /// Connects and registers with the leading master; loops (with backoff) until it succeeds or a
@@ -79,181 +78,140 @@ pub async fn connect(
     hint: Option<String>,
     initial_delay: Duration,
 ) -> Result<Link, LinkError> {
-    if config.masters.is_empty() {
-        return Err(LinkError::NoMasters);
-    }
+    let masters = Endpoints::from_list(&config.masters).map_err(LinkError::BadMasters)?;
     if !initial_delay.is_zero() {
         sleep(initial_delay).await;
     }
-    let mut backoff = config.backoff_min;
-    let mut hint = hint;
-    loop {
-        // One round: the hint, then every configured master; redirects are followed at once but
-        // at most once per address per round, so two confused masters cannot ping-pong forever.
-        let mut queue: Vec<String> = Vec::new();
-        queue.extend(hint.take());
-        for m in &config.masters {
-            if !queue.contains(m) {
-                queue.push(m.clone());
-            }
+    let limits = SearchLimits {
+        redirects_max: REDIRECTS_MAX_DEFAULT,
+        backoff_min: config.backoff_min,
+        backoff_max: config.backoff_max,
+        total_wait: None,
+    };
+    let mut search = LeaderSearch::new(&masters, &limits, random_seed());
+    if let Some(hint) = hint {
+        search.prefer(hint);
+    }
+    let transport = Transport {
+        connect_timeout: config.connect_timeout,
+        call_timeout: config.registration_timeout,
+        keepalive: Some(Keepalive {
+            interval: config.keepalive_interval,
+            timeout: config.keepalive_timeout,
+        }),
+    };
+    let found = find_leader(&mut search, &transport, |channel, addr| {
+        let first = hello.borrow().clone();
+        attempt(channel, addr, first)
+    })
+    .await;
+    match found {
+        Ok(link) => Ok(link),
+        Err(SearchError::Stopped { addr, error }) => Err(LinkError::Refused {
+            master: addr,
+            message: error,
+        }),
+        Err(SearchError::GaveUp { .. }) => {
+            unreachable!("a search without a total wait never gives up")
         }
-        let mut tried: Vec<String> = Vec::new();
-        let mut last_failure = String::new();
-        let mut next = 0;
-        while next < queue.len() {
-            let addr = queue[next].clone();
-            next += 1;
-            if tried.contains(&addr) {
-                continue;
-            }
-            tried.push(addr.clone());
-            let first = hello.borrow().clone();
-            match attempt(&config, &addr, first).await {
-                Attempt::Registered(link) => return Ok(*link),
-                Attempt::Refused(message) => {
-                    return Err(LinkError::Refused {
-                        master: addr,
-                        message,
-                    });
-                }
-                Attempt::Redirect(leader) => {
-                    tracing::debug!(master = %addr, %leader, "not the leader, following the redirect");
-                    last_failure = format!("{addr}: redirected to {leader}");
-                    if !tried.contains(&leader) {
-                        queue.insert(next, leader);
-                    }
-                }
-                Attempt::Failed(reason) => {
-                    tracing::debug!(master = %addr, %reason, "cannot register with this master");
-                    last_failure = format!("{addr}: {reason}");
-                }
-            }
-        }
-        let delay = jittered(backoff);
-        tracing::info!(
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            last_failure = %last_failure,
-            "no leading master answered; retrying"
-        );
-        sleep(delay).await;
-        backoff = (backoff * 2).min(config.backoff_max);
     }
 }
 
-/// `d` scaled by a random factor in [0.5, 1.0].
-fn jittered(d: Duration) -> Duration {
-    let factor: f64 = rand::rng().random_range(0.5..=1.0);
-    d.mul_f64(factor)
-}
-
-async fn attempt(config: &LinkConfig, addr: &str, hello: v1::AgentMessage) -> Attempt {
-    let start = Instant::now();
-    let deadline = start + config.registration_timeout;
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e,
-        Err(e) => return Attempt::Failed(format!("bad master address {addr:?}: {e}")),
-    };
-    let endpoint = endpoint
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(config.keepalive_interval)
-        .keep_alive_timeout(config.keepalive_timeout)
-        .keep_alive_while_idle(true);
-    let channel = match timeout_at(start + config.connect_timeout, endpoint.connect()).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Attempt::Failed(format!("connect: {}", source_chain(&e))),
-        Err(_) => return Attempt::Failed("connect: timed out".into()),
-    };
+/// One attempt on a connected `channel`: attach, send `hello`, wait for `Registered`. The driver
+/// bounds it by the registration timeout.
+async fn attempt(channel: Channel, addr: String, hello: v1::AgentMessage) -> Outcome<Link, String> {
     let mut client = AgentApiClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let (out, out_rx) = mpsc::channel(OUTBOUND_MESSAGES_MAX);
     if out.try_send(hello).is_err() {
-        return Attempt::Failed("cannot queue the hello".into());
+        return Outcome::Unreachable("cannot queue the hello".into());
     }
-    let response = match timeout_at(deadline, client.attach(ReceiverStream::new(out_rx))).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(status)) => return classify(&status),
-        Err(_) => return Attempt::Failed("no answer to Attach in time".into()),
+    let mut inbound = match client.attach(ReceiverStream::new(out_rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(&status, &addr),
     };
-    let mut inbound = response.into_inner();
-    let first = match timeout_at(deadline, inbound.message()).await {
-        Ok(Ok(Some(m))) => m,
-        Ok(Ok(None)) => return Attempt::Failed("the master closed the stream".into()),
-        Ok(Err(status)) => return classify(&status),
-        Err(_) => return Attempt::Failed("no Registered in time".into()),
+    let first = match inbound.message().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Outcome::Unreachable("the master closed the stream".into()),
+        Err(status) => return failed(&status, &addr),
     };
     match first.message {
-        Some(master_message::Message::Registered(registered)) => {
-            Attempt::Registered(Box::new(Link {
-                addr: addr.to_owned(),
-                registered,
-                out,
-                inbound,
-            }))
-        }
-        Some(master_message::Message::Refused(r)) => Attempt::Refused(r.message),
-        other => Attempt::Failed(format!(
+        Some(master_message::Message::Registered(registered)) => Outcome::Done(Link {
+            addr,
+            registered,
+            out,
+            inbound,
+        }),
+        Some(master_message::Message::Refused(r)) => Outcome::Stop(r.message),
+        other => Outcome::Unreachable(format!(
             "the master answered the hello with {other:?} instead of Registered"
         )),
     }
 }
 
-fn classify(status: &Status) -> Attempt {
-    match leader_hint(status) {
-        Some(leader) => Attempt::Redirect(leader),
-        None => Attempt::Failed(format!("{:?}: {}", status.code(), status.message())),
+/// What a failed `Attach` means for the search: a redirect, or a failure to count.
+fn failed(status: &Status, addr: &str) -> Outcome<Link, String> {
+    let text = format!("{:?}: {}", status.code(), status.message());
+    match drover_client::redirect(status, addr) {
+        Redirect::To(leader) => Outcome::Redirect(leader),
+        Redirect::Unusable(why) => Outcome::NotLeading(format!("{text} ({why})")),
+        Redirect::None if status.code() == tonic::Code::Unavailable => Outcome::NotLeading(text),
+        Redirect::None => Outcome::Unreachable(text),
     }
-}
-
-/// The leader a non-leading master named in an `UNAVAILABLE` answer, if any.
-pub fn leader_hint(status: &Status) -> Option<String> {
-    if status.code() != Code::Unavailable {
-        return None;
-    }
-    let leader = status
-        .metadata()
-        .get(LEADER_METADATA_KEY)?
-        .to_str()
-        .ok()?
-        .trim();
-    (!leader.is_empty()).then(|| leader.to_owned())
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    super::runs::error_chain(e)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_client::LEADER_METADATA_KEY;
 
     #[test]
-    fn only_unavailable_with_a_leader_is_a_redirect() {
-        // Proves the redirect rule: UNAVAILABLE + non-empty drover-leader, nothing else.
-        let mut s = Status::unavailable("not leading");
-        s.metadata_mut()
-            .insert(LEADER_METADATA_KEY, "127.0.0.1:5060".parse().unwrap());
-        assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:5060"));
-        let mut empty = Status::unavailable("nobody leads");
-        empty
-            .metadata_mut()
-            .insert(LEADER_METADATA_KEY, "".parse().unwrap());
-        assert_eq!(leader_hint(&empty), None);
-        assert_eq!(leader_hint(&Status::unavailable("x")), None);
-        let mut other = Status::internal("x");
-        other
-            .metadata_mut()
-            .insert(LEADER_METADATA_KEY, "127.0.0.1:1".parse().unwrap());
-        assert_eq!(leader_hint(&other), None);
+    fn only_unavailable_naming_another_master_is_a_redirect() {
+        // Proves the agent follows UNAVAILABLE + a valid drover-leader naming another master,
+        // and counts anything else (no hint, itself, garbage, other codes) as a failure.
+        let with = |status: Status, hint: &str| {
+            let mut status = status;
+            status
+                .metadata_mut()
+                .insert(LEADER_METADATA_KEY, hint.parse().expect("ascii"));
+            status
+        };
+        let s = with(Status::unavailable("not leading"), "127.0.0.1:5060");
+        assert!(
+            matches!(failed(&s, "127.0.0.1:5050"), Outcome::Redirect(l) if l == "127.0.0.1:5060")
+        );
+        assert!(matches!(
+            failed(&s, "127.0.0.1:5060"),
+            Outcome::NotLeading(_)
+        ));
+        let garbage = with(Status::unavailable("x"), "nonsense");
+        assert!(
+            matches!(failed(&garbage, "a:1"), Outcome::NotLeading(m) if m.contains("bad leader address"))
+        );
+        let other = with(Status::internal("x"), "127.0.0.1:1");
+        assert!(matches!(failed(&other, "a:1"), Outcome::Unreachable(_)));
     }
 
-    #[test]
-    fn jitter_stays_within_half_and_full() {
-        // Proves the backoff jitter never exceeds the bound nor drops below half of it.
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000));
-        }
+    #[tokio::test]
+    async fn bad_masters_are_refused_before_any_attempt() {
+        // Proves connect names the bad --masters entry instead of searching forever.
+        let (_tx, rx) = watch::channel(v1::AgentMessage::default());
+        let config = LinkConfig {
+            masters: vec!["a:1".into(), "nohost".into()],
+            connect_timeout: Duration::from_secs(1),
+            registration_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+        };
+        let err = connect(config, rx, None, Duration::ZERO)
+            .await
+            .expect_err("bad address");
+        assert_eq!(
+            err.to_string(),
+            "masters: \"nohost\" is not HOST:PORT (no port)"
+        );
     }
 }

@@ -202,11 +202,8 @@ impl AgentConfig {
     /// Checks what flags cannot: the error names the field.
     pub fn validate(&self) -> Result<(), AgentError> {
         let bad = |field: &'static str, reason: String| Err(AgentError::Config { field, reason });
-        if self.masters.is_empty() {
-            return bad("masters", "no master address given".into());
-        }
-        if let Some(m) = self.masters.iter().find(|m| !looks_like_host_port(m)) {
-            return bad("masters", format!("{m:?} is not host:port"));
+        if let Err(e) = drover_client::Endpoints::from_list(&self.masters) {
+            return bad("masters", e.to_string());
         }
         if !looks_like_host_port(&self.listen) {
             return bad("listen", format!("{:?} is not host:port", self.listen));

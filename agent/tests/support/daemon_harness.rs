@@ -74,7 +74,7 @@ impl AgentApi for TestMaster {
             Mode::Redirect { leader } => {
                 let mut s = Status::unavailable("not the leader");
                 s.metadata_mut()
-                    .insert("drover-leader", leader.parse().unwrap());
+                    .insert(drover_proto::LEADER_METADATA_KEY, leader.parse().unwrap());
                 return Err(s);
             }
             Mode::Refuse { .. } | Mode::Lead { .. } => match &mode {

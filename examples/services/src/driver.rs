@@ -28,8 +28,8 @@ use drover_coord::client::{Client, ClientError, ClientOptions, SessionEvent};
 use drover_coord::op::{ANY_VERSION, ErrorCode};
 use drover_coord::{CreateMode, WriteOp};
 use drover_sdk::{
-    ConnectError, ConnectionOptions, Event, Events, Filters, Framework, FrameworkId, ReconcileTask,
-    TaskId,
+    ConnectError, ConnectionOptions, Endpoints, Event, Events, Filters, Framework, FrameworkId,
+    ReconcileTask, TaskId,
 };
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -46,7 +46,8 @@ pub const PROBE_RESULTS_QUEUE_CAPACITY: usize = 256;
 /// Everything `run` needs. Every interval is a flag of `drover services`.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Masters (`host:port`); they serve both the scheduler API and coord.
+    /// Masters (`host:port`, each item may be a comma list); they serve both the scheduler API
+    /// and coord.
     pub masters: Vec<String>,
     /// The framework's name.
     pub name: String,
@@ -92,9 +93,7 @@ impl Config {
 
     /// Refuses settings that cannot work, naming the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.masters.is_empty() {
-            bail!("--masters: no master address given");
-        }
+        Endpoints::from_list(&self.masters).map_err(|e| anyhow::anyhow!("--masters: {e}"))?;
         if self.name.trim().is_empty() {
             bail!("--name: empty");
         }
@@ -133,6 +132,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // One address per entry from here on (coord's client takes them so), in `Endpoints` order.
+    let mut config = config;
+    config.masters = Endpoints::from_list(&config.masters)
+        .map_err(|e| anyhow::anyhow!("--masters: {e}"))?
+        .to_vec();
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

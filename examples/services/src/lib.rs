@@ -130,15 +130,10 @@ pub struct Flags {
 }
 
 impl Flags {
-    /// The config for these flags and masters (`host:port`, each item may be a comma list).
+    /// The config for these flags and masters (`host:port,...`, as `--masters` takes them; split
+    /// and checked by the SDK's `Endpoints` when the framework runs).
     pub fn config(&self, masters: &str) -> Config {
-        let masters = masters
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(str::to_string)
-            .collect();
-        let mut config = Config::new(masters);
+        let mut config = Config::new(vec![masters.to_string()]);
         config.name = self.name.clone();
         config.role = self.role.clone();
         config.failover_timeout = self.failover_timeout;

@@ -1,0 +1,168 @@
+//! How a client reaches one master: the tonic `Endpoint` and `Channel` for an address, with the
+//! connect timeout, the per-call deadline and HTTP/2 keepalive. [`Transport::endpoint`] is the
+//! one place every master connection is built, so TLS and credentials are added there.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// HTTP/2 keepalive pings, so a dead master is noticed on an idle long-lived stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    /// A ping unanswered for this long closes the connection.
+    pub timeout: Duration,
+}
+
+/// Connection settings shared by every call to the masters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    /// Deadline of opening the TCP/HTTP2 connection to one master.
+    pub connect_timeout: Duration,
+    /// Deadline of one attempt once connected (the call, or a stream's first answer).
+    pub call_timeout: Duration,
+    /// `None`: no pings (short-lived callers).
+    pub keepalive: Option<Keepalive>,
+}
+
+/// Why a connection to one master could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("{addr}: bad address: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("{addr}: no connection within {timeout:?}")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("{addr}: {reason}")]
+    Connect { addr: String, reason: String },
+}
+
+impl TransportError {
+    /// The failure without the address, for callers that key their reports by address.
+    pub fn reason(&self) -> String {
+        match self {
+            TransportError::BadAddress { reason, .. } => format!("bad address: {reason}"),
+            TransportError::ConnectTimeout { timeout, .. } => {
+                format!("no connection within {timeout:?}")
+            }
+            TransportError::Connect { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+impl Transport {
+    /// The endpoint for the master at `addr` (`HOST:PORT`).
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, TransportError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TransportError::BadAddress {
+                addr: addr.to_string(),
+                reason: error_reason(&e),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        Ok(match self.keepalive {
+            Some(k) => endpoint
+                .http2_keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true),
+            None => endpoint,
+        })
+    }
+
+    /// Connects to `addr` within the connect timeout.
+    pub async fn connect(&self, addr: &str) -> Result<Channel, TransportError> {
+        let endpoint = self.endpoint(addr)?;
+        tokio::time::timeout(self.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
+                addr: addr.to_string(),
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|e| TransportError::Connect {
+                addr: addr.to_string(),
+                reason: error_reason(&e),
+            })
+    }
+
+    /// A channel to `addr` that connects on first use (and reconnects after a failure).
+    pub fn connect_lazy(&self, addr: &str) -> Result<Channel, TransportError> {
+        Ok(self.endpoint(addr)?.connect_lazy())
+    }
+}
+
+/// A one-phrase reason for a transport failure: the innermost I/O error where there is one
+/// ("connection refused"), else the innermost message.
+pub fn error_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut current: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                _ => io.to_string(),
+            };
+        }
+        match current.source() {
+            Some(next) => current = next,
+            None => return current.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport() -> Transport {
+        Transport {
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
+            keepalive: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so_and_names_the_address() {
+        // Proves connect fails (not hangs) on a port nobody listens on, naming address and cause.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let err = transport()
+            .connect(&addr)
+            .await
+            .expect_err("nobody listens");
+        assert_eq!(
+            err,
+            TransportError::Connect {
+                addr: addr.clone(),
+                reason: "connection refused".into()
+            }
+        );
+        assert_eq!(err.to_string(), format!("{addr}: connection refused"));
+        assert_eq!(err.reason(), "connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_listening_master_is_reached() {
+        // Proves connect succeeds against a real listener speaking HTTP/2 (a tonic server).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(incoming),
+        );
+        let mut t = transport();
+        t.keepalive = Some(Keepalive {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        });
+        t.connect(&addr).await.expect("connects");
+        server.abort();
+    }
+}
