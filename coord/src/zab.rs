@@ -51,7 +51,9 @@ pub struct ZabConfig {
     /// Committed transactions kept in memory to DIFF-sync followers; older ones need a SNAP.
     pub history_txns_max: usize,
     /// Deliberately broken: the leader commits as soon as it alone has a proposal durable. Only
-    /// for proving that the simulation's checker catches a lost acknowledged write.
+    /// for proving that the simulation's checker catches a lost acknowledged write; it exists in
+    /// test builds only, so no configuration of a real server can turn it on.
+    #[cfg(test)]
     pub broken_commit_without_quorum: bool,
 }
 
@@ -66,6 +68,7 @@ impl ZabConfig {
             sync_timeout_ms: 1_000,
             ping_interval_ms: 100,
             history_txns_max: 50_000,
+            #[cfg(test)]
             broken_commit_without_quorum: false,
         }
     }
@@ -498,6 +501,14 @@ impl ZabPeer {
     }
 
     pub fn step(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
+        self.step_input(now, input, out);
+        // Every step of a debug build proves the state still makes sense (the simulation also
+        // checks after every event); release builds skip the walk over the history.
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    fn step_input(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
         match input {
             ZabInput::Message { from, msg } => {
                 if !self.config.voters.contains(&from) || from == self.config.id {
@@ -1384,6 +1395,7 @@ impl ZabPeer {
         let Some(&candidate) = acks.get(quorum - 1) else {
             return;
         };
+        #[cfg(test)]
         let candidate = if self.config.broken_commit_without_quorum {
             durable
         } else {
@@ -1601,6 +1613,185 @@ impl ZabPeer {
                     }
                 }
             }
+        }
+    }
+
+    /// Asserts what holds between every two steps, TigerBeetle style: a failure is a bug in this
+    /// file, never bad input (inputs that break a rule are refused where they arrive). Deliberately
+    /// absent: `committed <= durable` (a follower commits what the leader says a quorum has, a
+    /// leader what a quorum of followers has, before its own fsync ends) and any bound between
+    /// the log's epochs and the recovered epochs (that is the disk's business).
+    pub fn check_invariants(&self) {
+        let me = self.config.id;
+        assert!(
+            self.accepted_epoch >= self.current_epoch,
+            "peer {me}: accepted epoch {} is behind current epoch {}",
+            self.accepted_epoch,
+            self.current_epoch
+        );
+        assert!(
+            self.history_base <= self.committed && self.committed <= self.last_logged,
+            "peer {me}: history base {} <= committed {} <= last logged {}",
+            self.history_base,
+            self.committed,
+            self.last_logged
+        );
+        assert!(
+            self.durable <= self.last_logged,
+            "peer {me}: durable {} is past last logged {}",
+            self.durable,
+            self.last_logged
+        );
+        assert_eq!(
+            self.history.back().map_or(self.history_base, |t| t.zxid),
+            self.last_logged,
+            "peer {me}: last logged is the end of the history"
+        );
+        // Prefix: the history has no gap. Each zxid follows the one before it in the same epoch,
+        // or is the first of a later epoch.
+        let mut prev = self.history_base;
+        for txn in &self.history {
+            let z = txn.zxid;
+            let follows = (z.epoch() == prev.epoch() && Some(z) == prev.next())
+                || (z.epoch() > prev.epoch() && z.counter() == 1);
+            assert!(follows, "peer {me}: history has {z} right after {prev}");
+            prev = z;
+        }
+        match &self.state {
+            State::Looking(e) => {
+                assert_eq!(e.round, self.round, "peer {me}: the election is this round");
+                assert!(
+                    e.votes.get(&me) == Some(&e.proposal),
+                    "peer {me}: votes for its own proposal"
+                );
+            }
+            State::Following(f) => {
+                assert!(
+                    f.leader != me && self.config.voters.contains(&f.leader),
+                    "peer {me}: follows another voter, not {}",
+                    f.leader
+                );
+                assert_eq!(
+                    f.epoch.is_none(),
+                    f.phase == FollowerPhase::Discovery,
+                    "peer {me}: knows the epoch exactly once past discovery"
+                );
+                if let Some(epoch) = f.epoch {
+                    // Primary uniqueness: the epoch we follow in is the one we acknowledged last,
+                    // to this leader.
+                    assert!(
+                        epoch == self.accepted_epoch && self.accepted_from == Some(f.leader),
+                        "peer {me}: follows {} in epoch {epoch}, accepted {} from {:?}",
+                        f.leader,
+                        self.accepted_epoch,
+                        self.accepted_from
+                    );
+                }
+                if f.acked_new_leader {
+                    assert!(
+                        f.ack_new_leader_at.is_none() && f.epoch == Some(self.current_epoch),
+                        "peer {me}: acknowledged NEWLEADER, so the epoch is its current one"
+                    );
+                }
+                if f.ack_new_leader_at.is_some() {
+                    assert_eq!(
+                        f.phase,
+                        FollowerPhase::Syncing,
+                        "peer {me}: NEWLEADER waits only while syncing"
+                    );
+                }
+                if f.phase == FollowerPhase::Broadcast {
+                    assert!(
+                        f.acked_new_leader,
+                        "peer {me}: broadcast only after acknowledging NEWLEADER"
+                    );
+                }
+            }
+            State::Leading(l) => self.check_leading(l),
+        }
+    }
+
+    fn check_leading(&self, l: &Leading) {
+        let me = self.config.id;
+        for (&p, v) in &l.followers {
+            assert!(
+                p != me && self.config.voters.contains(&p),
+                "leader {me}: follower {p} is another voter"
+            );
+            // Each flag implies the one of the phase before it.
+            let implies = |a: bool, b: bool| !a || b;
+            assert!(
+                implies(v.repeated_ack, v.acked_epoch)
+                    && implies(v.synced, v.acked_epoch)
+                    && implies(v.acked_new_leader, v.synced),
+                "leader {me}: follower {p} went through the phases in order: {v:?}"
+            );
+            if l.phase == LeaderPhase::Discovery {
+                assert!(
+                    !v.acked_epoch,
+                    "leader {me}: no epoch acknowledged before proposing one"
+                );
+            }
+            if l.phase == LeaderPhase::EpochAcks {
+                assert!(
+                    !v.synced,
+                    "leader {me}: no sync before a quorum took the epoch"
+                );
+            }
+        }
+        if l.phase == LeaderPhase::Discovery {
+            assert_eq!(
+                l.epoch, 0,
+                "leader {me}: no epoch before a discovery quorum"
+            );
+        } else {
+            assert!(
+                l.epoch > 0 && l.epoch == self.accepted_epoch && self.accepted_from == Some(me),
+                "leader {me}: leads in the epoch it accepted from itself ({} vs {} from {:?})",
+                l.epoch,
+                self.accepted_epoch,
+                self.accepted_from
+            );
+        }
+        if l.phase == LeaderPhase::Broadcast {
+            assert_eq!(
+                self.current_epoch, l.epoch,
+                "leader {me}: broadcasts in its current epoch"
+            );
+            assert!(
+                l.new_leader_zxid <= self.committed,
+                "leader {me}: its history up to NEWLEADER is committed"
+            );
+            let expected = if self.last_logged.epoch() == l.epoch {
+                self.last_logged.counter().checked_add(1)
+            } else {
+                Some(1)
+            };
+            assert_eq!(
+                Some(l.next_counter),
+                expected,
+                "leader {me}: the next zxid follows the last logged {}",
+                self.last_logged
+            );
+        } else {
+            assert!(
+                l.next_counter == 1 && l.pending_syncs.is_empty(),
+                "leader {me}: nothing proposed before broadcast"
+            );
+        }
+        if l.phase == LeaderPhase::Syncing {
+            assert_eq!(
+                l.new_leader_zxid, self.last_logged,
+                "leader {me}: NEWLEADER names the whole history while syncing"
+            );
+        }
+        let mut prev = Zxid::ZERO;
+        for (at, _) in &l.pending_syncs {
+            assert!(
+                prev <= *at && *at <= self.last_logged,
+                "leader {me}: pending syncs wait in zxid order for logged zxids"
+            );
+            prev = *at;
         }
     }
 }

@@ -540,6 +540,9 @@ impl Sim {
     fn check_invariants(&mut self) -> Result<(), String> {
         for (&id, peer) in &self.peers {
             let Some(r) = &peer.replica else { continue };
+            // Each replica's own invariants, after every event (debug builds also check them
+            // inside every step; this holds release-mode simulation runs to the same).
+            r.check_invariants();
             if r.zab().is_leading() {
                 let epoch = r.zab().current_epoch();
                 if let Some(&other) = self.leaders.get(&epoch)
