@@ -67,7 +67,6 @@ enum Work {
 /// these between the actions, where they happened.
 #[cfg(test)]
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // read by the interaction harness, which comes next
 pub(crate) enum Note {
     Submit(Submission),
     Commit(Txn),
@@ -139,14 +138,12 @@ impl Replica {
 
     /// Starts recording notes (see `Note`); a replica built with notes off records nothing.
     #[cfg(test)]
-    #[allow(dead_code)] // used by the interaction harness, which comes next
     pub(crate) fn record_notes(&mut self) {
         self.notes.get_or_insert_with(Vec::new);
     }
 
     /// The notes since the last call, each with the index into that step's actions it preceded.
     #[cfg(test)]
-    #[allow(dead_code)] // used by the interaction harness, which comes next
     pub(crate) fn take_notes(&mut self) -> Vec<(usize, Note)> {
         self.notes.as_mut().map(std::mem::take).unwrap_or_default()
     }
