@@ -853,8 +853,11 @@ impl Env {
                 return Ok(());
             }
         }
+        let tail: Vec<&str> = self.out.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         Err(format!(
-            "stabilize: still moving after {STABILIZE_ROUNDS_MAX} rounds"
+            "stabilize: still moving after {STABILIZE_ROUNDS_MAX} rounds; the last lines:\n{}",
+            tail.join("\n")
         ))
     }
 
@@ -1023,7 +1026,13 @@ mod tests {
         };
     }
 
-    transcripts!(basics);
+    transcripts!(
+        basics,
+        primary_uniqueness,
+        integrity_of_history,
+        prefix,
+        commit
+    );
 
     #[test]
     fn every_transcript_runs() {
