@@ -1031,7 +1031,9 @@ mod tests {
         primary_uniqueness,
         integrity_of_history,
         prefix,
-        commit
+        commit,
+        durable_acknowledgement,
+        sync_before_broadcast,
     );
 
     #[test]

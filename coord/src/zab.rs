@@ -20,6 +20,18 @@
 //!   (`prev`), so every follower's log is a prefix of the leader's; a gap means resync.
 //! - *Commit*: a transaction commits once a quorum (the leader included) has it durable; commits
 //!   go out in zxid order, and a follower applies them only up to what it has.
+//!
+//! Two more that the code above depends on, named here (not in the paper's list):
+//! - *Durable acknowledgement*: a follower acknowledges NEWLEADER and proposals only once its log
+//!   holds them durably (`Durable`), and takes the leader's epoch as its `current_epoch` only
+//!   then, so a peer claiming an epoch in an election holds that epoch's history.
+//! - *Synchronization before broadcast*: a leader takes writes only once a quorum acknowledged
+//!   NEWLEADER; a follower that joins later gets its DIFF (or SNAP + DIFF) and NEWLEADER before
+//!   any proposal, and installs a SNAP only before NEWLEADER (installing drops logged
+//!   transactions, which must never happen to acknowledged ones).
+//!
+//! Each rule has a transcript in `coord/testdata/` (see `interaction`) that shows it step by
+//! step; `check_invariants` asserts what holds between any two steps.
 
 use crate::data_tree::DataTree;
 use crate::server::{Now, Role, Submission, SubmitKind};
