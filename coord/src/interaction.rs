@@ -154,7 +154,7 @@ fn parse_zxids(s: &str) -> Result<Vec<Zxid>, String> {
     Ok(out)
 }
 
-fn z(zxid: Zxid) -> String {
+pub(crate) fn z(zxid: Zxid) -> String {
     format!("{}.{}", zxid.epoch(), zxid.counter())
 }
 
@@ -162,7 +162,7 @@ fn sess(s: SessionId) -> String {
     format!("s{}", z(Zxid(s.0)))
 }
 
-fn txn_desc(t: &Txn) -> String {
+pub(crate) fn txn_desc(t: &Txn) -> String {
     let what = match &t.kind {
         TxnKind::CreateSession { .. } => format!("create-session {}", sess(t.session)),
         TxnKind::CloseSession => format!("close-session {}", sess(t.session)),
@@ -184,7 +184,7 @@ fn write_desc(w: &WriteOp) -> String {
     .to_string()
 }
 
-fn msg_desc(msg: &PeerMsg) -> String {
+pub(crate) fn msg_desc(msg: &PeerMsg) -> String {
     match msg {
         PeerMsg::Vote {
             round,

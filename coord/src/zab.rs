@@ -1837,3 +1837,509 @@ mod tree_bytes {
             .map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Exact-action tests: each feeds one input and asserts every action that comes out, in
+    //! order, through `check` (openraft's `engine/tests` style). Actions are compared in the
+    //! transcripts' notation (`crate::interaction`), where zxids read `epoch.counter`.
+    use super::*;
+    use crate::interaction::{msg_desc, txn_desc, z};
+    use crate::op::{CreateMode, WriteOp};
+
+    fn show(a: &ZabAction) -> String {
+        match a {
+            ZabAction::Send { to, msg } => format!("->{to} {}", msg_desc(msg)),
+            ZabAction::Persist(t) => format!("persist {}", txn_desc(t)),
+            ZabAction::PersistEpochs { accepted, current } => {
+                format!("epochs accepted={accepted} current={current}")
+            }
+            ZabAction::InstallSnapshot(tree) => format!("install {}", z(tree.last_applied())),
+            ZabAction::SendSnapshot { to, epoch } => format!("->{to} snapshot epoch={epoch}"),
+            ZabAction::Commit(t) => format!("commit {}", txn_desc(t)),
+            ZabAction::Synced { session, xid } => format!("synced {session} xid={xid}"),
+            ZabAction::SetRole(r) => format!("role {r:?}"),
+            ZabAction::Touches(t) => format!("touches {t:?}"),
+        }
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            mono_ms: ms,
+            wall_ms: 1_000 + ms as i64,
+        }
+    }
+
+    /// Steps `peer` with `input` at `ms` and asserts exactly `expected` comes out.
+    fn check(peer: &mut ZabPeer, ms: u64, input: ZabInput, expected: &[&str]) {
+        let mut out = Vec::new();
+        peer.step(at(ms), input, &mut out);
+        let got: Vec<String> = out.iter().map(show).collect();
+        assert_eq!(got, expected, "peer {}: actions differ", peer.id());
+    }
+
+    fn msg(from: PeerId, msg: PeerMsg) -> ZabInput {
+        ZabInput::Message { from, msg }
+    }
+
+    fn vote(round: u64, leader: PeerId, epoch: u32, zxid: Zxid) -> PeerMsg {
+        PeerMsg::Vote {
+            round,
+            proposal: Proposal {
+                leader,
+                epoch,
+                zxid,
+            },
+            state: VoteState::Looking,
+        }
+    }
+
+    fn txn(zxid: Zxid) -> Txn {
+        Txn {
+            zxid,
+            time_ms: 0,
+            origin: 3,
+            session: SessionId(1),
+            xid: 1,
+            kind: TxnKind::Write(WriteOp::Create {
+                path: format!("/t{}", zxid.counter()),
+                data: bytes::Bytes::new(),
+                mode: CreateMode::Persistent,
+            }),
+        }
+    }
+
+    fn peer(id: PeerId, recovered: Durable) -> ZabPeer {
+        let mut out = Vec::new();
+        let p = ZabPeer::new(
+            ZabConfig::new(id, vec![1, 2, 3]),
+            recovered,
+            at(0),
+            &mut out,
+        );
+        let got: Vec<String> = out.iter().map(show).collect();
+        let others: Vec<PeerId> = [1, 2, 3].into_iter().filter(|&o| o != id).collect();
+        let (e, zx) = (p.current_epoch(), z(p.last_logged()));
+        let vote = |to| format!("->{to} Vote round=1 leader={id} epoch={e} zxid={zx} looking");
+        assert_eq!(
+            got,
+            vec![
+                "role NotServing".to_string(),
+                vote(others[0]),
+                vote(others[1])
+            ],
+            "a new peer looks for a leader at once"
+        );
+        p
+    }
+
+    /// Peer 3 with `log` (current epoch `epoch`) wins the election: 1 and 2 vote for it.
+    fn prospective_leader(epoch: u32, log: Vec<Txn>) -> ZabPeer {
+        let last = log.last().map_or(Zxid::ZERO, |t| t.zxid);
+        let mut p = peer(
+            3,
+            Durable {
+                accepted_epoch: epoch,
+                current_epoch: epoch,
+                snapshot_zxid: Zxid::ZERO,
+                log,
+            },
+        );
+        let claim = format!("leader=3 epoch={epoch} zxid={}", z(last));
+        // A quorum agrees, but not yet everyone: it waits for a better vote.
+        check(&mut p, 1, msg(1, vote(1, 3, epoch, last)), &[]);
+        // Every voter agrees: no finalize wait. Leading, it tells the others.
+        check(
+            &mut p,
+            2,
+            msg(2, vote(1, 3, epoch, last)),
+            &[
+                &format!("->1 Vote round=1 {claim} leading"),
+                &format!("->2 Vote round=1 {claim} leading"),
+            ],
+        );
+        p
+    }
+
+    #[test]
+    fn a_discovery_quorum_gets_a_new_epoch_above_every_accepted_one() {
+        // Primary uniqueness: the new epoch exceeds every epoch the quorum accepted, and is
+        // durable before anyone hears of it.
+        let mut p = prospective_leader(0, vec![]);
+        let info = |accepted_epoch| PeerMsg::FollowerInfo {
+            accepted_epoch,
+            last_zxid: Zxid::ZERO,
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info(4)),
+            &["epochs accepted=5 current=0", "->1 NewEpoch 5"],
+        );
+        // A latecomer gets the epoch already chosen, not a new one.
+        check(&mut p, 4, msg(2, info(7)), &["->2 NewEpoch 5"]);
+    }
+
+    #[test]
+    fn a_follower_acks_only_a_greater_epoch() {
+        // Primary uniqueness: NEWEPOCH is acknowledged (durably) only when greater than the
+        // accepted epoch; a stale one sends the follower back to looking.
+        let mut f = peer(1, Durable::default());
+        check(
+            &mut f,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->2 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut f,
+            2,
+            msg(2, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=0 last=0.0"],
+        );
+        check(
+            &mut f,
+            3,
+            msg(3, PeerMsg::NewEpoch { epoch: 2 }),
+            &[
+                "epochs accepted=2 current=0",
+                "->3 AckEpoch 2 current=0 last=0.0",
+            ],
+        );
+
+        let mut g = peer(
+            2,
+            Durable {
+                accepted_epoch: 5,
+                ..Durable::default()
+            },
+        );
+        check(
+            &mut g,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->1 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut g,
+            2,
+            msg(1, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=5 last=0.0"],
+        );
+        check(
+            &mut g,
+            3,
+            msg(3, PeerMsg::NewEpoch { epoch: 2 }),
+            &[
+                "role NotServing",
+                "->1 Vote round=2 leader=2 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=2 leader=2 epoch=0 zxid=0.0 looking",
+            ],
+        );
+    }
+
+    fn ack_epoch(epoch: u32, current_epoch: u32, last_zxid: Zxid) -> PeerMsg {
+        PeerMsg::AckEpoch {
+            epoch,
+            current_epoch,
+            last_zxid,
+            repeated: false,
+        }
+    }
+
+    #[test]
+    fn a_follower_with_a_suffix_missing_is_synced_by_diff() {
+        // Integrity of history / sync: a follower whose last zxid is in the leader's history
+        // gets exactly the transactions after it, then NEWLEADER with the leader's last zxid.
+        let log = vec![txn(Zxid::new(1, 1)), txn(Zxid::new(1, 2))];
+        let mut p = prospective_leader(1, log);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 1,
+            last_zxid: Zxid::new(1, 1),
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info),
+            &["epochs accepted=2 current=1", "->1 NewEpoch 2"],
+        );
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(2, 1, Zxid::new(1, 1))),
+            &[
+                "->1 Diff epoch=2 prev=1.1 [1.2 create /t2]",
+                "->1 NewLeader epoch=2 last=1.2",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_follower_off_the_leaders_history_is_synced_by_snap() {
+        // Sync: a follower whose last zxid the leader never had (1.3, proposed in epoch 1 and
+        // lost) gets the committed state, then the rest as a DIFF from it, then NEWLEADER.
+        let log = vec![
+            txn(Zxid::new(1, 1)),
+            txn(Zxid::new(1, 2)),
+            txn(Zxid::new(2, 1)),
+        ];
+        let mut p = prospective_leader(2, log);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 1,
+            last_zxid: Zxid::new(1, 3),
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info),
+            &["epochs accepted=3 current=2", "->1 NewEpoch 3"],
+        );
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(3, 1, Zxid::new(1, 3))),
+            &[
+                "->1 snapshot epoch=3",
+                "->1 Diff epoch=3 prev=0.0 [1.1 create /t1, 1.2 create /t2, 2.1 create /t1]",
+                "->1 NewLeader epoch=3 last=2.1",
+            ],
+        );
+    }
+
+    /// Peer 3, established in epoch 1 over an empty history with followers 1 and 2.
+    fn established_leader() -> ZabPeer {
+        let mut p = prospective_leader(0, vec![]);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 0,
+            last_zxid: Zxid::ZERO,
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info.clone()),
+            &["epochs accepted=1 current=0", "->1 NewEpoch 1"],
+        );
+        check(&mut p, 3, msg(2, info), &["->2 NewEpoch 1"]);
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(1, 0, Zxid::ZERO)),
+            &[
+                "->1 Diff epoch=1 prev=0.0 []",
+                "->1 NewLeader epoch=1 last=0.0",
+            ],
+        );
+        check(
+            &mut p,
+            4,
+            msg(2, ack_epoch(1, 0, Zxid::ZERO)),
+            &[
+                "->2 Diff epoch=1 prev=0.0 []",
+                "->2 NewLeader epoch=1 last=0.0",
+            ],
+        );
+        // One NEWLEADER acknowledgement plus the leader is a quorum: established.
+        check(
+            &mut p,
+            5,
+            msg(1, PeerMsg::AckNewLeader { epoch: 1 }),
+            &[
+                "epochs accepted=1 current=1",
+                "->1 UpToDate epoch=1 committed=0.0",
+                "role Leading",
+            ],
+        );
+        check(
+            &mut p,
+            5,
+            msg(2, PeerMsg::AckNewLeader { epoch: 1 }),
+            &["->2 UpToDate epoch=1 committed=0.0"],
+        );
+        assert!(p.is_leading());
+        p
+    }
+
+    fn write(xid: i64, path: &str) -> ZabInput {
+        ZabInput::Submit(Submission {
+            origin: 3,
+            session: SessionId(1),
+            xid,
+            kind: SubmitKind::Txn(TxnKind::Write(WriteOp::Create {
+                path: path.into(),
+                data: bytes::Bytes::new(),
+                mode: CreateMode::Persistent,
+            })),
+        })
+    }
+
+    #[test]
+    fn a_write_is_proposed_to_synced_followers_then_logged() {
+        // Prefix: each proposal names the zxid it follows; the leader logs it as it sends it.
+        let mut p = established_leader();
+        check(
+            &mut p,
+            6,
+            write(1, "/a"),
+            &[
+                "->1 Propose epoch=1 prev=0.0 1.1 create /a",
+                "->2 Propose epoch=1 prev=0.0 1.1 create /a",
+                "persist 1.1 create /a",
+            ],
+        );
+        check(
+            &mut p,
+            6,
+            write(2, "/b"),
+            &[
+                "->1 Propose epoch=1 prev=1.1 1.2 create /b",
+                "->2 Propose epoch=1 prev=1.1 1.2 create /b",
+                "persist 1.2 create /b",
+            ],
+        );
+        // The same submission again (a duplicated forward) is proposed once.
+        check(&mut p, 6, write(2, "/b"), &[]);
+    }
+
+    #[test]
+    fn a_proposal_commits_once_a_quorum_has_it_durable() {
+        // Commit: the leader's own fsync is not enough; a follower's ACK makes a quorum, and
+        // the commit goes to every synced follower.
+        let mut p = established_leader();
+        check(
+            &mut p,
+            6,
+            write(1, "/a"),
+            &[
+                "->1 Propose epoch=1 prev=0.0 1.1 create /a",
+                "->2 Propose epoch=1 prev=0.0 1.1 create /a",
+                "persist 1.1 create /a",
+            ],
+        );
+        let durable = ZabInput::Durable {
+            upto: Zxid::new(1, 1),
+            installs: 0,
+        };
+        // Three voters: the leader tells its followers how far it is durable instead.
+        check(
+            &mut p,
+            7,
+            durable,
+            &["->1 Ack epoch=1 1.1", "->2 Ack epoch=1 1.1"],
+        );
+        let ack = PeerMsg::Ack {
+            epoch: 1,
+            zxid: Zxid::new(1, 1),
+        };
+        check(
+            &mut p,
+            8,
+            msg(2, ack.clone()),
+            &[
+                "commit 1.1 create /a",
+                "->1 Commit epoch=1 1.1",
+                "->2 Commit epoch=1 1.1",
+            ],
+        );
+        // A second ACK of a committed proposal changes nothing.
+        check(&mut p, 8, msg(1, ack), &[]);
+    }
+
+    #[test]
+    fn a_follower_acks_a_proposal_only_once_durable() {
+        // Durable acknowledgement: PROPOSE is logged at once; the ACK waits for the fsync.
+        let mut f = peer(1, Durable::default());
+        check(
+            &mut f,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->2 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut f,
+            1,
+            msg(2, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=0 last=0.0"],
+        );
+        check(
+            &mut f,
+            2,
+            msg(3, PeerMsg::NewEpoch { epoch: 1 }),
+            &[
+                "epochs accepted=1 current=0",
+                "->3 AckEpoch 1 current=0 last=0.0",
+            ],
+        );
+        let diff = PeerMsg::Diff {
+            epoch: 1,
+            prev: Zxid::ZERO,
+            txns: vec![],
+        };
+        check(&mut f, 3, msg(3, diff), &[]);
+        let new_leader = PeerMsg::NewLeader {
+            epoch: 1,
+            last_zxid: Zxid::ZERO,
+        };
+        // Nothing to wait for: the (empty) sync is durable already.
+        check(
+            &mut f,
+            3,
+            msg(3, new_leader),
+            &[
+                "epochs accepted=1 current=1",
+                "->3 AckNewLeader epoch=1",
+                "->3 Ack epoch=1 0.0",
+            ],
+        );
+        let up = PeerMsg::UpToDate {
+            epoch: 1,
+            committed: Zxid::ZERO,
+        };
+        check(&mut f, 4, msg(3, up), &["role Following"]);
+        let propose = PeerMsg::Propose {
+            epoch: 1,
+            prev: Zxid::ZERO,
+            txn: txn(Zxid::new(1, 1)),
+        };
+        check(&mut f, 5, msg(3, propose), &["persist 1.1 create /t1"]);
+        check(
+            &mut f,
+            6,
+            ZabInput::Durable {
+                upto: Zxid::new(1, 1),
+                installs: 0,
+            },
+            &["->3 Ack epoch=1 1.1"],
+        );
+        // The leader's COMMIT applies it.
+        let commit = PeerMsg::Commit {
+            epoch: 1,
+            zxid: Zxid::new(1, 1),
+        };
+        check(&mut f, 7, msg(3, commit), &["commit 1.1 create /t1"]);
+        // A proposal after a gap (1.2 lost) is not logged: back to looking.
+        let gap = PeerMsg::Propose {
+            epoch: 1,
+            prev: Zxid::new(1, 2),
+            txn: txn(Zxid::new(1, 3)),
+        };
+        check(
+            &mut f,
+            8,
+            msg(3, gap),
+            &[
+                "role NotServing",
+                "->2 Vote round=2 leader=1 epoch=1 zxid=1.1 looking",
+                "->3 Vote round=2 leader=1 epoch=1 zxid=1.1 looking",
+            ],
+        );
+    }
+}
