@@ -359,6 +359,7 @@ impl Sim {
         };
         let mut out = Vec::new();
         let replica = Replica::new(server_config, zab_config, tree, durable, now, &mut out);
+        replica.check_invariants();
         peer.replica = Some(replica);
         let incarnation = peer.incarnation;
         self.schedule(
@@ -428,6 +429,13 @@ impl Sim {
         };
         let mut out = Vec::new();
         replica.step(now, input, &mut out);
+        // The stepped replica's invariants (the others did not change). Debug builds already
+        // check each core inside its every step, so only a release build checks them again here.
+        if cfg!(debug_assertions) {
+            replica.check_cores_agree();
+        } else {
+            replica.check_invariants();
+        }
         self.carry_out(id, out);
     }
 
@@ -540,9 +548,6 @@ impl Sim {
     fn check_invariants(&mut self) -> Result<(), String> {
         for (&id, peer) in &self.peers {
             let Some(r) = &peer.replica else { continue };
-            // Each replica's own invariants, after every event (debug builds also check them
-            // inside every step; this holds release-mode simulation runs to the same).
-            r.check_invariants();
             if r.zab().is_leading() {
                 let epoch = r.zab().current_epoch();
                 if let Some(&other) = self.leaders.get(&epoch)
