@@ -12,6 +12,8 @@ pub mod client;
 pub mod convert;
 pub mod data_tree;
 pub mod driver;
+#[cfg(test)]
+mod interaction;
 pub mod op;
 pub mod path;
 pub mod replica;

@@ -4,8 +4,12 @@
 
 use crate::data_tree::DataTree;
 use crate::server::{self, ConnId, Now, ServerConfig, ServerCore, ServerMsg};
+#[cfg(test)]
+use crate::server::{Role, Submission};
 use crate::txn::Txn;
 use crate::zab::{self, PeerId, PeerMsg, ZabAction, ZabConfig, ZabInput, ZabPeer};
+#[cfg(test)]
+use crate::zxid::SessionId;
 use crate::zxid::Zxid;
 use std::collections::VecDeque;
 
@@ -58,10 +62,26 @@ enum Work {
     Zab(ZabInput),
 }
 
+/// Test builds: what passed between the two cores inside one step, which the replica's own
+/// actions do not show (a commit, a role change, a submission). The interaction transcripts print
+/// these between the actions, where they happened.
+#[cfg(test)]
+#[derive(Clone, Debug)]
+pub(crate) enum Note {
+    Submit(Submission),
+    Commit(Txn),
+    Synced { session: SessionId, xid: i64 },
+    Role(Role),
+    Touches(Vec<SessionId>),
+}
+
 pub struct Replica {
     server: ServerCore,
     zab: ZabPeer,
     work: VecDeque<Work>,
+    /// Test builds, when enabled: each note with the number of actions handed out before it.
+    #[cfg(test)]
+    notes: Option<Vec<(usize, Note)>>,
 }
 
 impl Replica {
@@ -86,6 +106,8 @@ impl Replica {
             server,
             zab,
             work: VecDeque::new(),
+            #[cfg(test)]
+            notes: None,
         };
         replica.carry_out_zab(now, zab_out, out);
         replica.drain(now, out);
@@ -98,6 +120,44 @@ impl Replica {
 
     pub fn zab(&self) -> &ZabPeer {
         &self.zab
+    }
+
+    /// Asserts both cores' invariants (see `ZabPeer::check_invariants` and
+    /// `ServerCore::check_invariants`), and that the server has applied exactly what ZAB
+    /// committed: the two halves of one replica never disagree about where it is.
+    pub fn check_invariants(&self) {
+        self.zab.check_invariants();
+        self.server.check_invariants();
+        self.check_cores_agree();
+    }
+
+    /// The part of `check_invariants` that neither core can check alone.
+    pub fn check_cores_agree(&self) {
+        assert_eq!(
+            self.server.tree().last_applied(),
+            self.zab.committed(),
+            "replica {}: the server applied up to exactly what ZAB committed",
+            self.zab.id()
+        );
+    }
+
+    /// Starts recording notes (see `Note`); a replica built with notes off records nothing.
+    #[cfg(test)]
+    pub(crate) fn record_notes(&mut self) {
+        self.notes.get_or_insert_with(Vec::new);
+    }
+
+    /// The notes since the last call, each with the index into that step's actions it preceded.
+    #[cfg(test)]
+    pub(crate) fn take_notes(&mut self) -> Vec<(usize, Note)> {
+        self.notes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn note(&mut self, at: usize, note: impl FnOnce() -> Note) {
+        if let Some(notes) = &mut self.notes {
+            notes.push((at, note()));
+        }
     }
 
     pub fn step(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
@@ -136,6 +196,8 @@ impl Replica {
         for action in server_out {
             match action {
                 server::Action::Submit(sub) => {
+                    #[cfg(test)]
+                    self.note(out.len(), || Note::Submit(sub.clone()));
                     self.work.push_back(Work::Zab(ZabInput::Submit(sub)))
                 }
                 server::Action::Touches(t) => {
@@ -164,18 +226,38 @@ impl Replica {
                 }
                 ZabAction::SendSnapshot { to, epoch } => {
                     let tree = Box::new(self.server.tree().clone());
-                    debug_assert_eq!(tree.last_applied(), self.zab.committed());
+                    // ZAB's commits reach the server within the same step, in order, so the tree
+                    // is exactly the committed state ZAB means to send.
+                    assert_eq!(
+                        tree.last_applied(),
+                        self.zab.committed(),
+                        "a snapshot for peer {to} is the committed state"
+                    );
                     out.push(Action::SendPeer {
                         to,
                         msg: PeerMsg::Snap { epoch, tree },
                     });
                 }
-                ZabAction::Commit(txn) => self.run_server(now, server::Input::Committed(txn), out),
+                ZabAction::Commit(txn) => {
+                    #[cfg(test)]
+                    self.note(out.len(), || Note::Commit(txn.clone()));
+                    self.run_server(now, server::Input::Committed(txn), out)
+                }
                 ZabAction::Synced { session, xid } => {
+                    #[cfg(test)]
+                    self.note(out.len(), || Note::Synced { session, xid });
                     self.run_server(now, server::Input::Synced { session, xid }, out)
                 }
-                ZabAction::SetRole(role) => self.run_server(now, server::Input::SetRole(role), out),
-                ZabAction::Touches(t) => self.run_server(now, server::Input::Touches(t), out),
+                ZabAction::SetRole(role) => {
+                    #[cfg(test)]
+                    self.note(out.len(), || Note::Role(role));
+                    self.run_server(now, server::Input::SetRole(role), out)
+                }
+                ZabAction::Touches(t) => {
+                    #[cfg(test)]
+                    self.note(out.len(), || Note::Touches(t.clone()));
+                    self.run_server(now, server::Input::Touches(t), out)
+                }
             }
         }
     }

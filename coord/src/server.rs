@@ -253,6 +253,73 @@ impl ServerCore {
     }
 
     pub fn step(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
+        self.step_input(now, input, out);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Asserts what holds between every two steps: the connection, session and watch tables
+    /// agree with each other and with the tree. A failure is a bug in this file, never bad input.
+    pub fn check_invariants(&self) {
+        let id = self.config.server_id;
+        self.watches.check_invariants();
+        self.tracker.check_invariants();
+        if self.role == Role::NotServing {
+            // Clients of a server without a leader were all sent away.
+            assert!(
+                self.conns.is_empty()
+                    && self.session_conns.is_empty()
+                    && self.in_flight.is_empty()
+                    && self.closing.is_empty()
+                    && self.blocked.is_empty(),
+                "server {id}: serves nobody while not serving"
+            );
+        }
+        if self.role != Role::Leading {
+            assert!(
+                self.tracker.is_empty(),
+                "server {id}: only the leader tracks session deadlines"
+            );
+        }
+        if self.role != Role::Following {
+            assert!(
+                self.touched.is_empty(),
+                "server {id}: only a follower collects touches"
+            );
+        }
+        for (&session, &conn) in &self.session_conns {
+            assert!(
+                self.conns.get(&conn).and_then(|c| c.session) == Some(session),
+                "server {id}: session {session} is attached to connection {conn}, which holds it"
+            );
+        }
+        for (&conn, c) in &self.conns {
+            if let Some(session) = c.session {
+                assert!(
+                    self.session_conns.get(&session) == Some(&conn),
+                    "server {id}: connection {conn} holds session {session}, attached elsewhere"
+                );
+                assert!(
+                    self.tree.session(session).is_some(),
+                    "server {id}: connection {conn} holds session {session}, which has ended"
+                );
+            }
+        }
+        for &session in &self.closing {
+            assert!(
+                self.tree.session(session).is_some(),
+                "server {id}: closing session {session} still exists until its close applies"
+            );
+        }
+        for session in self.watches.sessions() {
+            assert!(
+                self.session_conns.contains_key(&session),
+                "server {id}: watches of session {session} belong to its connection here"
+            );
+        }
+    }
+
+    fn step_input(&mut self, now: Now, input: Input, out: &mut Vec<Action>) {
         match input {
             Input::Connect {
                 conn,

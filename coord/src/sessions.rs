@@ -71,6 +71,27 @@ impl SessionTracker {
         out
     }
 
+    /// Asserts the invariant on `deadline`: each session sits in exactly its deadline's bucket,
+    /// and no bucket is empty. A failure is a bug here.
+    pub fn check_invariants(&self) {
+        for (session, at) in &self.deadline {
+            assert!(
+                self.buckets.get(at).is_some_and(|b| b.contains(session)),
+                "session {session} is missing from its bucket {at}"
+            );
+        }
+        let bucketed: usize = self.buckets.values().map(HashSet::len).sum();
+        assert_eq!(
+            bucketed,
+            self.deadline.len(),
+            "every bucketed session has a deadline, once"
+        );
+        assert!(
+            self.buckets.values().all(|b| !b.is_empty()),
+            "no empty bucket is kept"
+        );
+    }
+
     pub fn len(&self) -> usize {
         self.deadline.len()
     }

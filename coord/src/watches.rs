@@ -106,6 +106,48 @@ impl WatchManager {
         }
     }
 
+    /// Sessions holding at least one watch.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.by_session
+            .iter()
+            .filter(|(_, mine)| !mine.is_empty())
+            .map(|(&s, _)| s)
+    }
+
+    /// Asserts that the two indexes name the same registrations and no session is over its
+    /// limit. A failure is a bug here.
+    pub fn check_invariants(&self) {
+        for (session, mine) in &self.by_session {
+            assert!(
+                mine.len() <= self.watches_per_session_max,
+                "session {session} holds {} watches, over the limit {}",
+                mine.len(),
+                self.watches_per_session_max
+            );
+            for (kind, path) in mine {
+                assert!(
+                    self.by_kind[slot(*kind)]
+                        .get(path)
+                        .is_some_and(|set| set.contains(session)),
+                    "session {session}'s {kind:?} watch on {path} is missing from the path index"
+                );
+            }
+        }
+        for kind in KINDS {
+            for (path, set) in &self.by_kind[slot(kind)] {
+                assert!(!set.is_empty(), "an empty watcher set for {path} is kept");
+                for session in set {
+                    assert!(
+                        self.by_session
+                            .get(session)
+                            .is_some_and(|mine| mine.contains(&(kind, path.clone()))),
+                        "{kind:?} watch of {session} on {path} is missing from the session index"
+                    );
+                }
+            }
+        }
+    }
+
     pub fn count(&self, session: SessionId) -> usize {
         self.by_session.get(&session).map_or(0, HashSet::len)
     }

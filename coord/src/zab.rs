@@ -20,6 +20,18 @@
 //!   (`prev`), so every follower's log is a prefix of the leader's; a gap means resync.
 //! - *Commit*: a transaction commits once a quorum (the leader included) has it durable; commits
 //!   go out in zxid order, and a follower applies them only up to what it has.
+//!
+//! Two more that the code above depends on, named here (not in the paper's list):
+//! - *Durable acknowledgement*: a follower acknowledges NEWLEADER and proposals only once its log
+//!   holds them durably (`Durable`), and takes the leader's epoch as its `current_epoch` only
+//!   then, so a peer claiming an epoch in an election holds that epoch's history.
+//! - *Synchronization before broadcast*: a leader takes writes only once a quorum acknowledged
+//!   NEWLEADER; a follower that joins later gets its DIFF (or SNAP + DIFF) and NEWLEADER before
+//!   any proposal, and installs a SNAP only before NEWLEADER (installing drops logged
+//!   transactions, which must never happen to acknowledged ones).
+//!
+//! Each rule has a transcript in `coord/testdata/` (see `interaction`) that shows it step by
+//! step; `check_invariants` asserts what holds between any two steps.
 
 use crate::data_tree::DataTree;
 use crate::server::{Now, Role, Submission, SubmitKind};
@@ -51,7 +63,9 @@ pub struct ZabConfig {
     /// Committed transactions kept in memory to DIFF-sync followers; older ones need a SNAP.
     pub history_txns_max: usize,
     /// Deliberately broken: the leader commits as soon as it alone has a proposal durable. Only
-    /// for proving that the simulation's checker catches a lost acknowledged write.
+    /// for proving that the simulation's checker catches a lost acknowledged write; it exists in
+    /// test builds only, so no configuration of a real server can turn it on.
+    #[cfg(test)]
     pub broken_commit_without_quorum: bool,
 }
 
@@ -66,6 +80,7 @@ impl ZabConfig {
             sync_timeout_ms: 1_000,
             ping_interval_ms: 100,
             history_txns_max: 50_000,
+            #[cfg(test)]
             broken_commit_without_quorum: false,
         }
     }
@@ -631,6 +646,14 @@ impl ZabPeer {
     }
 
     pub fn step(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
+        self.step_input(now, input, out);
+        // Every step of a debug build proves the state still makes sense (the simulation also
+        // checks after every event); release builds skip the walk over the history.
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    fn step_input(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
         match input {
             ZabInput::Message { from, msg } => {
                 if !self.config.voters.contains(&from) || from == self.config.id {
@@ -1517,6 +1540,7 @@ impl ZabPeer {
         let Some(&candidate) = acks.get(quorum - 1) else {
             return;
         };
+        #[cfg(test)]
         let candidate = if self.config.broken_commit_without_quorum {
             durable
         } else {
@@ -1736,6 +1760,185 @@ impl ZabPeer {
             }
         }
     }
+
+    /// Asserts what holds between every two steps, TigerBeetle style: a failure is a bug in this
+    /// file, never bad input (inputs that break a rule are refused where they arrive). Deliberately
+    /// absent: `committed <= durable` (a follower commits what the leader says a quorum has, a
+    /// leader what a quorum of followers has, before its own fsync ends) and any bound between
+    /// the log's epochs and the recovered epochs (that is the disk's business).
+    pub fn check_invariants(&self) {
+        let me = self.config.id;
+        assert!(
+            self.accepted_epoch >= self.current_epoch,
+            "peer {me}: accepted epoch {} is behind current epoch {}",
+            self.accepted_epoch,
+            self.current_epoch
+        );
+        assert!(
+            self.history_base <= self.committed && self.committed <= self.last_logged,
+            "peer {me}: history base {} <= committed {} <= last logged {}",
+            self.history_base,
+            self.committed,
+            self.last_logged
+        );
+        assert!(
+            self.durable <= self.last_logged,
+            "peer {me}: durable {} is past last logged {}",
+            self.durable,
+            self.last_logged
+        );
+        assert_eq!(
+            self.history.back().map_or(self.history_base, |t| t.zxid),
+            self.last_logged,
+            "peer {me}: last logged is the end of the history"
+        );
+        // Prefix: the history has no gap. Each zxid follows the one before it in the same epoch,
+        // or is the first of a later epoch.
+        let mut prev = self.history_base;
+        for txn in &self.history {
+            let z = txn.zxid;
+            let follows = (z.epoch() == prev.epoch() && Some(z) == prev.next())
+                || (z.epoch() > prev.epoch() && z.counter() == 1);
+            assert!(follows, "peer {me}: history has {z} right after {prev}");
+            prev = z;
+        }
+        match &self.state {
+            State::Looking(e) => {
+                assert_eq!(e.round, self.round, "peer {me}: the election is this round");
+                assert!(
+                    e.votes.get(&me) == Some(&e.proposal),
+                    "peer {me}: votes for its own proposal"
+                );
+            }
+            State::Following(f) => {
+                assert!(
+                    f.leader != me && self.config.voters.contains(&f.leader),
+                    "peer {me}: follows another voter, not {}",
+                    f.leader
+                );
+                assert_eq!(
+                    f.epoch.is_none(),
+                    f.phase == FollowerPhase::Discovery,
+                    "peer {me}: knows the epoch exactly once past discovery"
+                );
+                if let Some(epoch) = f.epoch {
+                    // Primary uniqueness: the epoch we follow in is the one we acknowledged last,
+                    // to this leader.
+                    assert!(
+                        epoch == self.accepted_epoch && self.accepted_from == Some(f.leader),
+                        "peer {me}: follows {} in epoch {epoch}, accepted {} from {:?}",
+                        f.leader,
+                        self.accepted_epoch,
+                        self.accepted_from
+                    );
+                }
+                if f.acked_new_leader {
+                    assert!(
+                        f.ack_new_leader_at.is_none() && f.epoch == Some(self.current_epoch),
+                        "peer {me}: acknowledged NEWLEADER, so the epoch is its current one"
+                    );
+                }
+                if f.ack_new_leader_at.is_some() {
+                    assert_eq!(
+                        f.phase,
+                        FollowerPhase::Syncing,
+                        "peer {me}: NEWLEADER waits only while syncing"
+                    );
+                }
+                if f.phase == FollowerPhase::Broadcast {
+                    assert!(
+                        f.acked_new_leader,
+                        "peer {me}: broadcast only after acknowledging NEWLEADER"
+                    );
+                }
+            }
+            State::Leading(l) => self.check_leading(l),
+        }
+    }
+
+    fn check_leading(&self, l: &Leading) {
+        let me = self.config.id;
+        for (&p, v) in &l.followers {
+            assert!(
+                p != me && self.config.voters.contains(&p),
+                "leader {me}: follower {p} is another voter"
+            );
+            // Each flag implies the one of the phase before it.
+            let implies = |a: bool, b: bool| !a || b;
+            assert!(
+                implies(v.repeated_ack, v.acked_epoch)
+                    && implies(v.synced, v.acked_epoch)
+                    && implies(v.acked_new_leader, v.synced),
+                "leader {me}: follower {p} went through the phases in order: {v:?}"
+            );
+            if l.phase == LeaderPhase::Discovery {
+                assert!(
+                    !v.acked_epoch,
+                    "leader {me}: no epoch acknowledged before proposing one"
+                );
+            }
+            if l.phase == LeaderPhase::EpochAcks {
+                assert!(
+                    !v.synced,
+                    "leader {me}: no sync before a quorum took the epoch"
+                );
+            }
+        }
+        if l.phase == LeaderPhase::Discovery {
+            assert_eq!(
+                l.epoch, 0,
+                "leader {me}: no epoch before a discovery quorum"
+            );
+        } else {
+            assert!(
+                l.epoch > 0 && l.epoch == self.accepted_epoch && self.accepted_from == Some(me),
+                "leader {me}: leads in the epoch it accepted from itself ({} vs {} from {:?})",
+                l.epoch,
+                self.accepted_epoch,
+                self.accepted_from
+            );
+        }
+        if l.phase == LeaderPhase::Broadcast {
+            assert_eq!(
+                self.current_epoch, l.epoch,
+                "leader {me}: broadcasts in its current epoch"
+            );
+            assert!(
+                l.new_leader_zxid <= self.committed,
+                "leader {me}: its history up to NEWLEADER is committed"
+            );
+            let expected = if self.last_logged.epoch() == l.epoch {
+                self.last_logged.counter().checked_add(1)
+            } else {
+                Some(1)
+            };
+            assert_eq!(
+                Some(l.next_counter),
+                expected,
+                "leader {me}: the next zxid follows the last logged {}",
+                self.last_logged
+            );
+        } else {
+            assert!(
+                l.next_counter == 1 && l.pending_syncs.is_empty(),
+                "leader {me}: nothing proposed before broadcast"
+            );
+        }
+        if l.phase == LeaderPhase::Syncing {
+            assert_eq!(
+                l.new_leader_zxid, self.last_logged,
+                "leader {me}: NEWLEADER names the whole history while syncing"
+            );
+        }
+        let mut prev = Zxid::ZERO;
+        for (at, _) in &l.pending_syncs {
+            assert!(
+                prev <= *at && *at <= self.last_logged,
+                "leader {me}: pending syncs wait in zxid order for logged zxids"
+            );
+            prev = *at;
+        }
+    }
 }
 
 impl PeerMsg {
@@ -1765,5 +1968,511 @@ mod tree_bytes {
         DataTree::read_snapshot(bytes)
             .map(Box::new)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Exact-action tests: each feeds one input and asserts every action that comes out, in
+    //! order, through `check` (openraft's `engine/tests` style). Actions are compared in the
+    //! transcripts' notation (`crate::interaction`), where zxids read `epoch.counter`.
+    use super::*;
+    use crate::interaction::{msg_desc, txn_desc, z};
+    use crate::op::{CreateMode, WriteOp};
+
+    fn show(a: &ZabAction) -> String {
+        match a {
+            ZabAction::Send { to, msg } => format!("->{to} {}", msg_desc(msg)),
+            ZabAction::Persist(t) => format!("persist {}", txn_desc(t)),
+            ZabAction::PersistEpochs { accepted, current } => {
+                format!("epochs accepted={accepted} current={current}")
+            }
+            ZabAction::InstallSnapshot(tree) => format!("install {}", z(tree.last_applied())),
+            ZabAction::SendSnapshot { to, epoch } => format!("->{to} snapshot epoch={epoch}"),
+            ZabAction::Commit(t) => format!("commit {}", txn_desc(t)),
+            ZabAction::Synced { session, xid } => format!("synced {session} xid={xid}"),
+            ZabAction::SetRole(r) => format!("role {r:?}"),
+            ZabAction::Touches(t) => format!("touches {t:?}"),
+        }
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            mono_ms: ms,
+            wall_ms: 1_000 + ms as i64,
+        }
+    }
+
+    /// Steps `peer` with `input` at `ms` and asserts exactly `expected` comes out.
+    fn check(peer: &mut ZabPeer, ms: u64, input: ZabInput, expected: &[&str]) {
+        let mut out = Vec::new();
+        peer.step(at(ms), input, &mut out);
+        let got: Vec<String> = out.iter().map(show).collect();
+        assert_eq!(got, expected, "peer {}: actions differ", peer.id());
+    }
+
+    fn msg(from: PeerId, msg: PeerMsg) -> ZabInput {
+        ZabInput::Message { from, msg }
+    }
+
+    fn vote(round: u64, leader: PeerId, epoch: u32, zxid: Zxid) -> PeerMsg {
+        PeerMsg::Vote {
+            round,
+            proposal: Proposal {
+                leader,
+                epoch,
+                zxid,
+            },
+            state: VoteState::Looking,
+        }
+    }
+
+    fn txn(zxid: Zxid) -> Txn {
+        Txn {
+            zxid,
+            time_ms: 0,
+            origin: 3,
+            session: SessionId(1),
+            xid: 1,
+            kind: TxnKind::Write(WriteOp::Create {
+                path: format!("/t{}", zxid.counter()),
+                data: bytes::Bytes::new(),
+                mode: CreateMode::Persistent,
+            }),
+        }
+    }
+
+    fn peer(id: PeerId, recovered: Durable) -> ZabPeer {
+        let mut out = Vec::new();
+        let p = ZabPeer::new(
+            ZabConfig::new(id, vec![1, 2, 3]),
+            recovered,
+            at(0),
+            &mut out,
+        );
+        let got: Vec<String> = out.iter().map(show).collect();
+        let others: Vec<PeerId> = [1, 2, 3].into_iter().filter(|&o| o != id).collect();
+        let (e, zx) = (p.current_epoch(), z(p.last_logged()));
+        let vote = |to| format!("->{to} Vote round=1 leader={id} epoch={e} zxid={zx} looking");
+        assert_eq!(
+            got,
+            vec![
+                "role NotServing".to_string(),
+                vote(others[0]),
+                vote(others[1])
+            ],
+            "a new peer looks for a leader at once"
+        );
+        p
+    }
+
+    /// Peer 3 with `log` (current epoch `epoch`) wins the election: 1 and 2 vote for it.
+    fn prospective_leader(epoch: u32, log: Vec<Txn>) -> ZabPeer {
+        let last = log.last().map_or(Zxid::ZERO, |t| t.zxid);
+        let mut p = peer(
+            3,
+            Durable {
+                accepted_epoch: epoch,
+                current_epoch: epoch,
+                snapshot_zxid: Zxid::ZERO,
+                log,
+            },
+        );
+        let claim = format!("leader=3 epoch={epoch} zxid={}", z(last));
+        // A quorum agrees, but not yet everyone: it waits for a better vote.
+        check(&mut p, 1, msg(1, vote(1, 3, epoch, last)), &[]);
+        // Every voter agrees: no finalize wait. Leading, it tells the others.
+        check(
+            &mut p,
+            2,
+            msg(2, vote(1, 3, epoch, last)),
+            &[
+                &format!("->1 Vote round=1 {claim} leading"),
+                &format!("->2 Vote round=1 {claim} leading"),
+            ],
+        );
+        p
+    }
+
+    #[test]
+    fn a_discovery_quorum_gets_a_new_epoch_above_every_accepted_one() {
+        // Primary uniqueness: the new epoch exceeds every epoch the quorum accepted, and is
+        // durable before anyone hears of it.
+        let mut p = prospective_leader(0, vec![]);
+        let info = |accepted_epoch| PeerMsg::FollowerInfo {
+            accepted_epoch,
+            last_zxid: Zxid::ZERO,
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info(4)),
+            &["epochs accepted=5 current=0", "->1 NewEpoch 5"],
+        );
+        // A latecomer gets the epoch already chosen, not a new one.
+        check(&mut p, 4, msg(2, info(7)), &["->2 NewEpoch 5"]);
+    }
+
+    #[test]
+    fn a_follower_acks_only_a_greater_epoch() {
+        // Primary uniqueness: NEWEPOCH is acknowledged (durably) only when greater than the
+        // accepted epoch; a stale one sends the follower back to looking.
+        let mut f = peer(1, Durable::default());
+        check(
+            &mut f,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->2 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut f,
+            2,
+            msg(2, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=0 last=0.0"],
+        );
+        check(
+            &mut f,
+            3,
+            msg(3, PeerMsg::NewEpoch { epoch: 2 }),
+            &[
+                "epochs accepted=2 current=0",
+                "->3 AckEpoch 2 current=0 last=0.0",
+            ],
+        );
+
+        let mut g = peer(
+            2,
+            Durable {
+                accepted_epoch: 5,
+                ..Durable::default()
+            },
+        );
+        check(
+            &mut g,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->1 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut g,
+            2,
+            msg(1, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=5 last=0.0"],
+        );
+        check(
+            &mut g,
+            3,
+            msg(3, PeerMsg::NewEpoch { epoch: 2 }),
+            &[
+                "role NotServing",
+                "->1 Vote round=2 leader=2 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=2 leader=2 epoch=0 zxid=0.0 looking",
+            ],
+        );
+    }
+
+    fn ack_epoch(epoch: u32, current_epoch: u32, last_zxid: Zxid) -> PeerMsg {
+        PeerMsg::AckEpoch {
+            epoch,
+            current_epoch,
+            last_zxid,
+            repeated: false,
+        }
+    }
+
+    #[test]
+    fn a_follower_with_a_suffix_missing_is_synced_by_diff() {
+        // Integrity of history / sync: a follower whose last zxid is in the leader's history
+        // gets exactly the transactions after it, then NEWLEADER with the leader's last zxid.
+        let log = vec![txn(Zxid::new(1, 1)), txn(Zxid::new(1, 2))];
+        let mut p = prospective_leader(1, log);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 1,
+            last_zxid: Zxid::new(1, 1),
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info),
+            &["epochs accepted=2 current=1", "->1 NewEpoch 2"],
+        );
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(2, 1, Zxid::new(1, 1))),
+            &[
+                "->1 Diff epoch=2 prev=1.1 [1.2 create /t2]",
+                "->1 NewLeader epoch=2 last=1.2",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_follower_off_the_leaders_history_is_synced_by_snap() {
+        // Sync: a follower whose last zxid the leader never had (1.3, proposed in epoch 1 and
+        // lost) gets the committed state, then the rest as a DIFF from it, then NEWLEADER.
+        let log = vec![
+            txn(Zxid::new(1, 1)),
+            txn(Zxid::new(1, 2)),
+            txn(Zxid::new(2, 1)),
+        ];
+        let mut p = prospective_leader(2, log);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 1,
+            last_zxid: Zxid::new(1, 3),
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info),
+            &["epochs accepted=3 current=2", "->1 NewEpoch 3"],
+        );
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(3, 1, Zxid::new(1, 3))),
+            &[
+                "->1 snapshot epoch=3",
+                "->1 Diff epoch=3 prev=0.0 [1.1 create /t1, 1.2 create /t2, 2.1 create /t1]",
+                "->1 NewLeader epoch=3 last=2.1",
+            ],
+        );
+    }
+
+    /// Peer 3, established in epoch 1 over an empty history with followers 1 and 2.
+    fn established_leader() -> ZabPeer {
+        let mut p = prospective_leader(0, vec![]);
+        let info = PeerMsg::FollowerInfo {
+            accepted_epoch: 0,
+            last_zxid: Zxid::ZERO,
+        };
+        check(
+            &mut p,
+            3,
+            msg(1, info.clone()),
+            &["epochs accepted=1 current=0", "->1 NewEpoch 1"],
+        );
+        check(&mut p, 3, msg(2, info), &["->2 NewEpoch 1"]);
+        check(
+            &mut p,
+            4,
+            msg(1, ack_epoch(1, 0, Zxid::ZERO)),
+            &[
+                "->1 Diff epoch=1 prev=0.0 []",
+                "->1 NewLeader epoch=1 last=0.0",
+            ],
+        );
+        check(
+            &mut p,
+            4,
+            msg(2, ack_epoch(1, 0, Zxid::ZERO)),
+            &[
+                "->2 Diff epoch=1 prev=0.0 []",
+                "->2 NewLeader epoch=1 last=0.0",
+            ],
+        );
+        // One NEWLEADER acknowledgement plus the leader is a quorum: established.
+        check(
+            &mut p,
+            5,
+            msg(1, PeerMsg::AckNewLeader { epoch: 1 }),
+            &[
+                "epochs accepted=1 current=1",
+                "->1 UpToDate epoch=1 committed=0.0",
+                "role Leading",
+            ],
+        );
+        check(
+            &mut p,
+            5,
+            msg(2, PeerMsg::AckNewLeader { epoch: 1 }),
+            &["->2 UpToDate epoch=1 committed=0.0"],
+        );
+        assert!(p.is_leading());
+        p
+    }
+
+    fn write(xid: i64, path: &str) -> ZabInput {
+        ZabInput::Submit(Submission {
+            origin: 3,
+            session: SessionId(1),
+            xid,
+            kind: SubmitKind::Txn(TxnKind::Write(WriteOp::Create {
+                path: path.into(),
+                data: bytes::Bytes::new(),
+                mode: CreateMode::Persistent,
+            })),
+        })
+    }
+
+    #[test]
+    fn a_write_is_proposed_to_synced_followers_then_logged() {
+        // Prefix: each proposal names the zxid it follows; the leader logs it as it sends it.
+        let mut p = established_leader();
+        check(
+            &mut p,
+            6,
+            write(1, "/a"),
+            &[
+                "->1 Propose epoch=1 prev=0.0 1.1 create /a",
+                "->2 Propose epoch=1 prev=0.0 1.1 create /a",
+                "persist 1.1 create /a",
+            ],
+        );
+        check(
+            &mut p,
+            6,
+            write(2, "/b"),
+            &[
+                "->1 Propose epoch=1 prev=1.1 1.2 create /b",
+                "->2 Propose epoch=1 prev=1.1 1.2 create /b",
+                "persist 1.2 create /b",
+            ],
+        );
+        // The same submission again (a duplicated forward) is proposed once.
+        check(&mut p, 6, write(2, "/b"), &[]);
+    }
+
+    #[test]
+    fn a_proposal_commits_once_a_quorum_has_it_durable() {
+        // Commit: the leader's own fsync is not enough; a follower's ACK makes a quorum, and
+        // the commit goes to every synced follower.
+        let mut p = established_leader();
+        check(
+            &mut p,
+            6,
+            write(1, "/a"),
+            &[
+                "->1 Propose epoch=1 prev=0.0 1.1 create /a",
+                "->2 Propose epoch=1 prev=0.0 1.1 create /a",
+                "persist 1.1 create /a",
+            ],
+        );
+        let durable = ZabInput::Durable {
+            upto: Zxid::new(1, 1),
+            installs: 0,
+        };
+        // Three voters: the leader tells its followers how far it is durable instead.
+        check(
+            &mut p,
+            7,
+            durable,
+            &["->1 Ack epoch=1 1.1", "->2 Ack epoch=1 1.1"],
+        );
+        let ack = PeerMsg::Ack {
+            epoch: 1,
+            zxid: Zxid::new(1, 1),
+        };
+        check(
+            &mut p,
+            8,
+            msg(2, ack.clone()),
+            &[
+                "commit 1.1 create /a",
+                "->1 Commit epoch=1 1.1",
+                "->2 Commit epoch=1 1.1",
+            ],
+        );
+        // A second ACK of a committed proposal changes nothing.
+        check(&mut p, 8, msg(1, ack), &[]);
+    }
+
+    #[test]
+    fn a_follower_acks_a_proposal_only_once_durable() {
+        // Durable acknowledgement: PROPOSE is logged at once; the ACK waits for the fsync.
+        let mut f = peer(1, Durable::default());
+        check(
+            &mut f,
+            1,
+            msg(3, vote(1, 3, 0, Zxid::ZERO)),
+            &[
+                "->2 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+                "->3 Vote round=1 leader=3 epoch=0 zxid=0.0 looking",
+            ],
+        );
+        check(
+            &mut f,
+            1,
+            msg(2, vote(1, 3, 0, Zxid::ZERO)),
+            &["->3 FollowerInfo accepted=0 last=0.0"],
+        );
+        check(
+            &mut f,
+            2,
+            msg(3, PeerMsg::NewEpoch { epoch: 1 }),
+            &[
+                "epochs accepted=1 current=0",
+                "->3 AckEpoch 1 current=0 last=0.0",
+            ],
+        );
+        let diff = PeerMsg::Diff {
+            epoch: 1,
+            prev: Zxid::ZERO,
+            txns: vec![],
+        };
+        check(&mut f, 3, msg(3, diff), &[]);
+        let new_leader = PeerMsg::NewLeader {
+            epoch: 1,
+            last_zxid: Zxid::ZERO,
+        };
+        // Nothing to wait for: the (empty) sync is durable already.
+        check(
+            &mut f,
+            3,
+            msg(3, new_leader),
+            &[
+                "epochs accepted=1 current=1",
+                "->3 AckNewLeader epoch=1",
+                "->3 Ack epoch=1 0.0",
+            ],
+        );
+        let up = PeerMsg::UpToDate {
+            epoch: 1,
+            committed: Zxid::ZERO,
+        };
+        check(&mut f, 4, msg(3, up), &["role Following"]);
+        let propose = PeerMsg::Propose {
+            epoch: 1,
+            prev: Zxid::ZERO,
+            txn: txn(Zxid::new(1, 1)),
+        };
+        check(&mut f, 5, msg(3, propose), &["persist 1.1 create /t1"]);
+        check(
+            &mut f,
+            6,
+            ZabInput::Durable {
+                upto: Zxid::new(1, 1),
+                installs: 0,
+            },
+            &["->3 Ack epoch=1 1.1"],
+        );
+        // The leader's COMMIT applies it.
+        let commit = PeerMsg::Commit {
+            epoch: 1,
+            zxid: Zxid::new(1, 1),
+        };
+        check(&mut f, 7, msg(3, commit), &["commit 1.1 create /t1"]);
+        // A proposal after a gap (1.2 lost) is not logged: back to looking.
+        let gap = PeerMsg::Propose {
+            epoch: 1,
+            prev: Zxid::new(1, 2),
+            txn: txn(Zxid::new(1, 3)),
+        };
+        check(
+            &mut f,
+            8,
+            msg(3, gap),
+            &[
+                "role NotServing",
+                "->2 Vote round=2 leader=1 epoch=1 zxid=1.1 looking",
+                "->3 Vote round=2 leader=1 epoch=1 zxid=1.1 looking",
+            ],
+        );
     }
 }

@@ -359,6 +359,7 @@ impl Sim {
         };
         let mut out = Vec::new();
         let replica = Replica::new(server_config, zab_config, tree, durable, now, &mut out);
+        replica.check_invariants();
         peer.replica = Some(replica);
         let incarnation = peer.incarnation;
         self.schedule(
@@ -428,6 +429,13 @@ impl Sim {
         };
         let mut out = Vec::new();
         replica.step(now, input, &mut out);
+        // The stepped replica's invariants (the others did not change). Debug builds already
+        // check each core inside its every step, so only a release build checks them again here.
+        if cfg!(debug_assertions) {
+            replica.check_cores_agree();
+        } else {
+            replica.check_invariants();
+        }
         self.carry_out(id, out);
     }
 
