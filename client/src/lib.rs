@@ -4,12 +4,13 @@
 //! optional total wait), reading the redirect hint ([`leader_hint`], [`redirect`]), how one
 //! master is connected to ([`Transport`]: connect timeout, per-call deadline, keepalive; where
 //! TLS and credentials go), and the async driver that runs a search with the caller's attempt
-//! ([`find_leader`]).
+//! ([`find_leader`]), and who leads as each master answers it ([`cluster`]: `Cluster.Status`).
 //!
 //! Must not know about frameworks, agents, offers or coord, nor depend on the master, agent or
 //! SDK crates; `search` reads no clock and no global RNG (time elapsed and a seed are passed in)
 //! and does no I/O. Start at `search` (the rules), then `driver::find_leader`.
 
+pub mod cluster;
 pub mod driver;
 pub mod endpoints;
 pub mod redirect;

@@ -8,19 +8,14 @@ use std::time::Duration;
 
 use drover_proto::v1;
 
-pub use drover_master::cluster::ask_master;
+use drover_client::cluster;
 
 /// What one address answered: its status, or why there was none.
-pub type Answer = (String, Result<v1::MasterStatus, String>);
+pub use drover_client::cluster::StatusAnswer as Answer;
 
 /// Asks every address in `addrs` for its status, concurrently, each within `timeout`.
 pub async fn ask_all(addrs: &[String], timeout: Duration) -> Vec<Answer> {
-    futures::future::join_all(
-        addrs
-            .iter()
-            .map(|a| async move { (a.clone(), ask_master(a, timeout).await) }),
-    )
-    .await
+    cluster::ask_all(&cluster::status_transport(timeout), addrs).await
 }
 
 /// The settled leadership of an ensemble.
@@ -71,7 +66,7 @@ pub fn describe(answers: &[Answer]) -> String {
             Ok(s) => format!(
                 "{} {addr} {} epoch {}",
                 s.master_id,
-                drover_master::cluster::role_name(s.role),
+                cluster::role_name(s.role),
                 s.epoch
             ),
             Err(e) => format!("{addr} unreachable ({e})"),

@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use drover_client::cluster;
 use drover_coord::driver::{ReplicaStatus, StatusQuery};
 use drover_coord::zab::ZabRole;
 use drover_proto::v1;
-use drover_proto::v1::cluster_client::ClusterClient;
 use drover_proto::v1::cluster_server::{Cluster, ClusterServer};
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -77,7 +77,7 @@ impl ClusterService {
             let answer = if id == self.master_id {
                 self.status().await.map_err(|s| s.message().to_string())
             } else {
-                ask_master(addr, PEER_STATUS_TIMEOUT).await
+                cluster::ask_status(&cluster::status_transport(PEER_STATUS_TIMEOUT), addr).await
             };
             (id, addr.clone(), answer)
         });
@@ -93,27 +93,6 @@ impl Cluster for ClusterService {
     ) -> Result<Response<v1::MasterStatus>, Status> {
         ClusterService::status(self).await.map(Response::new)
     }
-}
-
-/// Asks the master at `addr` (`HOST:PORT`) for its status; the error says what failed.
-pub async fn ask_master(addr: &str, timeout: Duration) -> Result<v1::MasterStatus, String> {
-    let call = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr:?}: {e}"))?
-            .connect_timeout(timeout);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        ClusterClient::new(channel)
-            .status(v1::MasterStatusRequest {})
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| s.message().to_string())
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
 }
 
 fn to_wire(
@@ -157,16 +136,6 @@ fn to_wire(
     }
 }
 
-/// The role's name as the CLI and JSON show it: `looking`, `following`, `leading`.
-pub fn role_name(role: i32) -> &'static str {
-    match v1::MasterRole::try_from(role) {
-        Ok(v1::MasterRole::Leading) => "leading",
-        Ok(v1::MasterRole::Following) => "following",
-        Ok(v1::MasterRole::Looking) => "looking",
-        _ => "unknown",
-    }
-}
-
 /// A zxid as `epoch:counter` (hex, as ZooKeeper prints them: `0x100000002` is `1:2`).
 pub fn zxid_text(zxid: u64) -> String {
     format!("{:#x}", zxid)
@@ -177,7 +146,7 @@ pub fn status_json(s: &v1::MasterStatus) -> Value {
     json!({
         "master_id": s.master_id,
         "address": s.address,
-        "role": role_name(s.role),
+        "role": cluster::role_name(s.role),
         "phase": s.phase,
         "epoch": s.epoch,
         "accepted_epoch": s.accepted_epoch,

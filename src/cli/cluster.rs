@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use drover_client::cluster as client_cluster;
 use drover_master::cluster::{self as status, PEER_STATUS_TIMEOUT};
 use drover_proto::v1;
 use serde_json::json;
@@ -42,11 +43,8 @@ async fn ask_ensemble(addrs: Vec<String>) -> Vec<Answer> {
         if next.is_empty() {
             break;
         }
-        let answers =
-            futures::future::join_all(next.iter().map(|a| async move {
-                (a.clone(), status::ask_master(a, PEER_STATUS_TIMEOUT).await)
-            }))
-            .await;
+        let transport = client_cluster::status_transport(PEER_STATUS_TIMEOUT);
+        let answers = client_cluster::ask_all(&transport, &next).await;
         next = answers
             .iter()
             .filter_map(|(_, s)| s.as_ref().ok())
@@ -145,7 +143,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
             Ok(s) => vec![
                 s.master_id.to_string(),
                 a.address.clone(),
-                status::role_name(s.role).to_string(),
+                client_cluster::role_name(s.role).to_string(),
                 s.epoch.to_string(),
                 status::zxid_text(s.last_logged_zxid),
                 status::zxid_text(s.last_applied_zxid),
