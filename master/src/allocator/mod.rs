@@ -804,6 +804,16 @@ impl Allocator {
         self.agents.get(agent)?.used.get(fw)
     }
 
+    /// What each framework's tasks use on `agent` (entries are never empty).
+    pub fn agent_used(&self, agent: &AgentId) -> Option<&BTreeMap<FrameworkId, Resources>> {
+        self.agents.get(agent).map(|a| &a.used)
+    }
+
+    /// Whether `fw` is suppressed; `None` if it is not registered.
+    pub fn is_suppressed(&self, fw: &FrameworkId) -> Option<bool> {
+        self.frameworks.get(fw).map(|f| f.suppressed)
+    }
+
     pub fn agent_attributes(&self, agent: &AgentId) -> Option<&BTreeMap<String, String>> {
         self.agents.get(agent).map(|a| &a.attributes)
     }
