@@ -525,7 +525,9 @@ impl MasterCore {
         if changed {
             self.out.push(Action::Persist {
                 write: RegistryWrite::PutFramework(info.clone()),
-                then: Completion::None,
+                then: Completion::None {
+                    what: format!("updating framework {}", info.id),
+                },
             });
         }
         self.attach_framework(now_ms, conn, info, suppressed);
@@ -1118,7 +1120,9 @@ impl MasterCore {
         }
         self.out.push(Action::Persist {
             write: RegistryWrite::DeleteFramework(fw_id.clone()),
-            then: Completion::None,
+            then: Completion::None {
+                what: format!("deleting framework {fw_id}"),
+            },
         });
     }
 
@@ -1644,9 +1648,11 @@ impl MasterCore {
     /// A registry write finished: `Ok` once durable in coord.
     fn on_persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
         match then {
-            Completion::None => {
+            Completion::None { what } => {
+                // Possible (coord lost quorum or leadership): an operator should know what the
+                // registry now misses; the next term reloads whatever it holds.
                 if let Err(e) = result {
-                    tracing::error!(error = %e, "registry write failed");
+                    tracing::error!(write = %what, error = %e, "registry write failed");
                 }
             }
             Completion::FrameworkAdmitted { conn } => {
