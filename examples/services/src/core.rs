@@ -20,6 +20,10 @@
 //! over. Instances whose agent is unreachable, or whose task the master does not know, for too
 //! long are given up (killed, forgotten, replaced); an update for a task the framework does not
 //! track kills it.
+//!
+//! [`Core::check_invariants`] states what `reconcile` establishes (no index both running and
+//! waiting, no terminal instance tracked, offers wanted exactly while something may launch, …);
+//! it runs after every input in debug builds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

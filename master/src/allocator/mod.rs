@@ -31,6 +31,11 @@
 //! (in Mesos, Revive does both, so a framework that only wanted offers again also lost the
 //! filters that kept it from being re-offered agents it had rejected). `clear_filters` is the
 //! separate call. Both `suppress` and `revive` are idempotent.
+//!
+//! **Invariants.** `check_invariants` (free + used + offered == total per agent, DRF
+//! allocations == offered + used, indexes agree, counts within the limits) runs at the end of
+//! every cycle in debug builds; each event checks only the agents and frameworks it touched
+//! (`check_agent`, `check_framework`), so a debug build stays O(A) per cycle, not per event.
 
 pub mod filters;
 pub mod sorter;

@@ -16,6 +16,14 @@
 //! free, offered (one outstanding offer per agent) or used by a framework's non-terminal tasks.
 //! A terminal status frees a task's resources; an agent that goes unreachable leaves the
 //! allocator (its offer rescinded) and comes back with what it reports on `Reregister`.
+//!
+//! **Invariants, TigerBeetle style.** [`MasterCore::check_invariants`] states what must hold
+//! between events (the allocator holds exactly the reachable agents and the registered
+//! frameworks, every offer's owner is recorded, used resources are the sum of the live tasks, …)
+//! and runs after every event in debug builds. What only a bug could cause is an `assert!`
+//! naming the object; what input can cause (a report that does not fit its agent, a limit) is a
+//! refusal naming the field or limit: the agent gets `AgentRefused`, the framework a call error
+//! or a `TASK_ERROR`.
 
 pub mod types;
 
@@ -230,22 +238,25 @@ impl MasterCore {
 
     // ---- events ------------------------------------------------------------------------------
     //
-    // Each entry point runs its handler (`on_*`, below, documented there), then, in debug
+    // Each entry point (documented here) runs its handler `on_*` below, then, in debug
     // builds, `check_invariants`: a bug shows up at the event that caused it, not later.
 
-    /// See [`Self::on_load_framework`].
+    /// A framework from the registry: disconnected (its failover timeout runs from `now_ms`)
+    /// and suppressed in the allocator until it subscribes again.
     pub fn load_framework(&mut self, now_ms: u64, info: FrameworkInfo) {
         self.on_load_framework(now_ms, info);
         self.debug_check();
     }
 
-    /// See [`Self::on_load_agent`].
+    /// An agent from the registry: known, but offered nothing until it re-registers.
     pub fn load_agent(&mut self, now_ms: u64, info: AgentInfo) {
         self.on_load_agent(now_ms, info);
         self.debug_check();
     }
 
-    /// See [`Self::on_subscribe`].
+    /// A `Subscribe` on connection `conn`. With no id in `info` the framework is new and gets
+    /// `fresh_id` once the registry holds it; with an id it must be registered (failover).
+    /// The answer comes as `Action::SubscribeDone`.
     pub fn subscribe(
         &mut self,
         now_ms: u64,
@@ -258,13 +269,14 @@ impl MasterCore {
         self.debug_check();
     }
 
-    /// See [`Self::on_framework_disconnected`].
+    /// The framework's stream ended (closed by the client, broken, or too slow to keep up).
     pub fn framework_disconnected(&mut self, now_ms: u64, conn: ConnId) {
         self.on_framework_disconnected(now_ms, conn);
         self.debug_check();
     }
 
-    /// See [`Self::on_accept`].
+    /// `Accept` with LAUNCH operations. Launches that cannot run become `TASK_ERROR` updates
+    /// naming why; they affect no other task. `refuse_ms`: `None` for the default filter.
     pub fn accept(
         &mut self,
         now_ms: u64,
@@ -278,7 +290,8 @@ impl MasterCore {
         r
     }
 
-    /// See [`Self::on_decline`].
+    /// `Decline`: the offers return to the pool, filtered for this framework. Offers that are
+    /// no longer outstanding are ignored (the call is idempotent).
     pub fn decline(
         &mut self,
         now_ms: u64,
@@ -291,21 +304,24 @@ impl MasterCore {
         r
     }
 
-    /// See [`Self::on_revive`].
+    /// `Revive`: offers again (the allocator is revived once the framework is connected);
+    /// with `clear_filters`, its decline filters go too.
     pub fn revive(&mut self, fw_id: &FrameworkId, clear_filters: bool) -> Result<(), CallError> {
         let r = self.on_revive(fw_id, clear_filters);
         self.debug_check();
         r
     }
 
-    /// See [`Self::on_suppress`].
+    /// `Suppress`: no offers until `Revive`; outstanding offers stay.
     pub fn suppress(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         let r = self.on_suppress(fw_id);
         self.debug_check();
         r
     }
 
-    /// See [`Self::on_kill`].
+    /// `Kill`: the agent kills the task and reports `TASK_KILLED`. A task the master does not
+    /// know is answered with `TASK_UNKNOWN`; one on an unreachable agent is killed when the
+    /// agent comes back.
     pub fn kill(
         &mut self,
         fw_id: &FrameworkId,
@@ -317,7 +333,7 @@ impl MasterCore {
         r
     }
 
-    /// See [`Self::on_acknowledge`].
+    /// `Acknowledge`: passed on to the agent, which stops retrying that update.
     pub fn acknowledge(
         &mut self,
         fw_id: &FrameworkId,
@@ -330,27 +346,30 @@ impl MasterCore {
         r
     }
 
-    /// See [`Self::on_reconcile`].
+    /// `Reconcile`: the latest status of each listed task (`TASK_UNKNOWN` for tasks the master
+    /// does not know), or of every task of the framework when the list is empty.
     pub fn reconcile(&mut self, fw_id: &FrameworkId, task_ids: &[String]) -> Result<(), CallError> {
         let r = self.on_reconcile(fw_id, task_ids);
         self.debug_check();
         r
     }
 
-    /// See [`Self::on_teardown`].
+    /// `Teardown`: the framework is removed and all its tasks are killed.
     pub fn teardown(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         let r = self.on_teardown(fw_id);
         self.debug_check();
         r
     }
 
-    /// See [`Self::on_agent_register`].
+    /// A new agent's `Register`: admitted under `info.id` (a fresh id from the driver) once the
+    /// registry holds it.
     pub fn agent_register(&mut self, conn: ConnId, info: AgentInfo) {
         self.on_agent_register(conn, info);
         self.debug_check();
     }
 
-    /// See [`Self::on_agent_reregister`].
+    /// A known agent's `Reregister` (after its restart, a broken link or a master failover),
+    /// with what it runs.
     pub fn agent_reregister(
         &mut self,
         now_ms: u64,
@@ -362,19 +381,20 @@ impl MasterCore {
         self.debug_check();
     }
 
-    /// See [`Self::on_agent_heartbeat`].
+    /// Anything heard from an agent's link counts as a heartbeat.
     pub fn agent_heartbeat(&mut self, now_ms: u64, conn: ConnId) {
         self.on_agent_heartbeat(now_ms, conn);
         self.debug_check();
     }
 
-    /// See [`Self::on_agent_disconnected`].
+    /// An agent's link ended. It stays reachable until its heartbeats are missed.
     pub fn agent_disconnected(&mut self, conn: ConnId) {
         self.on_agent_disconnected(conn);
         self.debug_check();
     }
 
-    /// See [`Self::on_status_update`].
+    /// A status update from an agent: recorded, passed to the framework (which acknowledges
+    /// it through the master), resources freed on a terminal state.
     pub fn status_update(
         &mut self,
         now_ms: u64,
@@ -386,13 +406,15 @@ impl MasterCore {
         self.debug_check();
     }
 
-    /// See [`Self::on_persisted`].
+    /// A registry write finished: `Ok` once durable in coord.
     pub fn persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
         self.on_persisted(now_ms, then, result);
         self.debug_check();
     }
 
-    /// See [`Self::on_tick`].
+    /// Runs the timers: unreachable agents, framework failover timeouts, heartbeats, and an
+    /// allocation cycle when one is due. The driver calls it every `allocation_interval_ms`.
+    /// Returns whether an allocation cycle ran.
     pub fn tick(&mut self, now_ms: u64) -> bool {
         let r = self.on_tick(now_ms);
         self.debug_check();
@@ -407,8 +429,7 @@ impl MasterCore {
 
     // ---- the registry, at the start of a term ------------------------------------------------
 
-    /// A framework from the registry: disconnected (its failover timeout runs from `now_ms`)
-    /// and suppressed in the allocator until it subscribes again.
+    /// The handler of [`Self::load_framework`].
     fn on_load_framework(&mut self, now_ms: u64, info: FrameworkInfo) {
         if self.frameworks.contains_key(&info.id) {
             return;
@@ -438,7 +459,7 @@ impl MasterCore {
         );
     }
 
-    /// An agent from the registry: known, but offered nothing until it re-registers.
+    /// The handler of [`Self::load_agent`].
     fn on_load_agent(&mut self, now_ms: u64, info: AgentInfo) {
         let max = self.config.allocator.limits.agents_max;
         if !self.agents.contains_key(&info.id) && self.agents.len() >= max {
@@ -459,9 +480,7 @@ impl MasterCore {
 
     // ---- frameworks --------------------------------------------------------------------------
 
-    /// A `Subscribe` on connection `conn`. With no id in `info` the framework is new and gets
-    /// `fresh_id` once the registry holds it; with an id it must be registered (failover).
-    /// The answer comes as `Action::SubscribeDone`.
+    /// The handler of [`Self::subscribe`].
     fn on_subscribe(
         &mut self,
         now_ms: u64,
@@ -621,7 +640,7 @@ impl MasterCore {
         });
     }
 
-    /// The framework's stream ended (closed by the client, broken, or too slow to keep up).
+    /// The handler of [`Self::framework_disconnected`].
     fn on_framework_disconnected(&mut self, now_ms: u64, conn: ConnId) {
         self.pending_frameworks.remove(&conn);
         let Some((Owner::Framework, id)) = self.conns.remove(&conn) else {
@@ -668,8 +687,7 @@ impl MasterCore {
             .ok_or_else(|| CallError::NotFound(format!("framework {id} is not registered")))
     }
 
-    /// `Accept` with LAUNCH operations. Launches that cannot run become `TASK_ERROR` updates
-    /// naming why; they affect no other task. `refuse_ms`: `None` for the default filter.
+    /// The handler of [`Self::accept`].
     fn on_accept(
         &mut self,
         now_ms: u64,
@@ -898,8 +916,7 @@ impl MasterCore {
         ms_from_seconds("filters.refuse_seconds", seconds, u64::MAX / 2)
     }
 
-    /// `Decline`: the offers return to the pool, filtered for this framework. Offers that are
-    /// no longer outstanding are ignored (the call is idempotent).
+    /// The handler of [`Self::decline`].
     fn on_decline(
         &mut self,
         now_ms: u64,
@@ -922,6 +939,7 @@ impl MasterCore {
         Ok(())
     }
 
+    /// The handler of [`Self::revive`].
     fn on_revive(&mut self, fw_id: &FrameworkId, clear_filters: bool) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         let fw = self.frameworks.get_mut(fw_id).expect("checked");
@@ -939,6 +957,7 @@ impl MasterCore {
         Ok(())
     }
 
+    /// The handler of [`Self::suppress`].
     fn on_suppress(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         self.frameworks.get_mut(fw_id).expect("checked").suppressed = true;
@@ -948,9 +967,7 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Kill`: the agent kills the task and reports `TASK_KILLED`. A task the master does not
-    /// know is answered with `TASK_UNKNOWN`; one on an unreachable agent is killed when the
-    /// agent comes back.
+    /// The handler of [`Self::kill`].
     fn on_kill(
         &mut self,
         fw_id: &FrameworkId,
@@ -996,7 +1013,7 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Acknowledge`: passed on to the agent, which stops retrying that update.
+    /// The handler of [`Self::acknowledge`].
     fn on_acknowledge(
         &mut self,
         fw_id: &FrameworkId,
@@ -1034,8 +1051,7 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Reconcile`: the latest status of each listed task (`TASK_UNKNOWN` for tasks the master
-    /// does not know), or of every task of the framework when the list is empty.
+    /// The handler of [`Self::reconcile`].
     fn on_reconcile(&mut self, fw_id: &FrameworkId, task_ids: &[String]) -> Result<(), CallError> {
         let fw = self.known_framework(fw_id)?;
         let conn = fw.conn;
@@ -1075,7 +1091,7 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Teardown`: the framework is removed and all its tasks are killed.
+    /// The handler of [`Self::teardown`].
     fn on_teardown(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         self.remove_framework(fw_id, "it asked to be torn down");
@@ -1128,8 +1144,7 @@ impl MasterCore {
 
     // ---- agents ------------------------------------------------------------------------------
 
-    /// A new agent's `Register`: admitted under `info.id` (a fresh id from the driver) once the
-    /// registry holds it.
+    /// The handler of [`Self::agent_register`].
     fn on_agent_register(&mut self, conn: ConnId, info: AgentInfo) {
         if let Err(msg) = self.check_agent_info(&info) {
             self.out.push(Action::CloseAgent {
@@ -1182,8 +1197,7 @@ impl MasterCore {
         Ok(())
     }
 
-    /// A known agent's `Reregister` (after its restart, a broken link or a master failover),
-    /// with what it runs.
+    /// The handler of [`Self::agent_reregister`].
     fn on_agent_reregister(
         &mut self,
         now_ms: u64,
@@ -1501,7 +1515,7 @@ impl MasterCore {
         }
     }
 
-    /// Anything heard from an agent's link counts as a heartbeat.
+    /// The handler of [`Self::agent_heartbeat`].
     fn on_agent_heartbeat(&mut self, now_ms: u64, conn: ConnId) {
         if let Some(agent) = self.agent_of(conn)
             && let Some(a) = self.agents.get_mut(&agent)
@@ -1518,7 +1532,7 @@ impl MasterCore {
         }
     }
 
-    /// An agent's link ended. It stays reachable until its heartbeats are missed.
+    /// The handler of [`Self::agent_disconnected`].
     fn on_agent_disconnected(&mut self, conn: ConnId) {
         self.pending_agents.remove(&conn);
         if let Some(agent) = self.agent_of(conn) {
@@ -1531,8 +1545,7 @@ impl MasterCore {
         }
     }
 
-    /// A status update from an agent: recorded, passed to the framework (which acknowledges
-    /// it through the master), resources freed on a terminal state.
+    /// The handler of [`Self::status_update`].
     fn on_status_update(
         &mut self,
         now_ms: u64,
@@ -1645,7 +1658,7 @@ impl MasterCore {
 
     // ---- registry completions ----------------------------------------------------------------
 
-    /// A registry write finished: `Ok` once durable in coord.
+    /// The handler of [`Self::persisted`].
     fn on_persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
         match then {
             Completion::None { what } => {
@@ -1693,9 +1706,7 @@ impl MasterCore {
 
     // ---- time --------------------------------------------------------------------------------
 
-    /// Runs the timers: unreachable agents, framework failover timeouts, heartbeats, and an
-    /// allocation cycle when one is due. The driver calls it every `allocation_interval_ms`.
-    /// Returns whether an allocation cycle ran.
+    /// The handler of [`Self::tick`].
     fn on_tick(&mut self, now_ms: u64) -> bool {
         let limit = self.config.agent_unreachable_after_ms;
         let lost: Vec<AgentId> = self
