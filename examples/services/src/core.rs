@@ -20,13 +20,17 @@
 //! over. Instances whose agent is unreachable, or whose task the master does not know, for too
 //! long are given up (killed, forgotten, replaced); an update for a task the framework does not
 //! track kills it.
+//!
+//! [`Core::check_invariants`] states what `reconcile` establishes (no index both running and
+//! waiting, no terminal instance tracked, offers wanted exactly while something may launch, …);
+//! it runs after every input in debug builds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use drover_sdk::{
-    AgentId, ExistingInstance, Offer, OfferId, PortRanges, Resources, TaskId, TaskInfo, TaskSpec,
-    TaskState, TaskStatus, place,
+    AgentId, ExistingInstance, Offer, OfferId, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    place,
 };
 use serde::{Deserialize, Serialize};
 
@@ -405,6 +409,7 @@ impl Core {
     /// A suppress or revive call failed: send the right one again at the next chance.
     pub fn offers_call_failed(&mut self) {
         self.offers_wanted = None;
+        self.debug_check();
     }
 
     /// The specs stored now (`valid`), and the names whose stored spec is invalid (with why).
@@ -497,6 +502,7 @@ impl Core {
                     continue;
                 };
                 let task_id = self.new_task_id(&name, index);
+                let seq = self.next_seq();
                 let service = self.services.get_mut(&name).expect("iterating its names");
                 let restarts = service.slots.get(&index).map_or(0, |s| s.restarts);
                 let mut task = TaskSpec::new(task_id.clone(), spec.cmd.to_command())
@@ -517,12 +523,14 @@ impl Core {
                         continue;
                     }
                 };
-                offer.resources = offer
-                    .resources
-                    .checked_sub(&launch.resources)
-                    .unwrap_or_else(|_| Resources::from_millicpus(0, 0, PortRanges::new()));
-                let seq = self.next_seq;
-                self.next_seq += 1;
+                // `place` carves each launch out of what is left of its offer.
+                offer.resources = match offer.resources.checked_sub(&launch.resources) {
+                    Ok(rest) => rest,
+                    Err(e) => panic!(
+                        "services: placement gave {task_id} more than offer {} has left: {e}",
+                        offer.id.0
+                    ),
+                };
                 let instance = Instance {
                     task_id: task_id.clone(),
                     index,
@@ -676,19 +684,27 @@ impl Core {
 
     /// The result of a [`Probe`].
     pub fn probe_result(&mut self, now: Now, task_id: &TaskId, result: ProbeOutcome) {
+        self.on_probe_result(now, task_id, result);
+        self.debug_check();
+    }
+
+    fn on_probe_result(&mut self, now: Now, task_id: &TaskId, result: ProbeOutcome) {
         let Some(name) = service_of(task_id).map(str::to_string) else {
             return;
         };
         let Some(service) = self.services.get_mut(&name) else {
             return;
         };
-        let Some(check) = service.spec.as_ref().and_then(|s| s.health.clone()) else {
-            return;
-        };
+        let check = service.spec.as_ref().and_then(|s| s.health.clone());
         let Some(instance) = service.instances.get_mut(task_id) else {
             return;
         };
+        // The probe is over even if the spec dropped its check meanwhile: a check added back
+        // later must probe this instance again.
         instance.probing = false;
+        let Some(check) = check else {
+            return;
+        };
         if !instance.is_running() || instance.kill.is_some() {
             return;
         }
@@ -833,6 +849,7 @@ impl Core {
         }
         self.reconcile(now);
         self.publish(now);
+        self.debug_check();
     }
 
     /// Compares desired and actual state and decides kills, what may launch, and whether offers
@@ -850,6 +867,182 @@ impl Core {
             } else {
                 Action::Suppress
             });
+        }
+        // Every input ends here, so this checks after every input.
+        self.debug_check();
+    }
+
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    /// Panics, naming the service and instance, unless what `reconcile` establishes holds:
+    ///
+    /// - each instance is stored under its own task id, which names its service, and is not
+    ///   terminal (a terminal update forgets it); launch orders are unique;
+    /// - health and timestamps agree (healthy has a `healthy_since`, unhealthy is being killed,
+    ///   `running_since` iff `started_at_ms`), and an index never failed more than it restarted;
+    /// - `launchable` and `backing_off` are ascending, disjoint, empty without a spec, hold no
+    ///   index a live current-version instance has, and with those live instances stay within
+    ///   `instances`, which the live current-version instances never exceed;
+    /// - a removed service still tracked has instances, all being killed;
+    /// - offers are wanted exactly while something is launchable (or the call is to be redone);
+    /// - the status counts each instance in at most one state, and pending instances are the
+    ///   launchable plus the backing-off ones.
+    ///
+    /// O(instances log instances). Runs after every input in debug builds, and in tests.
+    pub fn check_invariants(&self) {
+        let mut seqs = BTreeSet::new();
+        for (name, service) in &self.services {
+            for (task_id, i) in &service.instances {
+                assert_eq!(
+                    &i.task_id, task_id,
+                    "services: {name}: instance {task_id} is stored as {}",
+                    i.task_id
+                );
+                assert_eq!(
+                    service_of(task_id),
+                    Some(name.as_str()),
+                    "services: {name}: instance {task_id} names another service"
+                );
+                assert!(
+                    !i.state.is_terminal(),
+                    "services: {name}: instance {task_id} is {} but still tracked",
+                    i.state
+                );
+                assert!(
+                    i.seq <= self.next_seq && seqs.insert(i.seq),
+                    "services: {name}: instance {task_id}'s launch order {} is reused or ahead of {}",
+                    i.seq,
+                    self.next_seq
+                );
+                assert!(
+                    i.health != Health::Healthy || i.healthy_since.is_some(),
+                    "services: {name}: instance {task_id} is healthy without a healthy_since"
+                );
+                assert!(
+                    i.health != Health::Unhealthy || i.kill.is_some(),
+                    "services: {name}: instance {task_id} is unhealthy but not being killed"
+                );
+                assert_eq!(
+                    i.running_since.is_some(),
+                    i.started_at_ms.is_some(),
+                    "services: {name}: instance {task_id} has one of running_since and started_at_ms"
+                );
+            }
+            for (index, slot) in &service.slots {
+                assert!(
+                    slot.failures <= slot.restarts,
+                    "services: {name}: index {index} failed {} times but restarted {}",
+                    slot.failures,
+                    slot.restarts
+                );
+            }
+            let ascending = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
+            assert!(
+                ascending(&service.launchable) && ascending(&service.backing_off),
+                "services: {name}: launchable {:?} or backing off {:?} is not ascending",
+                service.launchable,
+                service.backing_off
+            );
+            if let Some(index) = service
+                .launchable
+                .iter()
+                .find(|i| service.backing_off.contains(i))
+            {
+                panic!("services: {name}: index {index} is both launchable and backing off");
+            }
+            let Some(spec) = &service.spec else {
+                assert!(
+                    service.launchable.is_empty() && service.backing_off.is_empty(),
+                    "services: {name}: no spec, yet indices wait to launch"
+                );
+                if service.invalid_message.is_empty() {
+                    assert!(
+                        !service.instances.is_empty(),
+                        "services: {name}: removed with no instance left, yet still tracked"
+                    );
+                    if let Some(i) = service.instances.values().find(|i| i.kill.is_none()) {
+                        panic!(
+                            "services: {name}: removed, yet instance {} is not being killed",
+                            i.task_id
+                        );
+                    }
+                }
+                continue;
+            };
+            let live: Vec<&Instance> = service
+                .instances
+                .values()
+                .filter(|i| i.kill.is_none() && i.version == service.version)
+                .collect();
+            let desired = spec.instances as usize;
+            assert!(
+                live.len() <= desired,
+                "services: {name}: {} live instances of the current version, {desired} wanted",
+                live.len()
+            );
+            let indices: BTreeSet<u32> = live.iter().map(|i| i.index).collect();
+            if let Some(index) = service
+                .launchable
+                .iter()
+                .chain(&service.backing_off)
+                .find(|i| indices.contains(i))
+            {
+                panic!("services: {name}: index {index} runs, yet waits to launch");
+            }
+            let waiting = service.launchable.len() + service.backing_off.len();
+            assert!(
+                indices.len() + waiting <= desired,
+                "services: {name}: {} indices run and {waiting} wait, {desired} wanted",
+                indices.len()
+            );
+        }
+        let launchable = self.services.values().any(|s| !s.launchable.is_empty());
+        assert!(
+            self.offers_wanted.is_none_or(|w| w == launchable),
+            "services: offers are {} though {}",
+            if launchable { "suppressed" } else { "wanted" },
+            if launchable {
+                "an instance may launch"
+            } else {
+                "no instance may launch"
+            }
+        );
+        let now = Now {
+            mono: Duration::ZERO,
+            unix_ms: 0,
+        };
+        for (name, service) in &self.services {
+            let st = status_of(name, service, now);
+            let lost = service
+                .instances
+                .values()
+                .filter(|i| matches!(i.state, TaskState::Unreachable | TaskState::Unknown))
+                .count();
+            assert!(
+                st.staged as usize + st.running as usize + lost <= service.instances.len()
+                    && st.healthy <= st.running
+                    && st.instances.len() == service.instances.len(),
+                "services: {name}: the status counts {} staged, {} running ({} healthy) and {lost} lost of {} instances",
+                st.staged,
+                st.running,
+                st.healthy,
+                service.instances.len()
+            );
+            if service.spec.is_some() && !st.at_spec {
+                let pending = &st.pending;
+                assert!(
+                    (pending.waiting_for_offers + pending.unplaceable) as usize
+                        == service.launchable.len()
+                        && pending.backing_off as usize == service.backing_off.len(),
+                    "services: {name}: the status says {pending:?} pending, but {} may launch and {} back off",
+                    service.launchable.len(),
+                    service.backing_off.len()
+                );
+            }
         }
     }
 
@@ -1035,6 +1228,7 @@ impl Core {
         service.dirty = true;
     }
 
+    /// A fresh launch order: every instance's `seq` is unique and at most `next_seq`.
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq

@@ -144,6 +144,38 @@ impl Filters {
     pub fn next_expiry_ms(&self) -> Option<u64> {
         self.by_expiry.first().map(|(at, _, _)| *at)
     }
+
+    /// Every (framework, agent) pair with a filter.
+    pub fn pairs(&self) -> impl Iterator<Item = (&FrameworkId, &AgentId)> + '_ {
+        self.by_framework
+            .iter()
+            .flat_map(|(fw, per_agent)| per_agent.keys().map(move |a| (fw, a)))
+    }
+
+    /// Panics, naming the filter, if the two indexes disagree.
+    pub fn check_invariants(&self) {
+        let mut n = 0;
+        for (fw, per_agent) in &self.by_framework {
+            assert!(
+                !per_agent.is_empty(),
+                "filters: framework {fw} has an empty filter map"
+            );
+            for (agent, f) in per_agent {
+                n += 1;
+                assert!(
+                    self.by_expiry
+                        .contains(&(f.expires_at_ms, fw.clone(), agent.clone())),
+                    "filters: filter of framework {fw} on agent {agent} is missing from the expiry index"
+                );
+            }
+        }
+        assert_eq!(
+            n,
+            self.by_expiry.len(),
+            "filters: the expiry index holds {} entries for {n} filters",
+            self.by_expiry.len()
+        );
+    }
 }
 
 #[cfg(test)]

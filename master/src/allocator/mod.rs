@@ -31,6 +31,11 @@
 //! (in Mesos, Revive does both, so a framework that only wanted offers again also lost the
 //! filters that kept it from being re-offered agents it had rejected). `clear_filters` is the
 //! separate call. Both `suppress` and `revive` are idempotent.
+//!
+//! **Invariants.** `check_invariants` (free + used + offered == total per agent, DRF
+//! allocations == offered + used, indexes agree, counts within the limits) runs at the end of
+//! every cycle in debug builds; each event checks only the agents and frameworks it touched
+//! (`check_agent`, `check_framework`), so a debug build stays O(A) per cycle, not per event.
 
 pub mod filters;
 pub mod sorter;
@@ -297,7 +302,7 @@ impl Allocator {
         };
         self.set_total(new_total);
         self.agents.insert(
-            id,
+            id.clone(),
             Agent {
                 available: total.clone(),
                 total,
@@ -307,6 +312,7 @@ impl Allocator {
             },
         );
         self.dirty = true;
+        self.touched(&[&id], &[]);
         Ok(())
     }
 
@@ -317,10 +323,12 @@ impl Allocator {
             return Err(AllocatorError::UnknownAgent(id.clone()));
         };
         let mut rescinded = Vec::new();
+        let mut touched: Vec<FrameworkId> = agent.used.keys().cloned().collect();
         if let Some(offer_id) = agent.offer {
             let offer = self.take_offer(offer_id);
             self.unallocate(&offer.framework, offer.resources.scalars());
             rescinded.push(offer_id);
+            touched.push(offer.framework);
         }
         for (fw, used) in &agent.used {
             self.unallocate(fw, used.scalars());
@@ -329,6 +337,7 @@ impl Allocator {
         let mut total = self.total;
         total.sub(agent.total.scalars());
         self.set_total(total);
+        self.touched(&[], &touched.iter().collect::<Vec<_>>());
         Ok(rescinded)
     }
 
@@ -358,7 +367,7 @@ impl Allocator {
         });
         sorter.add(id.clone(), weight);
         self.frameworks.insert(
-            id,
+            id.clone(),
             Framework {
                 role,
                 suppressed: false,
@@ -366,6 +375,7 @@ impl Allocator {
             },
         );
         self.dirty = true;
+        self.touched(&[], &[&id]);
         Ok(())
     }
 
@@ -379,10 +389,12 @@ impl Allocator {
             .ok_or_else(|| AllocatorError::UnknownFramework(id.clone()))?;
         let offer_ids: Vec<OfferId> = fw.offers.iter().copied().collect();
         let role = fw.role.clone();
+        let mut touched = Vec::new();
         for &offer_id in &offer_ids {
             let offer = self.take_offer(offer_id);
             // No filter (refuse 0), so the time is irrelevant.
             self.recover(0, id, &offer.agent, offer.resources, 0);
+            touched.push(offer.agent);
         }
         let mut released = Vec::new();
         for (agent_id, agent) in &mut self.agents {
@@ -394,8 +406,9 @@ impl Allocator {
                 released.push((agent_id.clone(), used.scalars()));
             }
         }
-        for (_, used) in released {
+        for (agent_id, used) in released {
             self.unallocate(id, used);
+            touched.push(agent_id);
         }
         self.filters.clear_framework(id);
         self.frameworks.remove(id);
@@ -407,12 +420,14 @@ impl Allocator {
             }
         }
         self.dirty = true;
+        self.touched(&touched.iter().collect::<Vec<_>>(), &[]);
         Ok(offer_ids)
     }
 
     /// Stop offering to `fw` until `revive`. Idempotent. Outstanding offers stay.
     pub fn suppress(&mut self, fw: &FrameworkId) -> Result<(), AllocatorError> {
         self.framework_mut(fw)?.suppressed = true;
+        self.touched(&[], &[fw]);
         Ok(())
     }
 
@@ -423,6 +438,7 @@ impl Allocator {
             f.suppressed = false;
             self.dirty = true;
         }
+        self.touched(&[], &[fw]);
         Ok(())
     }
 
@@ -434,6 +450,7 @@ impl Allocator {
         if n > 0 {
             self.dirty = true;
         }
+        self.touched(&[], &[fw]);
         Ok(n)
     }
 
@@ -443,6 +460,9 @@ impl Allocator {
         self.roles.set_weight(&role, weight);
         self.role_weights.insert(role, weight);
         self.dirty = true;
+        if cfg!(debug_assertions) {
+            self.roles.check_invariants("role", self.total);
+        }
         Ok(())
     }
 
@@ -466,6 +486,7 @@ impl Allocator {
             offer.resources,
             refuse_for_ms,
         );
+        self.touched(&[&offer.agent], &[&offer.framework]);
         Ok(())
     }
 
@@ -511,6 +532,7 @@ impl Allocator {
         } else {
             self.recover(now_ms, &offer.framework, &offer.agent, rest, refuse_for_ms);
         }
+        self.touched(&[&offer.agent], &[&offer.framework]);
         Ok(())
     }
 
@@ -540,6 +562,7 @@ impl Allocator {
             agent.used.insert(fw.clone(), left);
         }
         self.recover(now_ms, fw, agent_id, res, refuse_for_ms);
+        self.touched(&[agent_id], &[fw]);
         Ok(())
     }
 
@@ -579,6 +602,7 @@ impl Allocator {
             s.allocated(fw, used.scalars());
         }
         self.dirty = true;
+        self.touched(&[agent_id], &[fw]);
         Ok(())
     }
 
@@ -681,6 +705,9 @@ impl Allocator {
                 .insert(skip.agent.clone(), skip.reason.clone());
         }
         self.last = last;
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
         out
     }
 
@@ -780,6 +807,16 @@ impl Allocator {
     /// What `fw`'s tasks use on `agent` (none: `None`).
     pub fn used(&self, agent: &AgentId, fw: &FrameworkId) -> Option<&Resources> {
         self.agents.get(agent)?.used.get(fw)
+    }
+
+    /// What each framework's tasks use on `agent` (entries are never empty).
+    pub fn agent_used(&self, agent: &AgentId) -> Option<&BTreeMap<FrameworkId, Resources>> {
+        self.agents.get(agent).map(|a| &a.used)
+    }
+
+    /// Whether `fw` is suppressed; `None` if it is not registered.
+    pub fn is_suppressed(&self, fw: &FrameworkId) -> Option<bool> {
+        self.frameworks.get(fw).map(|f| f.suppressed)
     }
 
     pub fn agent_attributes(&self, agent: &AgentId) -> Option<&BTreeMap<String, String>> {
@@ -937,44 +974,222 @@ impl Allocator {
         }
     }
 
-    /// Checks every bookkeeping invariant; for tests.
-    #[cfg(test)]
-    fn check_invariants(&self) {
+    /// Panics, naming the object, if one agent's bookkeeping is off: free + used + offered ==
+    /// total with no overlap, no empty `used` entry, its offer is indexed both ways and belongs
+    /// to a registered framework. O(frameworks using the agent).
+    pub fn check_agent(&self, id: &AgentId) {
+        let Some(a) = self.agents.get(id) else {
+            return;
+        };
+        let mut sum = a.available.clone();
+        for (fw, used) in &a.used {
+            assert!(
+                !used.is_empty(),
+                "allocator: agent {id} has an empty used entry for framework {fw}"
+            );
+            assert!(
+                self.frameworks.contains_key(fw),
+                "allocator: agent {id} holds resources of unregistered framework {fw}"
+            );
+            sum = sum.checked_add(used).unwrap_or_else(|e| {
+                panic!("allocator: agent {id}: what framework {fw} uses overlaps the rest ({e})")
+            });
+        }
+        if let Some(o) = a.offer {
+            let Some(offer) = self.offers.get(&o) else {
+                panic!("allocator: agent {id} points at offer {o}, which is not outstanding");
+            };
+            assert_eq!(
+                &offer.agent, id,
+                "allocator: agent {id} points at offer {o}, which is on agent {}",
+                offer.agent
+            );
+            assert!(
+                self.frameworks
+                    .get(&offer.framework)
+                    .is_some_and(|f| f.offers.contains(&o)),
+                "allocator: offer {o} on agent {id} is not held by its framework {}",
+                offer.framework
+            );
+            sum = sum.checked_add(&offer.resources).unwrap_or_else(|e| {
+                panic!("allocator: agent {id}: offer {o} overlaps free or used resources ({e})")
+            });
+        }
+        assert_eq!(
+            sum, a.total,
+            "allocator: agent {id}: free + used + offered != total"
+        );
+    }
+
+    /// Panics, naming the object, if one framework's bookkeeping is off: every offer it holds
+    /// is outstanding and its own, it holds at most `offers_outstanding_per_framework_max`, and
+    /// its role's sorters know it at the share they compute. O(its offers + log F).
+    pub fn check_framework(&self, id: &FrameworkId) {
+        let Some(fw) = self.frameworks.get(id) else {
+            return;
+        };
+        let max = self.config.limits.offers_outstanding_per_framework_max;
+        assert!(
+            fw.offers.len() <= max,
+            "allocator: framework {id} holds {} offers, above offers_outstanding_per_framework_max ({max})",
+            fw.offers.len()
+        );
+        for o in &fw.offers {
+            let Some(offer) = self.offers.get(o) else {
+                panic!("allocator: framework {id} holds offer {o}, which is not outstanding");
+            };
+            assert_eq!(
+                &offer.framework, id,
+                "allocator: framework {id} holds offer {o}, which is framework {}'s",
+                offer.framework
+            );
+        }
+        let Some(sorter) = self.role_frameworks.get(&fw.role) else {
+            panic!("allocator: framework {id}'s role {} has no sorter", fw.role);
+        };
+        assert!(
+            sorter.contains(id),
+            "allocator: framework {id} is missing from role {}'s sorter",
+            fw.role
+        );
+        assert!(
+            self.roles.contains(&fw.role),
+            "allocator: role {} of framework {id} is missing from the role sorter",
+            fw.role
+        );
+    }
+
+    /// Panics, naming the object, unless every bookkeeping invariant holds: each agent and
+    /// framework as in `check_agent` / `check_framework`, every offer indexed from its agent,
+    /// its framework and (with an expiry) `offer_expiry`, the pool total is the sum of the
+    /// agents', DRF allocations (frameworks and roles) equal offered + used resources, the
+    /// sorters are keyed at the shares they compute, filters name registered frameworks and
+    /// agents, and the registered counts are within `agents_max` / `frameworks_max`.
+    /// O(A + F + offers + filters). Runs after every cycle in debug builds, and in tests.
+    pub fn check_invariants(&self) {
+        let limits = &self.config.limits;
+        assert!(
+            self.agents.len() <= limits.agents_max,
+            "allocator: {} agents, above agents_max ({})",
+            self.agents.len(),
+            limits.agents_max
+        );
+        assert!(
+            self.frameworks.len() <= limits.frameworks_max,
+            "allocator: {} frameworks, above frameworks_max ({})",
+            self.frameworks.len(),
+            limits.frameworks_max
+        );
         let mut per_fw: BTreeMap<&FrameworkId, Scalars> = BTreeMap::new();
         let mut total = Scalars::default();
         for (id, a) in &self.agents {
+            self.check_agent(id);
             total.add(a.total.scalars());
-            let mut sum = a.available.clone();
             for (fw, used) in &a.used {
-                assert!(!used.is_empty(), "{id}: empty used entry");
-                sum = sum.checked_add(used).expect("used overlaps");
                 per_fw.entry(fw).or_default().add(used.scalars());
-            }
-            if let Some(o) = a.offer {
-                let offer = &self.offers[&o];
-                assert_eq!(&offer.agent, id);
-                sum = sum.checked_add(&offer.resources).expect("offer overlaps");
-                per_fw
-                    .entry(&offer.framework)
-                    .or_default()
-                    .add(offer.resources.scalars());
-            }
-            assert_eq!(sum, a.total, "{id}: free + used + offered != total");
-        }
-        assert_eq!(total, self.total);
-        for (id, fw) in &self.frameworks {
-            assert_eq!(
-                self.allocated(id),
-                Some(per_fw.get(id).copied().unwrap_or_default()),
-                "{id}: sorter allocation out of step"
-            );
-            for o in &fw.offers {
-                assert_eq!(&self.offers[o].framework, id);
             }
         }
         assert_eq!(
-            self.offers.len(),
-            self.agents.values().filter(|a| a.offer.is_some()).count()
+            total, self.total,
+            "allocator: the pool total is not the sum of the agents' totals"
         );
+        for (id, offer) in &self.offers {
+            assert_eq!(
+                &offer.id, id,
+                "allocator: offer {id} is stored as {}",
+                offer.id
+            );
+            assert_eq!(
+                self.agents.get(&offer.agent).and_then(|a| a.offer),
+                Some(*id),
+                "allocator: offer {id} is not its agent {}'s outstanding offer",
+                offer.agent
+            );
+            if let Some(at) = offer.expires_at_ms {
+                assert!(
+                    self.offer_expiry.contains(&(at, *id)),
+                    "allocator: offer {id} expiring at {at} ms is missing from the expiry index"
+                );
+            }
+            per_fw
+                .entry(&offer.framework)
+                .or_default()
+                .add(offer.resources.scalars());
+        }
+        assert_eq!(
+            self.offer_expiry.len(),
+            self.offers
+                .values()
+                .filter(|o| o.expires_at_ms.is_some())
+                .count(),
+            "allocator: the offer expiry index holds entries for offers that are gone"
+        );
+        let mut per_role: BTreeMap<&Role, Scalars> = BTreeMap::new();
+        for (id, fw) in &self.frameworks {
+            self.check_framework(id);
+            let allocated = per_fw.get(id).copied().unwrap_or_default();
+            assert_eq!(
+                self.allocated(id),
+                Some(allocated),
+                "allocator: framework {id}'s DRF allocation is not its offered + used resources"
+            );
+            per_role.entry(&fw.role).or_default().add(allocated);
+        }
+        for (fw, _) in per_fw {
+            assert!(
+                self.frameworks.contains_key(fw),
+                "allocator: unregistered framework {fw} holds resources"
+            );
+        }
+        self.roles.check_invariants("role", self.total);
+        assert_eq!(
+            self.roles.len(),
+            self.role_frameworks.len(),
+            "allocator: the role sorter and the per-role sorters disagree on the roles"
+        );
+        for (role, sorter) in &self.role_frameworks {
+            sorter.check_invariants(role.as_str(), self.total);
+            assert!(
+                !sorter.is_empty(),
+                "allocator: role {role} has a sorter but no frameworks"
+            );
+            for fw in sorter.clients() {
+                assert!(
+                    self.frameworks.get(fw).is_some_and(|f| &f.role == role),
+                    "allocator: role {role}'s sorter holds framework {fw}, which is not in that role"
+                );
+            }
+            assert_eq!(
+                self.roles.allocation(role),
+                Some(per_role.get(role).copied().unwrap_or_default()),
+                "allocator: role {role}'s DRF allocation is not the sum of its frameworks'"
+            );
+            assert_eq!(
+                self.roles.weight(role),
+                Some(self.role_weights.get(role).copied().unwrap_or(1.0)),
+                "allocator: role {role}'s weight in the sorter is not the one set"
+            );
+        }
+        self.filters.check_invariants();
+        for (fw, agent) in self.filters.pairs() {
+            assert!(
+                self.frameworks.contains_key(fw) && self.agents.contains_key(agent),
+                "allocator: a filter of framework {fw} on agent {agent} outlived one of them"
+            );
+        }
+    }
+
+    /// After an event, in debug builds: the invariants of what it touched. The whole state is
+    /// checked once per cycle (`allocate`, itself O(A)); checking all of it after every event
+    /// would make a debug build quadratic in agents.
+    fn touched(&self, agents: &[&AgentId], frameworks: &[&FrameworkId]) {
+        if cfg!(debug_assertions) {
+            for a in agents {
+                self.check_agent(a);
+            }
+            for f in frameworks {
+                self.check_framework(f);
+            }
+        }
     }
 }

@@ -105,6 +105,50 @@ impl<K: Ord + Clone> DrfSorter<K> {
         self.clients.is_empty()
     }
 
+    /// The client's weight, if present.
+    pub fn weight(&self, client: &K) -> Option<f64> {
+        self.clients.get(client).map(|e| e.weight)
+    }
+
+    /// The clients, in key order.
+    pub fn clients(&self) -> impl Iterator<Item = &K> + '_ {
+        self.clients.keys()
+    }
+
+    /// Panics, naming `what` and the client, unless the order index holds exactly one key per
+    /// client, each equal to the client's weighted share of `total` (the allocator's total).
+    pub fn check_invariants(&self, what: &str, total: Scalars)
+    where
+        K: std::fmt::Debug,
+    {
+        assert_eq!(
+            self.total, total,
+            "{what} sorter: total {:?} is not the allocator's {total:?}",
+            self.total
+        );
+        assert_eq!(
+            self.order.len(),
+            self.clients.len(),
+            "{what} sorter: {} order keys for {} clients",
+            self.order.len(),
+            self.clients.len()
+        );
+        for (k, e) in &self.clients {
+            let share = weighted_share(e.allocation, e.weight, self.total);
+            assert!(
+                e.share.0.total_cmp(&share).is_eq(),
+                "{what} sorter: client {k:?} is keyed at share {} but holds {:?} at weight {} ({share})",
+                e.share.0,
+                e.allocation,
+                e.weight
+            );
+            assert!(
+                self.order.contains(&(e.share, k.clone())),
+                "{what} sorter: client {k:?} is missing from the order index"
+            );
+        }
+    }
+
     /// Recomputes one client's key after its allocation or weight changed.
     fn rekey(&mut self, client: &K, change: impl FnOnce(&mut Entry)) {
         let total = self.total;

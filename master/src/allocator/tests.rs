@@ -855,3 +855,66 @@ proptest! {
         }
     }
 }
+
+/// One agent offered to framework `a` (role `r`), invariants checked.
+fn one_offer() -> (Allocator, OfferId) {
+    let mut a = cluster(1, AllocatorConfig::default());
+    a.add_framework(fw("a"), role("r"), None).expect("add");
+    let out = cycle(&mut a, 0);
+    assert_eq!(out.offers.len(), 1);
+    (a, out.offers[0].id)
+}
+
+#[test]
+#[should_panic(expected = "allocator: agent agent-00000: free + used + offered != total")]
+fn check_invariants_catches_resources_that_appear_from_nowhere() {
+    // Proves a corrupted free pool (more free than the agent has) trips check_invariants.
+    let (mut a, offer) = one_offer();
+    a.offer_used(offer, res(500, GIB / 2)).expect("use");
+    let agent = a.agents.get_mut(&agent(0)).expect("agent 0");
+    agent.available = agent.available.checked_add(&res(1, 0)).expect("add");
+    a.check_invariants();
+}
+
+#[test]
+#[should_panic(
+    expected = "allocator: framework a's DRF allocation is not its offered + used resources"
+)]
+fn check_invariants_catches_a_drf_share_out_of_step() {
+    // Proves a sorter allocation that no longer matches offered + used trips check_invariants.
+    let (mut a, _) = one_offer();
+    a.role_frameworks
+        .get_mut(&role("r"))
+        .expect("role r")
+        .allocated(
+            &fw("a"),
+            Scalars {
+                millicpus: 1,
+                mem_bytes: 0,
+            },
+        );
+    a.check_invariants();
+}
+
+#[test]
+#[should_panic(
+    expected = "allocator: framework a holds 1 offers, above offers_outstanding_per_framework_max (0)"
+)]
+fn check_invariants_catches_a_framework_past_its_offer_limit() {
+    // Proves the offer limit is an invariant, not just a skip reason: lowering it under an
+    // outstanding offer (a corrupted config) trips check_invariants.
+    let (mut a, _) = one_offer();
+    a.config.limits.offers_outstanding_per_framework_max = 0;
+    a.check_invariants();
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "allocator: framework a holds offer O1, which is not outstanding")]
+fn events_check_what_they_touch_in_debug_builds() {
+    // Proves an event method checks its framework's invariants on the way out (debug builds):
+    // an offer dropped from the index but still held by the framework trips `suppress`.
+    let (mut a, offer) = one_offer();
+    a.offers.remove(&offer);
+    let _ = a.suppress(&fw("a"));
+}

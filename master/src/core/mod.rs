@@ -16,6 +16,14 @@
 //! free, offered (one outstanding offer per agent) or used by a framework's non-terminal tasks.
 //! A terminal status frees a task's resources; an agent that goes unreachable leaves the
 //! allocator (its offer rescinded) and comes back with what it reports on `Reregister`.
+//!
+//! **Invariants, TigerBeetle style.** [`MasterCore::check_invariants`] states what must hold
+//! between events (the allocator holds exactly the reachable agents and the registered
+//! frameworks, every offer's owner is recorded, used resources are the sum of the live tasks, …)
+//! and runs after every event in debug builds. What only a bug could cause is an `assert!`
+//! naming the object; what input can cause (a report that does not fit its agent, a limit) is a
+//! refusal naming the field or limit: the agent gets `AgentRefused`, the framework a call error
+//! or a `TASK_ERROR`.
 
 pub mod types;
 
@@ -154,6 +162,17 @@ pub struct MasterCore {
     out: Vec<Action>,
 }
 
+/// A `Reregister`'s tasks, sorted by `MasterCore::sort_report`.
+#[derive(Debug, Default)]
+struct SortedReport {
+    /// Tasks of known frameworks, once each, not tracked on another agent.
+    adopt: Vec<ReportedTask>,
+    /// Frameworks the master does not know: shut down on the agent.
+    shutdown: BTreeSet<FrameworkId>,
+    /// Tasks the master tracks on another agent: killed on this one.
+    kill: Vec<(FrameworkId, TaskId)>,
+}
+
 /// Totals since the term began.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -217,14 +236,206 @@ impl MasterCore {
         std::mem::take(&mut self.out)
     }
 
-    // ---- the registry, at the start of a term ------------------------------------------------
+    // ---- events ------------------------------------------------------------------------------
+    //
+    // Each entry point (documented here) runs its handler `on_*` below, then, in debug
+    // builds, `check_invariants`: a bug shows up at the event that caused it, not later.
 
     /// A framework from the registry: disconnected (its failover timeout runs from `now_ms`)
     /// and suppressed in the allocator until it subscribes again.
     pub fn load_framework(&mut self, now_ms: u64, info: FrameworkInfo) {
+        self.on_load_framework(now_ms, info);
+        self.debug_check();
+    }
+
+    /// An agent from the registry: known, but offered nothing until it re-registers.
+    pub fn load_agent(&mut self, now_ms: u64, info: AgentInfo) {
+        self.on_load_agent(now_ms, info);
+        self.debug_check();
+    }
+
+    /// A `Subscribe` on connection `conn`. With no id in `info` the framework is new and gets
+    /// `fresh_id` once the registry holds it; with an id it must be registered (failover).
+    /// The answer comes as `Action::SubscribeDone`.
+    pub fn subscribe(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        info: FrameworkInfo,
+        is_new: bool,
+        suppressed: bool,
+    ) {
+        self.on_subscribe(now_ms, conn, info, is_new, suppressed);
+        self.debug_check();
+    }
+
+    /// The framework's stream ended (closed by the client, broken, or too slow to keep up).
+    pub fn framework_disconnected(&mut self, now_ms: u64, conn: ConnId) {
+        self.on_framework_disconnected(now_ms, conn);
+        self.debug_check();
+    }
+
+    /// `Accept` with LAUNCH operations. Launches that cannot run become `TASK_ERROR` updates
+    /// naming why; they affect no other task. `refuse_ms`: `None` for the default filter.
+    pub fn accept(
+        &mut self,
+        now_ms: u64,
+        fw_id: &FrameworkId,
+        offers: Vec<OfferRef>,
+        launches: Vec<Result<TaskLaunch, InvalidLaunch>>,
+        refuse_ms: Option<u64>,
+    ) -> Result<(), CallError> {
+        let r = self.on_accept(now_ms, fw_id, offers, launches, refuse_ms);
+        self.debug_check();
+        r
+    }
+
+    /// `Decline`: the offers return to the pool, filtered for this framework. Offers that are
+    /// no longer outstanding are ignored (the call is idempotent).
+    pub fn decline(
+        &mut self,
+        now_ms: u64,
+        fw_id: &FrameworkId,
+        offers: Vec<OfferRef>,
+        refuse_ms: Option<u64>,
+    ) -> Result<(), CallError> {
+        let r = self.on_decline(now_ms, fw_id, offers, refuse_ms);
+        self.debug_check();
+        r
+    }
+
+    /// `Revive`: offers again (the allocator is revived once the framework is connected);
+    /// with `clear_filters`, its decline filters go too.
+    pub fn revive(&mut self, fw_id: &FrameworkId, clear_filters: bool) -> Result<(), CallError> {
+        let r = self.on_revive(fw_id, clear_filters);
+        self.debug_check();
+        r
+    }
+
+    /// `Suppress`: no offers until `Revive`; outstanding offers stay.
+    pub fn suppress(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
+        let r = self.on_suppress(fw_id);
+        self.debug_check();
+        r
+    }
+
+    /// `Kill`: the agent kills the task and reports `TASK_KILLED`. A task the master does not
+    /// know is answered with `TASK_UNKNOWN`; one on an unreachable agent is killed when the
+    /// agent comes back.
+    pub fn kill(
+        &mut self,
+        fw_id: &FrameworkId,
+        task_id: &str,
+        grace_ms: u64,
+    ) -> Result<(), CallError> {
+        let r = self.on_kill(fw_id, task_id, grace_ms);
+        self.debug_check();
+        r
+    }
+
+    /// `Acknowledge`: passed on to the agent, which stops retrying that update.
+    pub fn acknowledge(
+        &mut self,
+        fw_id: &FrameworkId,
+        agent_id: Option<&AgentId>,
+        task_id: &str,
+        uuid: [u8; 16],
+    ) -> Result<(), CallError> {
+        let r = self.on_acknowledge(fw_id, agent_id, task_id, uuid);
+        self.debug_check();
+        r
+    }
+
+    /// `Reconcile`: the latest status of each listed task (`TASK_UNKNOWN` for tasks the master
+    /// does not know), or of every task of the framework when the list is empty.
+    pub fn reconcile(&mut self, fw_id: &FrameworkId, task_ids: &[String]) -> Result<(), CallError> {
+        let r = self.on_reconcile(fw_id, task_ids);
+        self.debug_check();
+        r
+    }
+
+    /// `Teardown`: the framework is removed and all its tasks are killed.
+    pub fn teardown(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
+        let r = self.on_teardown(fw_id);
+        self.debug_check();
+        r
+    }
+
+    /// A new agent's `Register`: admitted under `info.id` (a fresh id from the driver) once the
+    /// registry holds it.
+    pub fn agent_register(&mut self, conn: ConnId, info: AgentInfo) {
+        self.on_agent_register(conn, info);
+        self.debug_check();
+    }
+
+    /// A known agent's `Reregister` (after its restart, a broken link or a master failover),
+    /// with what it runs.
+    pub fn agent_reregister(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        info: AgentInfo,
+        tasks: Vec<ReportedTask>,
+    ) {
+        self.on_agent_reregister(now_ms, conn, info, tasks);
+        self.debug_check();
+    }
+
+    /// Anything heard from an agent's link counts as a heartbeat.
+    pub fn agent_heartbeat(&mut self, now_ms: u64, conn: ConnId) {
+        self.on_agent_heartbeat(now_ms, conn);
+        self.debug_check();
+    }
+
+    /// An agent's link ended. It stays reachable until its heartbeats are missed.
+    pub fn agent_disconnected(&mut self, conn: ConnId) {
+        self.on_agent_disconnected(conn);
+        self.debug_check();
+    }
+
+    /// A status update from an agent: recorded, passed to the framework (which acknowledges
+    /// it through the master), resources freed on a terminal state.
+    pub fn status_update(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        fw_id: &FrameworkId,
+        status: TaskStatus,
+    ) {
+        self.on_status_update(now_ms, conn, fw_id, status);
+        self.debug_check();
+    }
+
+    /// A registry write finished: `Ok` once durable in coord.
+    pub fn persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
+        self.on_persisted(now_ms, then, result);
+        self.debug_check();
+    }
+
+    /// Runs the timers: unreachable agents, framework failover timeouts, heartbeats, and an
+    /// allocation cycle when one is due. The driver calls it every `allocation_interval_ms`.
+    /// Returns whether an allocation cycle ran.
+    pub fn tick(&mut self, now_ms: u64) -> bool {
+        let r = self.on_tick(now_ms);
+        self.debug_check();
+        r
+    }
+
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    // ---- the registry, at the start of a term ------------------------------------------------
+
+    /// The handler of [`Self::load_framework`].
+    fn on_load_framework(&mut self, now_ms: u64, info: FrameworkInfo) {
         if self.frameworks.contains_key(&info.id) {
             return;
         }
+        // Possible from the registry: more frameworks than `frameworks_max` (the limit was
+        // lowered). The framework is left out of this term; its re-subscribe is NotFound.
         if let Err(e) = self
             .allocator
             .add_framework(info.id.clone(), info.role.clone(), None)
@@ -232,7 +443,9 @@ impl MasterCore {
             tracing::warn!(framework_id = %info.id, error = %e, "registry framework not loaded");
             return;
         }
-        let _ = self.allocator.suppress(&info.id);
+        self.allocator
+            .suppress(&info.id)
+            .expect("the framework was just added to the allocator");
         self.frameworks.insert(
             info.id.clone(),
             Framework {
@@ -246,8 +459,15 @@ impl MasterCore {
         );
     }
 
-    /// An agent from the registry: known, but offered nothing until it re-registers.
-    pub fn load_agent(&mut self, now_ms: u64, info: AgentInfo) {
+    /// The handler of [`Self::load_agent`].
+    fn on_load_agent(&mut self, now_ms: u64, info: AgentInfo) {
+        let max = self.config.allocator.limits.agents_max;
+        if !self.agents.contains_key(&info.id) && self.agents.len() >= max {
+            // Possible from the registry (the limit was lowered): the agent is new to this term,
+            // so its Reregister is refused naming the limit.
+            tracing::warn!(agent_id = %info.id, agents_max = max, "registry agent not loaded: agents_max reached");
+            return;
+        }
         self.agents.entry(info.id.clone()).or_insert(Agent {
             info,
             conn: None,
@@ -260,10 +480,8 @@ impl MasterCore {
 
     // ---- frameworks --------------------------------------------------------------------------
 
-    /// A `Subscribe` on connection `conn`. With no id in `info` the framework is new and gets
-    /// `fresh_id` once the registry holds it; with an id it must be registered (failover).
-    /// The answer comes as `Action::SubscribeDone`.
-    pub fn subscribe(
+    /// The handler of [`Self::subscribe`].
+    fn on_subscribe(
         &mut self,
         now_ms: u64,
         conn: ConnId,
@@ -326,7 +544,9 @@ impl MasterCore {
         if changed {
             self.out.push(Action::Persist {
                 write: RegistryWrite::PutFramework(info.clone()),
-                then: Completion::None,
+                then: Completion::None {
+                    what: format!("updating framework {}", info.id),
+                },
             });
         }
         self.attach_framework(now_ms, conn, info, suppressed);
@@ -363,15 +583,15 @@ impl MasterCore {
         let id = info.id.clone();
         let is_known = self.frameworks.contains_key(&id);
         if !is_known {
+            // `subscribe` counted this framework against `frameworks_max` while it was pending,
+            // and its id is fresh: the allocator has room and does not know it.
             if let Err(e) = self
                 .allocator
                 .add_framework(id.clone(), info.role.clone(), None)
             {
-                self.out.push(Action::SubscribeDone {
-                    conn,
-                    result: Err(CallError::Unavailable(e.to_string())),
-                });
-                return;
+                panic!(
+                    "framework {id}: the allocator refused a framework admitted within frameworks_max: {e}"
+                );
             }
             self.frameworks.insert(
                 id.clone(),
@@ -401,11 +621,12 @@ impl MasterCore {
         fw.suppressed = suppr;
         fw.last_heartbeat_ms = now_ms;
         self.conns.insert(conn, (Owner::Framework, id.to_string()));
-        let _ = if suppr {
+        if suppr {
             self.allocator.suppress(&id)
         } else {
             self.allocator.revive(&id)
-        };
+        }
+        .expect("a registered framework is in the allocator");
         self.out.push(Action::SubscribeDone {
             conn,
             result: Ok(id.clone()),
@@ -419,8 +640,8 @@ impl MasterCore {
         });
     }
 
-    /// The framework's stream ended (closed by the client, broken, or too slow to keep up).
-    pub fn framework_disconnected(&mut self, now_ms: u64, conn: ConnId) {
+    /// The handler of [`Self::framework_disconnected`].
+    fn on_framework_disconnected(&mut self, now_ms: u64, conn: ConnId) {
         self.pending_frameworks.remove(&conn);
         let Some((Owner::Framework, id)) = self.conns.remove(&conn) else {
             return;
@@ -448,7 +669,9 @@ impl MasterCore {
         for offer in offers {
             self.return_offer(now_ms, offer, 0);
         }
-        let _ = self.allocator.suppress(&id);
+        self.allocator
+            .suppress(&id)
+            .expect("a registered framework is in the allocator");
         if failover_timeout_ms == 0 {
             self.remove_framework(&id, "its failover timeout is 0 and it disconnected");
         }
@@ -464,9 +687,8 @@ impl MasterCore {
             .ok_or_else(|| CallError::NotFound(format!("framework {id} is not registered")))
     }
 
-    /// `Accept` with LAUNCH operations. Launches that cannot run become `TASK_ERROR` updates
-    /// naming why; they affect no other task. `refuse_ms`: `None` for the default filter.
-    pub fn accept(
+    /// The handler of [`Self::accept`].
+    fn on_accept(
         &mut self,
         now_ms: u64,
         fw_id: &FrameworkId,
@@ -547,6 +769,7 @@ impl MasterCore {
         let offered = remaining.clone();
         let mut seen = BTreeSet::new();
         let agent_conn = self.agents.get(&agent_id).and_then(|a| a.conn);
+        let tasks_max = self.config.allocator.limits.tasks_per_framework_max;
         for launch in launches {
             let launch = match launch {
                 Ok(l) => l,
@@ -577,6 +800,13 @@ impl MasterCore {
                 Some((
                     "duplicate_task_id",
                     format!("task_id: {} is already in use by this framework", launch.id),
+                ))
+            } else if self.frameworks[fw_id].tasks.len() >= tasks_max {
+                Some((
+                    "tasks_per_framework_max",
+                    format!(
+                        "tasks_per_framework_max ({tasks_max}) reached: framework {fw_id} already has {tasks_max} non-terminal tasks"
+                    ),
                 ))
             } else if launch.resources.millicpus() == 0 && launch.resources.mem_bytes() == 0 {
                 Some((
@@ -618,12 +848,16 @@ impl MasterCore {
                 "",
                 "",
             );
-            if let Some(f) = self.frameworks.get_mut(fw_id) {
-                f.tasks.insert(launch.id.clone());
-            }
-            if let Some(a) = self.agents.get_mut(&agent_id) {
-                a.tasks.insert(key.clone());
-            }
+            self.frameworks
+                .get_mut(fw_id)
+                .expect("checked at the top")
+                .tasks
+                .insert(launch.id.clone());
+            self.agents
+                .get_mut(&agent_id)
+                .expect("an outstanding offer's agent is known and reachable")
+                .tasks
+                .insert(key.clone());
             tracing::debug!(framework_id = %fw_id, task_id = %launch.id, agent_id = %agent_id, "launching task");
             self.counters.tasks_launched += 1;
             if let Some(conn) = agent_conn {
@@ -653,8 +887,13 @@ impl MasterCore {
         for o in valid {
             let u = used.take().unwrap_or_default();
             self.offer_owner.remove(&o.id);
+            // The offer is outstanding and this framework's, `u` was carved out of it, and
+            // `refuse` applied the allocator's limit: a refusal here is a bookkeeping bug.
             if let Err(e) = self.allocator.accept_offer(now_ms, o.id, u, refuse_ms) {
-                tracing::error!(error = %e, "allocator refused an accepted offer");
+                panic!(
+                    "offer {}: the allocator refused an accepted offer of framework {fw_id}: {e}",
+                    o.id
+                );
             }
         }
         Ok(())
@@ -677,9 +916,8 @@ impl MasterCore {
         ms_from_seconds("filters.refuse_seconds", seconds, u64::MAX / 2)
     }
 
-    /// `Decline`: the offers return to the pool, filtered for this framework. Offers that are
-    /// no longer outstanding are ignored (the call is idempotent).
-    pub fn decline(
+    /// The handler of [`Self::decline`].
+    fn on_decline(
         &mut self,
         now_ms: u64,
         fw_id: &FrameworkId,
@@ -701,30 +939,36 @@ impl MasterCore {
         Ok(())
     }
 
-    pub fn revive(&mut self, fw_id: &FrameworkId, clear_filters: bool) -> Result<(), CallError> {
+    /// The handler of [`Self::revive`].
+    fn on_revive(&mut self, fw_id: &FrameworkId, clear_filters: bool) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         let fw = self.frameworks.get_mut(fw_id).expect("checked");
         fw.suppressed = false;
         if fw.conn.is_some() {
-            let _ = self.allocator.revive(fw_id);
+            self.allocator
+                .revive(fw_id)
+                .expect("a registered framework is in the allocator");
         }
         if clear_filters {
-            let _ = self.allocator.clear_filters(fw_id);
+            self.allocator
+                .clear_filters(fw_id)
+                .expect("a registered framework is in the allocator");
         }
         Ok(())
     }
 
-    pub fn suppress(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
+    /// The handler of [`Self::suppress`].
+    fn on_suppress(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         self.frameworks.get_mut(fw_id).expect("checked").suppressed = true;
-        let _ = self.allocator.suppress(fw_id);
+        self.allocator
+            .suppress(fw_id)
+            .expect("a registered framework is in the allocator");
         Ok(())
     }
 
-    /// `Kill`: the agent kills the task and reports `TASK_KILLED`. A task the master does not
-    /// know is answered with `TASK_UNKNOWN`; one on an unreachable agent is killed when the
-    /// agent comes back.
-    pub fn kill(
+    /// The handler of [`Self::kill`].
+    fn on_kill(
         &mut self,
         fw_id: &FrameworkId,
         task_id: &str,
@@ -769,8 +1013,8 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Acknowledge`: passed on to the agent, which stops retrying that update.
-    pub fn acknowledge(
+    /// The handler of [`Self::acknowledge`].
+    fn on_acknowledge(
         &mut self,
         fw_id: &FrameworkId,
         agent_id: Option<&AgentId>,
@@ -807,9 +1051,8 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Reconcile`: the latest status of each listed task (`TASK_UNKNOWN` for tasks the master
-    /// does not know), or of every task of the framework when the list is empty.
-    pub fn reconcile(&mut self, fw_id: &FrameworkId, task_ids: &[String]) -> Result<(), CallError> {
+    /// The handler of [`Self::reconcile`].
+    fn on_reconcile(&mut self, fw_id: &FrameworkId, task_ids: &[String]) -> Result<(), CallError> {
         let fw = self.known_framework(fw_id)?;
         let conn = fw.conn;
         let mut statuses = Vec::new();
@@ -848,8 +1091,8 @@ impl MasterCore {
         Ok(())
     }
 
-    /// `Teardown`: the framework is removed and all its tasks are killed.
-    pub fn teardown(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
+    /// The handler of [`Self::teardown`].
+    fn on_teardown(&mut self, fw_id: &FrameworkId) -> Result<(), CallError> {
         self.known_framework(fw_id)?;
         self.remove_framework(fw_id, "it asked to be torn down");
         Ok(())
@@ -877,10 +1120,12 @@ impl MasterCore {
                 });
             }
         }
-        if let Ok(dropped) = self.allocator.remove_framework(fw_id) {
-            for offer in dropped {
-                self.offer_owner.remove(&offer);
-            }
+        let dropped = self
+            .allocator
+            .remove_framework(fw_id)
+            .expect("a registered framework is in the allocator");
+        for offer in dropped {
+            self.offer_owner.remove(&offer);
         }
         if let Some(conn) = fw.conn {
             self.conns.remove(&conn);
@@ -891,15 +1136,16 @@ impl MasterCore {
         }
         self.out.push(Action::Persist {
             write: RegistryWrite::DeleteFramework(fw_id.clone()),
-            then: Completion::None,
+            then: Completion::None {
+                what: format!("deleting framework {fw_id}"),
+            },
         });
     }
 
     // ---- agents ------------------------------------------------------------------------------
 
-    /// A new agent's `Register`: admitted under `info.id` (a fresh id from the driver) once the
-    /// registry holds it.
-    pub fn agent_register(&mut self, conn: ConnId, info: AgentInfo) {
+    /// The handler of [`Self::agent_register`].
+    fn on_agent_register(&mut self, conn: ConnId, info: AgentInfo) {
         if let Err(msg) = self.check_agent_info(&info) {
             self.out.push(Action::CloseAgent {
                 conn,
@@ -907,14 +1153,10 @@ impl MasterCore {
             });
             return;
         }
-        if self.agents.len() + self.pending_agents.len() >= self.config.allocator.limits.agents_max
-        {
+        if let Err(msg) = self.check_agents_max() {
             self.out.push(Action::CloseAgent {
                 conn,
-                refused: Some(format!(
-                    "agents_max reached ({})",
-                    self.config.allocator.limits.agents_max
-                )),
+                refused: Some(msg),
             });
             return;
         }
@@ -923,6 +1165,24 @@ impl MasterCore {
             write: RegistryWrite::PutAgent(info),
             then: Completion::AgentAdmitted { conn },
         });
+    }
+
+    /// Room for one more agent: known agents (reachable or not) plus admissions of new ids
+    /// waiting for their registry write stay within `agents_max`.
+    fn check_agents_max(&self) -> Result<(), String> {
+        let max = self.config.allocator.limits.agents_max;
+        let pending_new = self
+            .pending_agents
+            .values()
+            .filter(|(info, _)| !self.agents.contains_key(&info.id))
+            .count();
+        if self.agents.len() + pending_new >= max {
+            return Err(format!(
+                "agents_max ({max}) reached: the master has {} agents",
+                self.agents.len() + pending_new
+            ));
+        }
+        Ok(())
     }
 
     fn check_agent_info(&self, info: &AgentInfo) -> Result<(), String> {
@@ -937,9 +1197,8 @@ impl MasterCore {
         Ok(())
     }
 
-    /// A known agent's `Reregister` (after its restart, a broken link or a master failover),
-    /// with what it runs.
-    pub fn agent_reregister(
+    /// The handler of [`Self::agent_reregister`].
+    fn on_agent_reregister(
         &mut self,
         now_ms: u64,
         conn: ConnId,
@@ -954,6 +1213,16 @@ impl MasterCore {
             return;
         }
         let stored = self.agents.get(&info.id).map(|a| a.info.clone());
+        if stored.is_none()
+            && let Err(msg) = self.check_agents_max()
+        {
+            // New to this term (a registry that lost it, or one past the limit at load).
+            self.out.push(Action::CloseAgent {
+                conn,
+                refused: Some(msg),
+            });
+            return;
+        }
         if stored.as_ref() == Some(&info) {
             self.admit_agent(now_ms, conn, info, tasks, false);
         } else {
@@ -975,6 +1244,39 @@ impl MasterCore {
         is_new: bool,
     ) {
         let id = info.id.clone();
+        // Everything that can refuse the agent comes before anything changes.
+        let report = match self.sort_report(&info, reported) {
+            Ok(r) => r,
+            Err(msg) => {
+                tracing::warn!(agent_id = %id, reason = %msg, "agent refused");
+                self.out.push(Action::CloseAgent {
+                    conn,
+                    refused: Some(msg),
+                });
+                return;
+            }
+        };
+        // Rebuild the allocator's view of this agent from what it reports.
+        let was_reachable = self.agents.get(&id).is_some_and(|a| a.reachable);
+        if was_reachable {
+            self.remove_from_allocator(&id);
+        }
+        if let Err(e) =
+            self.allocator
+                .add_agent(id.clone(), info.resources.clone(), info.attributes.clone())
+        {
+            // Possible from input: resources so large the cluster total overflows.
+            let msg = format!("agent {id}: {e}");
+            tracing::warn!(agent_id = %id, reason = %msg, "agent refused");
+            if was_reachable {
+                self.mark_unreachable(&id, &format!("agent {id} was refused: {e}"));
+            }
+            self.out.push(Action::CloseAgent {
+                conn,
+                refused: Some(msg),
+            });
+            return;
+        }
         let entry = self.agents.entry(id.clone()).or_insert_with(|| Agent {
             info: info.clone(),
             conn: None,
@@ -994,19 +1296,9 @@ impl MasterCore {
         }
         entry.info = info.clone();
         entry.last_heard_ms = now_ms;
-        let was_reachable = std::mem::replace(&mut entry.reachable, true);
+        entry.reachable = true;
         self.conns.insert(conn, (Owner::Agent, id.to_string()));
-        // Rebuild the allocator's view of this agent from what it reports.
-        if was_reachable {
-            self.remove_from_allocator(&id);
-        }
-        if let Err(e) =
-            self.allocator
-                .add_agent(id.clone(), info.resources.clone(), info.attributes.clone())
-        {
-            tracing::error!(agent_id = %id, error = %e, "agent not offerable");
-        }
-        tracing::info!(agent_id = %id, hostname = %info.hostname, is_new, tasks = reported.len(), "agent registered");
+        tracing::info!(agent_id = %id, hostname = %info.hostname, is_new, tasks = report.adopt.len(), "agent registered");
         self.out.push(Action::ToAgent {
             conn,
             command: AgentCommand::Registered {
@@ -1017,26 +1309,20 @@ impl MasterCore {
         // Reconcile the tasks: the agent's word wins.
         let mut reported_keys = BTreeSet::new();
         let mut used: BTreeMap<FrameworkId, Resources> = BTreeMap::new();
-        let mut shutdown = BTreeSet::new();
-        for r in reported {
-            if !self.frameworks.contains_key(&r.framework) {
-                shutdown.insert(r.framework.clone());
-                continue;
-            }
+        for r in report.adopt {
             let key = (r.framework.clone(), r.launch.id.clone());
             reported_keys.insert(key.clone());
             if !r.state.is_terminal() {
                 let u = used.entry(r.framework.clone()).or_default();
-                match u.checked_add(&r.launch.resources) {
-                    Ok(sum) => *u = sum,
-                    Err(e) => {
-                        tracing::warn!(agent_id = %id, task_id = %r.launch.id, error = %e, "reported task resources overlap")
-                    }
-                }
+                *u = u
+                    .checked_add(&r.launch.resources)
+                    .expect("sort_report checked the live tasks are disjoint");
             }
             let fw_conn = self.frameworks[&r.framework].conn;
             match self.tasks.get_mut(&key) {
                 Some(task) => {
+                    // What the agent runs it with is what the allocator is told below.
+                    task.launch.resources = r.launch.resources.clone();
                     let was_unreachable = task.status.state == TaskState::Unreachable;
                     if was_unreachable || task.status.state != r.state {
                         task.status.state = r.state;
@@ -1064,27 +1350,41 @@ impl MasterCore {
                     );
                 }
             }
-            if let Some(f) = self.frameworks.get_mut(&r.framework) {
-                f.tasks.insert(key.1.clone());
-            }
+            self.frameworks
+                .get_mut(&key.0)
+                .expect("sort_report keeps tasks of known frameworks")
+                .tasks
+                .insert(key.1.clone());
             self.agents
                 .get_mut(&id)
                 .expect("inserted above")
                 .tasks
                 .insert(key.clone());
             if r.state.is_terminal() {
-                self.complete_task(&key);
+                // Not counted in the allocator's fresh view of the agent.
+                self.complete_task(&key, false);
             }
         }
-        for fw in shutdown {
+        for fw in report.shutdown {
             self.out.push(Action::ToAgent {
                 conn,
                 command: AgentCommand::ShutdownFramework(fw),
             });
         }
+        for (framework, task) in report.kill {
+            self.out.push(Action::ToAgent {
+                conn,
+                command: AgentCommand::KillTask {
+                    framework,
+                    task,
+                    grace_ms: 0,
+                },
+            });
+        }
         for (fw, u) in used {
+            // sort_report checked the live tasks fit the agent, which is all free right now.
             if let Err(e) = self.allocator.update_agent_used(&id, &fw, u) {
-                tracing::warn!(agent_id = %id, framework_id = %fw, error = %e, "reported tasks do not fit the agent");
+                panic!("agent {id}: reported tasks of framework {fw} checked to fit do not: {e}");
             }
         }
         // Tasks the master launched there that the agent does not know: lost on the way.
@@ -1107,7 +1407,8 @@ impl MasterCore {
                 let s = task.status.clone();
                 self.send_update(fw_conn, s);
             }
-            self.complete_task(&key);
+            // Not reported, so not counted in the allocator's fresh view either.
+            self.complete_task(&key, false);
         }
         // Kills asked for while the agent was away.
         let kills: Vec<AgentCommand> = self.agents[&id]
@@ -1127,11 +1428,67 @@ impl MasterCore {
         }
     }
 
-    fn remove_from_allocator(&mut self, id: &AgentId) {
-        if let Ok(rescinded) = self.allocator.remove_agent(id) {
-            for offer in rescinded {
-                self.rescind(offer);
+    /// Sorts a registration's task report out, or refuses the agent (naming the task) if its
+    /// live tasks overlap each other or do not fit `agent.resources`: the allocator could not
+    /// hold them, and an agent whose tasks outgrow it was restarted with less than it runs.
+    /// Tasks of unknown frameworks are shut down; a task listed twice counts once; a task the
+    /// master tracks on another agent is killed here (the master's record wins).
+    fn sort_report(
+        &self,
+        info: &AgentInfo,
+        reported: Vec<ReportedTask>,
+    ) -> Result<SortedReport, String> {
+        let id = &info.id;
+        let mut out = SortedReport::default();
+        let mut seen = BTreeSet::new();
+        let mut live = Resources::default();
+        for mut r in reported {
+            if !self.frameworks.contains_key(&r.framework) {
+                out.shutdown.insert(r.framework.clone());
+                continue;
             }
+            // It runs where it is reported from, whatever its TaskInfo said.
+            r.launch.agent = id.clone();
+            let key = (r.framework.clone(), r.launch.id.clone());
+            if !seen.insert(key.clone()) {
+                tracing::warn!(agent_id = %id, framework_id = %key.0, task_id = %key.1, "task reported twice; the first report counts");
+                continue;
+            }
+            if let Some(task) = self.tasks.get(&key)
+                && &task.launch.agent != id
+            {
+                tracing::warn!(agent_id = %id, framework_id = %key.0, task_id = %key.1, tracked_on = %task.launch.agent, "reported task is tracked on another agent; killing this copy");
+                out.kill.push(key);
+                continue;
+            }
+            if !r.state.is_terminal() {
+                live = live.checked_add(&r.launch.resources).map_err(|e| {
+                    format!(
+                        "agent {id}: reported task {} of framework {} overlaps another reported task ({e})",
+                        key.1, key.0
+                    )
+                })?;
+            }
+            out.adopt.push(r);
+        }
+        if !info.resources.contains(&live) {
+            return Err(format!(
+                "agent {id}: its reported tasks use {}, more than agent.resources ({})",
+                describe(&live),
+                describe(&info.resources)
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Only for a reachable agent, which is in the allocator (the invariant).
+    fn remove_from_allocator(&mut self, id: &AgentId) {
+        let rescinded = match self.allocator.remove_agent(id) {
+            Ok(r) => r,
+            Err(e) => panic!("agent {id}: a reachable agent is not in the allocator: {e}"),
+        };
+        for offer in rescinded {
+            self.rescind(offer);
         }
     }
 
@@ -1149,13 +1506,17 @@ impl MasterCore {
     }
 
     /// Declines an outstanding offer on the framework's behalf (no filter).
+    /// Callers pass an outstanding offer and a `refuse_ms` checked by `refuse` (the allocator's
+    /// own limit), so the allocator cannot refuse it.
     fn return_offer(&mut self, now_ms: u64, offer: OfferId, refuse_ms: u64) {
         self.offer_owner.remove(&offer);
-        let _ = self.allocator.decline(now_ms, offer, refuse_ms);
+        if let Err(e) = self.allocator.decline(now_ms, offer, refuse_ms) {
+            panic!("offer {offer}: the allocator refused to take back an outstanding offer: {e}");
+        }
     }
 
-    /// Anything heard from an agent's link counts as a heartbeat.
-    pub fn agent_heartbeat(&mut self, now_ms: u64, conn: ConnId) {
+    /// The handler of [`Self::agent_heartbeat`].
+    fn on_agent_heartbeat(&mut self, now_ms: u64, conn: ConnId) {
         if let Some(agent) = self.agent_of(conn)
             && let Some(a) = self.agents.get_mut(&agent)
         {
@@ -1171,8 +1532,8 @@ impl MasterCore {
         }
     }
 
-    /// An agent's link ended. It stays reachable until its heartbeats are missed.
-    pub fn agent_disconnected(&mut self, conn: ConnId) {
+    /// The handler of [`Self::agent_disconnected`].
+    fn on_agent_disconnected(&mut self, conn: ConnId) {
         self.pending_agents.remove(&conn);
         if let Some(agent) = self.agent_of(conn) {
             self.conns.remove(&conn);
@@ -1184,9 +1545,8 @@ impl MasterCore {
         }
     }
 
-    /// A status update from an agent: recorded, passed to the framework (which acknowledges
-    /// it through the master), resources freed on a terminal state.
-    pub fn status_update(
+    /// The handler of [`Self::status_update`].
+    fn on_status_update(
         &mut self,
         now_ms: u64,
         conn: ConnId,
@@ -1202,25 +1562,24 @@ impl MasterCore {
         }
         let Some(fw) = self.frameworks.get(fw_id) else {
             // The framework is gone: acknowledge for it, so the agent stops retrying.
-            if let Some(uuid) = status.uuid {
-                self.out.push(Action::ToAgent {
-                    conn,
-                    command: AgentCommand::Acknowledge {
-                        framework: fw_id.clone(),
-                        task: status.task_id.clone(),
-                        uuid,
-                    },
-                });
-            }
+            self.acknowledge_for_framework(conn, fw_id, &status);
             return;
         };
         let fw_conn = fw.conn;
         if let Ok(task_id) = TaskId::new(&status.task_id) {
             let key = (fw_id.clone(), task_id);
             if let Some(task) = self.tasks.get_mut(&key) {
+                if task.launch.agent != agent {
+                    // Possible from input (a confused agent): the master's record wins, and the
+                    // update is acknowledged so the sender stops retrying it.
+                    tracing::warn!(agent_id = %agent, framework_id = %fw_id, task_id = %key.1, tracked_on = %task.launch.agent, "status update for a task tracked on another agent; ignored");
+                    self.acknowledge_for_framework(conn, fw_id, &status);
+                    return;
+                }
                 task.status = status.clone();
                 if status.state.is_terminal() {
-                    self.complete_task(&key);
+                    // The sender has a link, so it is reachable and in the allocator.
+                    self.complete_task(&key, true);
                 }
             } else if let Some(task) = self.completed_tasks.get_mut(&key) {
                 task.status = status.clone();
@@ -1229,23 +1588,39 @@ impl MasterCore {
         self.send_update(fw_conn, status);
     }
 
-    /// Moves a task to the completed list and frees what it used.
-    fn complete_task(&mut self, key: &(FrameworkId, TaskId)) {
+    /// Acknowledges an agent's update on the framework's behalf (it will never).
+    fn acknowledge_for_framework(
+        &mut self,
+        conn: ConnId,
+        fw_id: &FrameworkId,
+        status: &TaskStatus,
+    ) {
+        if let Some(uuid) = status.uuid {
+            self.out.push(Action::ToAgent {
+                conn,
+                command: AgentCommand::Acknowledge {
+                    framework: fw_id.clone(),
+                    task: status.task_id.clone(),
+                    uuid,
+                },
+            });
+        }
+    }
+
+    /// Moves a task to the completed list; with `recover`, frees what it used in the allocator
+    /// (the caller knows the allocator counts it: its agent is reachable and it was not just
+    /// left out of a re-registration's fresh view).
+    fn complete_task(&mut self, key: &(FrameworkId, TaskId), recover: bool) {
         let Some(task) = self.tasks.remove(key) else {
             return;
         };
         if let Some(f) = self.frameworks.get_mut(&key.0) {
             f.tasks.remove(&key.1);
         }
-        let agent_reachable = self
-            .agents
-            .get_mut(&task.launch.agent)
-            .map(|a| {
-                a.tasks.remove(key);
-                a.reachable
-            })
-            .unwrap_or(false);
-        if agent_reachable
+        if let Some(a) = self.agents.get_mut(&task.launch.agent) {
+            a.tasks.remove(key);
+        }
+        if recover
             && let Err(e) = self.allocator.recover_resources(
                 0,
                 &key.0,
@@ -1254,9 +1629,16 @@ impl MasterCore {
                 0,
             )
         {
-            tracing::debug!(task_id = %key.1, error = %e, "resources of a finished task not recovered");
+            panic!(
+                "task {} of framework {}: the allocator does not hold its resources on agent {}: {e}",
+                key.1, key.0, task.launch.agent
+            );
         }
-        self.completed_tasks.insert(key.clone(), task);
+        // A task id may be reused once its task ended: keep one completed entry per id, so the
+        // eviction below never drops a newer entry for an older one.
+        if self.completed_tasks.insert(key.clone(), task).is_some() {
+            self.completed.retain(|k| k != key);
+        }
         self.completed.push_back(key.clone());
         while self.completed.len() > self.config.completed_tasks_max {
             if let Some(old) = self.completed.pop_front() {
@@ -1276,12 +1658,14 @@ impl MasterCore {
 
     // ---- registry completions ----------------------------------------------------------------
 
-    /// A registry write finished: `Ok` once durable in coord.
-    pub fn persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
+    /// The handler of [`Self::persisted`].
+    fn on_persisted(&mut self, now_ms: u64, then: Completion, result: Result<(), String>) {
         match then {
-            Completion::None => {
+            Completion::None { what } => {
+                // Possible (coord lost quorum or leadership): an operator should know what the
+                // registry now misses; the next term reloads whatever it holds.
                 if let Err(e) = result {
-                    tracing::error!(error = %e, "registry write failed");
+                    tracing::error!(write = %what, error = %e, "registry write failed");
                 }
             }
             Completion::FrameworkAdmitted { conn } => {
@@ -1322,10 +1706,8 @@ impl MasterCore {
 
     // ---- time --------------------------------------------------------------------------------
 
-    /// Runs the timers: unreachable agents, framework failover timeouts, heartbeats, and an
-    /// allocation cycle when one is due. The driver calls it every `allocation_interval_ms`.
-    /// Returns whether an allocation cycle ran.
-    pub fn tick(&mut self, now_ms: u64) -> bool {
+    /// The handler of [`Self::tick`].
+    fn on_tick(&mut self, now_ms: u64) -> bool {
         let limit = self.config.agent_unreachable_after_ms;
         let lost: Vec<AgentId> = self
             .agents
@@ -1375,7 +1757,10 @@ impl MasterCore {
         let mut per_framework: BTreeMap<FrameworkId, Vec<OfferOut>> = BTreeMap::new();
         for o in allocation.offers {
             let Some(agent) = self.agents.get(&o.agent) else {
-                continue;
+                panic!(
+                    "offer {}: the allocator offered agent {}, which the master does not know",
+                    o.id, o.agent
+                );
             };
             self.offer_owner.insert(o.id, o.framework.clone());
             self.counters.offers_sent += 1;
@@ -1410,11 +1795,18 @@ impl MasterCore {
     }
 
     fn agent_unreachable(&mut self, id: &AgentId) {
+        tracing::warn!(agent_id = %id, "agent unreachable: heartbeats missed");
+        self.remove_from_allocator(id);
+        self.mark_unreachable(id, &format!("agent {id} missed its heartbeats"));
+    }
+
+    /// The agent is out of the allocator already: close its link, mark its tasks unreachable
+    /// (saying `why`) and tell every framework.
+    fn mark_unreachable(&mut self, id: &AgentId, why: &str) {
         let Some(agent) = self.agents.get_mut(id) else {
             return;
         };
         agent.reachable = false;
-        tracing::warn!(agent_id = %id, "agent unreachable: heartbeats missed");
         let tasks: Vec<(FrameworkId, TaskId)> = agent.tasks.iter().cloned().collect();
         if let Some(conn) = agent.conn.take() {
             self.conns.remove(&conn);
@@ -1423,7 +1815,6 @@ impl MasterCore {
                 refused: None,
             });
         }
-        self.remove_from_allocator(id);
         for key in tasks {
             let fw_conn = self.frameworks.get(&key.0).and_then(|f| f.conn);
             if let Some(task) = self.tasks.get_mut(&key) {
@@ -1432,7 +1823,7 @@ impl MasterCore {
                     Some(id),
                     TaskState::Unreachable,
                     "agent_unreachable",
-                    format!("agent {id} missed its heartbeats"),
+                    why,
                 );
                 let s = task.status.clone();
                 self.send_update(fw_conn, s);
@@ -1444,6 +1835,266 @@ impl MasterCore {
                 conn,
                 event: FrameworkEvent::Failure(id.clone()),
             });
+        }
+    }
+
+    // ---- invariants --------------------------------------------------------------------------
+
+    /// Panics, naming the object, unless the core agrees with itself and with the allocator
+    /// (whose own invariants are checked first):
+    ///
+    /// - at most `agents_max` agents and `frameworks_max` frameworks;
+    /// - the allocator holds exactly the registered frameworks, suppressed exactly when the
+    ///   framework asked or is disconnected, and exactly the reachable agents;
+    /// - every link is its owner's current one (an agent with a link is reachable), and no
+    ///   pending admission has one yet;
+    /// - every outstanding offer is recorded in `offer_owner` under its framework, which is
+    ///   connected, on an agent that is reachable (so no offer outlives its agent);
+    /// - every live task is non-terminal, listed by its framework and its agent (and every listed
+    ///   task is live), and on each reachable agent the allocator's used resources per
+    ///   framework are exactly the sum of that framework's tasks there;
+    /// - the completed list and map hold the same tasks, at most `completed_tasks_max`.
+    ///
+    /// O(agents + frameworks + tasks + offers). Runs after every event in debug builds.
+    pub fn check_invariants(&self) {
+        self.allocator.check_invariants();
+        let limits = &self.config.allocator.limits;
+        assert!(
+            self.agents.len() <= limits.agents_max,
+            "master: {} agents, above agents_max ({})",
+            self.agents.len(),
+            limits.agents_max
+        );
+        assert!(
+            self.frameworks.len() <= limits.frameworks_max,
+            "master: {} frameworks, above frameworks_max ({})",
+            self.frameworks.len(),
+            limits.frameworks_max
+        );
+        assert_eq!(
+            self.allocator.frameworks_len(),
+            self.frameworks.len(),
+            "master: the allocator holds {} frameworks, the master {}",
+            self.allocator.frameworks_len(),
+            self.frameworks.len()
+        );
+        for (id, fw) in &self.frameworks {
+            assert_eq!(
+                &fw.info.id, id,
+                "master: framework {id} is stored as {}",
+                fw.info.id
+            );
+            let Some(suppressed) = self.allocator.is_suppressed(id) else {
+                panic!("master: framework {id} is not in the allocator");
+            };
+            assert_eq!(
+                suppressed,
+                fw.suppressed || fw.conn.is_none(),
+                "master: framework {id} is {}suppressed in the allocator, but it asked {} and is {}",
+                if suppressed { "" } else { "not " },
+                if fw.suppressed { "to be" } else { "not to be" },
+                if fw.conn.is_some() {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            );
+            assert_eq!(
+                fw.conn.is_none(),
+                fw.disconnected_at_ms.is_some(),
+                "master: framework {id} has a failover clock iff it is disconnected"
+            );
+            if let Some(conn) = fw.conn {
+                assert_eq!(
+                    self.conns.get(&conn),
+                    Some(&(Owner::Framework, id.to_string())),
+                    "master: framework {id}'s link {conn} is not indexed to it"
+                );
+            }
+            for t in &fw.tasks {
+                assert!(
+                    self.tasks.contains_key(&(id.clone(), t.clone())),
+                    "master: framework {id} lists task {t}, which is not live"
+                );
+            }
+        }
+        let reachable = self.agents.values().filter(|a| a.reachable).count();
+        assert_eq!(
+            self.allocator.agents_len(),
+            reachable,
+            "master: the allocator holds {} agents, the master has {reachable} reachable",
+            self.allocator.agents_len()
+        );
+        for (id, a) in &self.agents {
+            assert_eq!(
+                &a.info.id, id,
+                "master: agent {id} is stored as {}",
+                a.info.id
+            );
+            assert_eq!(
+                self.allocator.available(id).is_some(),
+                a.reachable,
+                "master: agent {id} is {} but {} the allocator",
+                if a.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                if a.reachable { "not in" } else { "still in" }
+            );
+            if let Some(conn) = a.conn {
+                assert!(
+                    a.reachable,
+                    "master: unreachable agent {id} has link {conn}"
+                );
+                assert_eq!(
+                    self.conns.get(&conn),
+                    Some(&(Owner::Agent, id.to_string())),
+                    "master: agent {id}'s link {conn} is not indexed to it"
+                );
+            }
+            for key in &a.tasks {
+                assert!(
+                    self.tasks.get(key).is_some_and(|t| &t.launch.agent == id),
+                    "master: agent {id} lists task {} of framework {}, which is not live there",
+                    key.1,
+                    key.0
+                );
+            }
+        }
+        for (conn, (owner, id)) in &self.conns {
+            let current = match owner {
+                Owner::Framework => FrameworkId::new(id)
+                    .ok()
+                    .and_then(|f| self.frameworks.get(&f))
+                    .and_then(|f| f.conn),
+                Owner::Agent => AgentId::new(id)
+                    .ok()
+                    .and_then(|a| self.agents.get(&a))
+                    .and_then(|a| a.conn),
+            };
+            assert_eq!(
+                current,
+                Some(*conn),
+                "master: link {conn} is indexed to {owner:?} {id}, whose link is {current:?}"
+            );
+            assert!(
+                !self.pending_frameworks.contains_key(conn)
+                    && !self.pending_agents.contains_key(conn),
+                "master: link {conn} is both admitted and pending"
+            );
+        }
+        assert_eq!(
+            self.offer_owner.len(),
+            self.allocator.offers().count(),
+            "master: {} offers have an owner, the allocator has {} outstanding",
+            self.offer_owner.len(),
+            self.allocator.offers().count()
+        );
+        for o in self.allocator.offers() {
+            assert_eq!(
+                self.offer_owner.get(&o.id),
+                Some(&o.framework),
+                "master: offer {} of framework {} is not recorded under it",
+                o.id,
+                o.framework
+            );
+            assert!(
+                self.frameworks
+                    .get(&o.framework)
+                    .is_some_and(|f| f.conn.is_some()),
+                "master: offer {} is outstanding for framework {}, which is not connected",
+                o.id,
+                o.framework
+            );
+            assert!(
+                self.agents.get(&o.agent).is_some_and(|a| a.reachable),
+                "master: offer {} is outstanding on agent {}, which is not reachable",
+                o.id,
+                o.agent
+            );
+        }
+        let mut used: BTreeMap<(&AgentId, &FrameworkId), Resources> = BTreeMap::new();
+        for ((fw, tid), task) in &self.tasks {
+            assert!(
+                &task.framework == fw && &task.launch.id == tid,
+                "master: task {tid} of framework {fw} is stored as {} of {}",
+                task.launch.id,
+                task.framework
+            );
+            assert!(
+                !task.status.state.is_terminal(),
+                "master: task {tid} of framework {fw} is {} but still live",
+                task.status.state
+            );
+            assert!(
+                self.frameworks
+                    .get(fw)
+                    .is_some_and(|f| f.tasks.contains(tid)),
+                "master: task {tid}'s framework {fw} does not list it (unknown or torn down)"
+            );
+            let agent_id = &task.launch.agent;
+            let Some(agent) = self.agents.get(agent_id) else {
+                panic!("master: task {tid} of framework {fw} is on unknown agent {agent_id}");
+            };
+            assert!(
+                agent.tasks.contains(&(fw.clone(), tid.clone())),
+                "master: task {tid} of framework {fw} is not listed by its agent {agent_id}"
+            );
+            if agent.reachable {
+                let u = used.entry((agent_id, fw)).or_default();
+                *u = u.checked_add(&task.launch.resources).unwrap_or_else(|e| {
+                    panic!("master: task {tid} of framework {fw} overlaps another on agent {agent_id}: {e}")
+                });
+            }
+        }
+        for (id, a) in &self.agents {
+            if !a.reachable {
+                continue;
+            }
+            let in_allocator = self
+                .allocator
+                .agent_used(id)
+                .expect("reachable: checked above");
+            for (fw, r) in in_allocator {
+                assert_eq!(
+                    used.get(&(id, fw)),
+                    Some(r),
+                    "master: on agent {id}, the allocator holds {} for framework {fw}, its tasks use {}",
+                    describe(r),
+                    describe(&used.get(&(id, fw)).cloned().unwrap_or_default())
+                );
+            }
+        }
+        for ((agent, fw), r) in &used {
+            let held = self.allocator.used(agent, fw);
+            assert!(
+                held == Some(r) || (held.is_none() && r.is_empty()),
+                "master: on agent {agent}, framework {fw}'s tasks use {} but the allocator holds {}",
+                describe(r),
+                describe(&held.cloned().unwrap_or_default())
+            );
+        }
+        assert_eq!(
+            self.completed.len(),
+            self.completed_tasks.len(),
+            "master: the completed list has {} tasks, the completed map {}",
+            self.completed.len(),
+            self.completed_tasks.len()
+        );
+        assert!(
+            self.completed.len() <= self.config.completed_tasks_max,
+            "master: {} completed tasks kept, above completed_tasks_max ({})",
+            self.completed.len(),
+            self.config.completed_tasks_max
+        );
+        for key in &self.completed {
+            assert!(
+                self.completed_tasks.contains_key(key),
+                "master: completed task {} of framework {} is listed but not kept",
+                key.1,
+                key.0
+            );
         }
     }
 

@@ -233,8 +233,10 @@ pub enum RegistryWrite {
 /// What to do once a registry write is durable (or failed).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Completion {
-    /// Nothing waits on it.
-    None,
+    /// Nothing waits on it; `what` names the write for the log if it fails.
+    None {
+        what: String,
+    },
     FrameworkAdmitted {
         conn: ConnId,
     },

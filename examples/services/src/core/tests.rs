@@ -828,3 +828,290 @@ fn launches_refused_for_the_offer_relaunch_at_once_but_invalid_tasks_back_off() 
     let message = core.status("web", at(30)).expect("tracked").message;
     assert!(message.contains("restarts in"), "{message}");
 }
+
+#[test]
+fn recovered_and_launched_instances_get_distinct_launch_orders() {
+    // Proves launch order (what scale-down sorts by, newest first) is unique across recovered
+    // and newly launched instances; it used to start both counts at 1.
+    let mut core = Core::new(config(), 3);
+    core.set_specs(at(0), vec![spec("instances = 2")], vec![]);
+    let record = InstanceRecord {
+        task_id: "web.0.aaaaaa".into(),
+        service: "web".into(),
+        instance: 0,
+        version: spec("instances = 0").version(),
+        agent_id: "a1".into(),
+        hostname: "host1".into(),
+        attributes: BTreeMap::new(),
+        ports: vec![31000],
+        restarts: 0,
+        launched_at_ms: 1,
+    };
+    core.recover(at(0), vec![record], vec![]);
+    core.subscribed(at(0));
+    core.offers(at(10), vec![offer(1, 4.0)]);
+    assert_eq!(launched(&core.take_actions()).len(), 1);
+    let seqs: BTreeSet<u64> = core.services["web"]
+        .instances
+        .values()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(seqs.len(), 2, "one launch order per instance");
+    core.check_invariants();
+}
+
+#[test]
+fn a_probe_answered_after_its_check_was_dropped_is_over() {
+    // Proves a probe result ends the probe even when the spec no longer has a check, so a
+    // check added back later probes the instance again instead of waiting forever.
+    let with_check = spec("instances = 1\n[health]\ntcp = true");
+    let mut core = core_with(with_check.clone());
+    core.offers(at(0), vec![offer(1, 4.0)]);
+    let id = launched(&core.take_actions())[0].clone();
+    core.update(at(0), &status(&id, TaskState::Running));
+    core.tick(at(1));
+    assert!(
+        core.take_actions()
+            .iter()
+            .any(|a| matches!(a, Action::Probe(p) if p.task_id == id))
+    );
+    let mut without = with_check;
+    without.health = None;
+    core.set_specs(at(2), vec![without], vec![]);
+    core.probe_result(at(3), &id, ProbeOutcome::Passed);
+    assert!(!core.services["web"].instances[&id].probing);
+}
+
+/// A core running two instances of `web` (their ids in launch order), invariants checked.
+fn two_running() -> (Core, Vec<TaskId>) {
+    let mut core = core_with(spec("instances = 2"));
+    let ids = launch_running(&mut core, 2, at(0));
+    core.check_invariants();
+    (core, ids)
+}
+
+#[test]
+#[should_panic(expected = "services: web: index 0 runs, yet waits to launch")]
+fn check_invariants_catches_an_index_both_running_and_launchable() {
+    // Proves an index counted both as running and as waiting to launch (which would launch a
+    // second instance of it) trips check_invariants.
+    let (mut core, _) = two_running();
+    core.services.get_mut("web").unwrap().launchable = vec![0];
+    core.check_invariants();
+}
+
+#[test]
+#[should_panic(expected = "services: web: instance web.0.")]
+fn check_invariants_catches_a_terminal_instance_still_tracked() {
+    // Proves an instance in a terminal state still counted as live trips check_invariants.
+    let (mut core, ids) = two_running();
+    core.services
+        .get_mut("web")
+        .unwrap()
+        .instances
+        .get_mut(&ids[0])
+        .unwrap()
+        .state = TaskState::Finished;
+    core.check_invariants();
+}
+
+#[test]
+#[should_panic(expected = "services: offers are wanted though no instance may launch")]
+fn check_invariants_catches_offers_wanted_for_nothing() {
+    // Proves the revive/suppress state must match what can launch.
+    let (mut core, _) = two_running();
+    core.offers_wanted = Some(true);
+    core.check_invariants();
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "services: web: index 3 failed 2 times but restarted 1")]
+fn every_input_checks_the_invariants_in_debug_builds() {
+    // Proves the inputs run check_invariants (debug builds): a corruption shows at the next
+    // input, here a tick.
+    let (mut core, _) = two_running();
+    core.services.get_mut("web").unwrap().slots.insert(
+        3,
+        Slot {
+            failures: 2,
+            restarts: 1,
+            ..Slot::default()
+        },
+    );
+    core.tick(at(1));
+}
+
+/// splitmix64, so the simulation needs no dependency and replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random inputs, as a driver would give them: spec changes (scale, new version, health check,
+/// removal), offers, status updates of tracked and stray tasks, probe results, failed launches,
+/// time, reconnections. Records are kept as the driver would (Launch stores, Forget deletes).
+fn simulate(seed: u64, steps: usize) {
+    let mut rng = Rng(seed);
+    let mut core = Core::new(config(), seed);
+    let mut records: BTreeSet<TaskId> = BTreeSet::new();
+    let mut now_ms = 0;
+    // Odd seeds start as a new leader that finds an instance of the previous one.
+    let recovered: Vec<InstanceRecord> = (seed % 2 == 1)
+        .then(|| InstanceRecord {
+            task_id: "web.0.rec000".into(),
+            service: "web".into(),
+            instance: 0,
+            version: spec("instances = 1").version(),
+            agent_id: "a1".into(),
+            hostname: "host1".into(),
+            attributes: BTreeMap::new(),
+            ports: vec![31000],
+            restarts: 0,
+            launched_at_ms: 1,
+        })
+        .into_iter()
+        .collect();
+    records.extend(recovered.iter().map(|r| TaskId(r.task_id.clone())));
+    core.recover(at(0), recovered, vec![]);
+    core.subscribed(at(0));
+    for step in 0..steps {
+        let now = at(now_ms);
+        let tracked: Vec<TaskId> = core
+            .services
+            .values()
+            .flat_map(|s| s.instances.keys().cloned())
+            .collect();
+        let pick = |rng: &mut Rng| {
+            tracked
+                .get(rng.below(tracked.len().max(1) as u64) as usize)
+                .cloned()
+        };
+        match rng.below(10) {
+            0 => {
+                let mut specs = Vec::new();
+                if rng.below(5) > 0 {
+                    let health = if rng.below(2) == 0 {
+                        "\n[health]\ntcp = true\nmax_failures = 1"
+                    } else {
+                        ""
+                    };
+                    specs.push(spec(&format!(
+                        "instances = {}\nenv = {{ V = \"{}\" }}{health}",
+                        rng.below(4),
+                        rng.below(2)
+                    )));
+                }
+                core.set_specs(now, specs, vec![]);
+            }
+            1 | 2 => {
+                let offers = (0..rng.below(3))
+                    .map(|n| offer(n as u32, rng.below(3) as f64 + 0.5))
+                    .collect();
+                core.offers(now, offers);
+            }
+            3 | 4 => {
+                if let Some(id) = pick(&mut rng) {
+                    let state = [
+                        TaskState::Running,
+                        TaskState::Running,
+                        TaskState::Finished,
+                        TaskState::Failed,
+                        TaskState::Killed,
+                        TaskState::Unreachable,
+                        TaskState::Unknown,
+                        TaskState::Error,
+                    ][rng.below(8) as usize];
+                    core.update(now, &status(&id, state));
+                }
+            }
+            5 => {
+                if let Some(id) = pick(&mut rng) {
+                    let outcome = match rng.below(3) {
+                        0 => ProbeOutcome::Passed,
+                        1 => ProbeOutcome::Failed("refused".into()),
+                        _ => ProbeOutcome::Unchecked("no route".into()),
+                    };
+                    core.probe_result(now, &id, outcome);
+                }
+            }
+            6 => {
+                now_ms += rng.below(20_000);
+                core.tick(at(now_ms));
+            }
+            7 => core.update(
+                now,
+                &status(&TaskId::from("web.9.stray00"), TaskState::Running),
+            ),
+            8 => match rng.below(4) {
+                0 => core.reconnected(now),
+                1 => core.offers_call_failed(),
+                2 => core.framework_replaced(now),
+                _ => core.tick(now),
+            },
+            _ => {}
+        }
+        for action in core.take_actions() {
+            match action {
+                Action::Launch {
+                    tasks, records: r, ..
+                } => {
+                    assert_eq!(
+                        tasks.len(),
+                        r.len(),
+                        "seed {seed} step {step}: a record per task"
+                    );
+                    if rng.below(8) == 0 {
+                        // The driver could not store or send it.
+                        let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();
+                        records.extend(ids.iter().cloned());
+                        core.launch_failed(now, &ids, "coord is down");
+                    } else {
+                        records.extend(r.into_iter().map(|r| TaskId(r.task_id)));
+                    }
+                }
+                Action::Forget { task_id, .. } => {
+                    records.remove(&task_id);
+                }
+                _ => {}
+            }
+        }
+        // launch_failed's own Forgets.
+        for action in core.take_actions() {
+            if let Action::Forget { task_id, .. } = action {
+                records.remove(&task_id);
+            }
+        }
+        core.check_invariants();
+        let tracked: BTreeSet<TaskId> = core
+            .services
+            .values()
+            .flat_map(|s| s.instances.keys().cloned())
+            .collect();
+        assert_eq!(
+            tracked, records,
+            "seed {seed} step {step}: the tracked instances are exactly the stored records"
+        );
+    }
+}
+
+#[test]
+fn random_inputs_keep_every_invariant_and_a_record_per_instance() {
+    // Proves, over random input sequences from fixed seeds, that check_invariants holds after
+    // every input and the instances the core tracks are exactly the records a driver would
+    // hold (each Launch stores its instances' records, each Forget deletes one).
+    for seed in 0..64 {
+        simulate(seed, 300);
+    }
+}
