@@ -1,7 +1,7 @@
 //! Domain types that the master, the agents and the framework SDK share: `Resources` (fixed-point
-//! cpus, memory bytes, port ranges, checked arithmetic, memory-size parsing), `Scalars` (what DRF
-//! shares out) and `TaskState` (the Mesos task states), plus their one mapping to and from the
-//! `drover-proto` wire types.
+//! cpus, memory bytes, port ranges, checked arithmetic), `Scalars` (what DRF shares out),
+//! `TaskState` (the Mesos task states), the one grammar for durations and memory sizes (`units`),
+//! plus their one mapping to and from the `drover-proto` wire types.
 //!
 //! Plain values only: no I/O, no async, no clock. Must not depend on coord, the master, the agent
 //! or the SDK; wire types appear only in `convert`. Start at [`Resources`] and [`TaskState`].
@@ -9,6 +9,7 @@
 pub mod convert;
 pub mod resources;
 pub mod task_state;
+pub mod units;
 
 pub use convert::InvalidTaskState;
 pub use resources::{
@@ -16,3 +17,4 @@ pub use resources::{
     format_mem, millicpus_from_cpus,
 };
 pub use task_state::TaskState;
+pub use units::{UnitError, format_duration, parse_duration};
