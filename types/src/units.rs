@@ -328,6 +328,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An input, the variant it must be refused with, and text its message must contain.
+    type ErrorCase = (&'static str, fn(&UnitError) -> bool, &'static str);
+
     const SEC: u64 = 1;
     const MIN: u64 = 60;
     const HOUR: u64 = 3600;
@@ -368,7 +371,7 @@ mod tests {
     #[test]
     fn every_duration_error_says_what_was_wrong() {
         // Proves each refusal is its own variant and the message quotes the input and the fix.
-        let cases: [(&str, fn(&UnitError) -> bool, &str); 11] = [
+        let cases: [ErrorCase; 11] = [
             (
                 "",
                 |e| matches!(e, UnitError::Empty { .. }),
@@ -496,7 +499,7 @@ mod tests {
     #[test]
     fn every_memory_error_says_what_was_wrong() {
         // Proves each refusal is its own variant and the message quotes the input and the fix.
-        let cases: [(&str, fn(&UnitError) -> bool, &str); 11] = [
+        let cases: [ErrorCase; 11] = [
             (
                 "",
                 |e| matches!(e, UnitError::Empty { .. }),
