@@ -21,6 +21,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Longest agent, framework or task id, in bytes: a directory name plus room for the agent's
 /// `<task_id>.<run_id>` and cgroup prefixes within the usual 255-byte file-name limit.
 pub const ID_BYTES_MAX: usize = 200;
+/// The entity-id rule in words, for error messages that name their own field.
+pub const ID_RULE: &str = "1..=200 bytes of [A-Za-z0-9._-], not '.', without '..'";
 /// Longest role name, in bytes.
 pub const ROLE_BYTES_MAX: usize = 255;
 
