@@ -1,7 +1,8 @@
 //! Every maximum the agent enforces, with its unit, in one place.
 
-/// Longest accepted task id. It becomes a directory name and part of a cgroup name.
-pub const TASK_ID_BYTES_MAX: usize = 200;
+/// Longest accepted task id. It becomes a directory name and part of a cgroup name; the rule is
+/// `drover_types::ids`' one entity-id rule.
+pub const TASK_ID_BYTES_MAX: usize = drover_types::ids::ID_BYTES_MAX;
 /// Longest accepted run id (one task id can run several times; each run gets its own sandbox).
 pub const RUN_ID_BYTES_MAX: usize = 64;
 /// Longest accepted cgroup parent name (one path component under the agent's own cgroup).

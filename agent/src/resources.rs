@@ -43,10 +43,7 @@ pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 255;
 /// Longest flag value a parser looks at (anything longer is a mistake, not a size).
 pub const FLAG_VALUE_BYTES_MAX: usize = 64 * 1024;
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
-const GIB: u64 = 1024 * MIB;
-const TIB: u64 = 1024 * GIB;
+const MIB: u64 = 1 << 20;
 
 /// Errors from parsing resource flags and from discovery.
 #[derive(Debug, thiserror::Error)]
@@ -335,75 +332,11 @@ pub fn parse_mem_reserve(value: &str) -> Result<MemReserve, ResourceError> {
     parse_bytes(FLAG, value).map(MemReserve::Bytes)
 }
 
-/// Parses a byte size for `flag`: a non-negative decimal (`1024`, `1.5`) and an optional binary
-/// unit: `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (letters in any case, space allowed before
-/// the unit). `KB`/`MB`/`GB`/`TB` are rejected as ambiguous (decimal or binary?). Fractions are
-/// rounded down to whole bytes. Overflow of `u64` is an error.
+/// Parses a byte size for `flag` with the one memory grammar, [`drover_types::units::parse_mem`]
+/// (`1024`, `512MiB`, `1.5GiB`; `KB`/`MB`/`G` refused as ambiguous), naming the flag on error.
 pub fn parse_bytes(flag: &'static str, value: &str) -> Result<u64, ResourceError> {
     check_length(flag, value)?;
-    let s = value.trim();
-    if s.is_empty() {
-        return Err(invalid(flag, value, "empty"));
-    }
-    if s.starts_with('-') {
-        return Err(invalid(flag, value, "must not be negative"));
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = (&s[..split], s[split..].trim());
-    let multiplier = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => KIB,
-        "m" | "mib" => MIB,
-        "g" | "gib" => GIB,
-        "t" | "tib" => TIB,
-        "kb" | "mb" | "gb" | "tb" => {
-            return Err(invalid(
-                flag,
-                value,
-                format!("unit {unit:?} is ambiguous; use KiB, MiB, GiB or TiB"),
-            ));
-        }
-        _ => {
-            return Err(invalid(
-                flag,
-                value,
-                format!("unknown unit {unit:?}; use B, KiB, MiB, GiB or TiB"),
-            ));
-        }
-    };
-    let (whole, frac) = match number.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (number, ""),
-    };
-    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
-        return Err(invalid(
-            flag,
-            value,
-            "expected a number like 8GiB or 1.5GiB",
-        ));
-    }
-    let overflow = || invalid(flag, value, "too large");
-    // Exact integer arithmetic: whole * multiplier + frac * multiplier / 10^digits.
-    let mut total: u128 = 0;
-    for d in whole.bytes() {
-        total = total * 10 + u128::from(d - b'0');
-        if total > u128::from(u64::MAX) {
-            return Err(overflow());
-        }
-    }
-    total *= u128::from(multiplier);
-    // More fractional digits than this cannot change a whole-byte result (multiplier < 10^13).
-    let frac = &frac[..frac.len().min(18)];
-    if !frac.is_empty() {
-        let digits = u32::try_from(frac.len()).unwrap_or(18);
-        let numerator = frac
-            .bytes()
-            .fold(0u128, |acc, d| acc * 10 + u128::from(d - b'0'));
-        total += numerator * u128::from(multiplier) / 10u128.pow(digits);
-    }
-    u64::try_from(total).map_err(|_| overflow())
+    drover_types::units::parse_mem(value).map_err(|e| invalid(flag, value, e.to_string()))
 }
 
 /// Parses `--ports`: comma-separated ports (`33000`) and inclusive ranges (`31000-32000`), each in
@@ -512,6 +445,8 @@ pub fn parse_attr(value: &str) -> Result<(String, String), ResourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    const GIB: u64 = 1 << 30;
+    const TIB: u64 = 1 << 40;
 
     fn flag_of(e: ResourceError) -> (&'static str, String) {
         match e {
@@ -522,18 +457,17 @@ mod tests {
 
     #[test]
     fn parse_mem_accepts_binary_units_and_fractions() {
-        // Proves: plain bytes, K/M/G/T and KiB..TiB (any case) are binary, fractions round down.
+        // Proves: plain bytes and KiB..TiB (any case) are binary, fractions to whole bytes.
         let cases = [
             ("1024", 1024),
             ("512MiB", 512 * MIB),
             ("8GiB", 8 * GIB),
-            ("8G", 8 * GIB),
+            ("8Gi", 8 * GIB),
             ("8 gib", 8 * GIB),
             ("1.5GiB", 3 * GIB / 2),
-            ("0.5K", 512),
-            ("2T", 2 * TIB),
+            ("0.5KiB", 512),
+            ("2TiB", 2 * TIB),
             ("100B", 100),
-            ("1.0000000000000000000001", 1),
             ("16777215TiB", 16_777_215 * TIB),
         ];
         for (input, want) in cases {
@@ -554,6 +488,8 @@ mod tests {
             "0.0001",
             "8XB",
             "8MB",
+            "8G",
+            "1.0000000000000000000001",
             "GiB",
             "1.2.3G",
             ".",

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::isolation::IsolationKind;
-use crate::limits::{RECORD_BYTES_MAX, RUN_ID_BYTES_MAX, TASK_ID_BYTES_MAX};
+use crate::limits::{RECORD_BYTES_MAX, RUN_ID_BYTES_MAX};
 use crate::procfs;
 
 /// Errors about ids, sandbox paths and record files.
@@ -52,11 +52,15 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> San
 }
 
 /// Checks a task id: it becomes a directory name and part of a cgroup name, so it must be one safe
-/// path component: 1..=[`TASK_ID_BYTES_MAX`] bytes of printable ASCII, no `/`, no `..`, not `.`.
+/// path component. The rule is `drover_types::ids::TaskId`'s (1..=[`TASK_ID_BYTES_MAX`](crate::limits::TASK_ID_BYTES_MAX) bytes of
+/// `[A-Za-z0-9._-]`, not `.`, no `..`), so an id the master accepted is one the sandbox takes.
 pub fn validate_task_id(id: &str) -> Result<(), SandboxError> {
-    validate_component("task_id", id, TASK_ID_BYTES_MAX, |c| {
-        c.is_ascii_graphic() && c != '/'
-    })
+    drover_types::TaskId::parse(id)
+        .map(drop)
+        .map_err(|_| SandboxError::InvalidId {
+            field: "task_id",
+            reason: format!("must be {}", drover_types::ids::ID_RULE),
+        })
 }
 
 /// Checks a run id: 1..=[`RUN_ID_BYTES_MAX`] bytes of ASCII letters, digits, `-` and `_` (no `.`, so
@@ -290,6 +294,7 @@ pub fn inspect(sandbox: &Sandbox) -> Result<TaskState, SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::TASK_ID_BYTES_MAX;
 
     fn field_of(e: SandboxError) -> &'static str {
         match e {
@@ -309,12 +314,13 @@ mod tests {
             ".",
             "x\0y",
             "sp ace",
+            "svc:3",
             &"x".repeat(TASK_ID_BYTES_MAX + 1),
         ] {
             let e = validate_task_id(bad).expect_err(bad);
             assert_eq!(field_of(e), "task_id");
         }
-        for good in ["web.1", "svc-a_b:3", &"x".repeat(TASK_ID_BYTES_MAX)] {
+        for good in ["web.1", "svc-a_b.3", &"x".repeat(TASK_ID_BYTES_MAX)] {
             validate_task_id(good).expect(good);
         }
         assert_eq!(field_of(validate_run_id("a.b").unwrap_err()), "run_id");

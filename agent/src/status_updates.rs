@@ -46,11 +46,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::limits::TASK_ID_BYTES_MAX;
-use crate::sandbox::{validate_component, validate_task_id};
+use crate::sandbox::validate_task_id;
 
 /// Longest accepted framework id (a directory name).
-pub const FRAMEWORK_ID_BYTES_MAX: usize = 200;
+pub const FRAMEWORK_ID_BYTES_MAX: usize = drover_types::ids::ID_BYTES_MAX;
 /// Longest accepted status message.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 16 * 1024;
 /// Largest record payload written or read; an update with the longest ids and message is ~17 KiB.
@@ -403,9 +402,7 @@ impl StatusUpdateManager {
         validate_framework_id(&update.framework_id)?;
         validate_task_id(&update.task_id).map_err(|_| StatusUpdateError::InvalidField {
             field: "task_id",
-            reason: format!(
-                "must be 1..={TASK_ID_BYTES_MAX} bytes of printable ASCII, no '/' or '..'"
-            ),
+            reason: format!("must be {}", drover_types::ids::ID_RULE),
         })?;
         if update.message.len() > STATUS_MESSAGE_BYTES_MAX {
             return Err(StatusUpdateError::InvalidField {
@@ -632,18 +629,15 @@ impl StatusUpdateManager {
     }
 }
 
-/// Checks a framework id: it becomes a directory name (1..=[`FRAMEWORK_ID_BYTES_MAX`] bytes of
-/// printable ASCII, no `/`, no `..`).
+/// Checks a framework id: it becomes a directory name, so it follows `drover_types::ids`' one
+/// entity-id rule (1..=[`FRAMEWORK_ID_BYTES_MAX`] bytes of `[A-Za-z0-9._-]`, no `..`).
 pub fn validate_framework_id(id: &str) -> Result<(), StatusUpdateError> {
-    validate_component("framework_id", id, FRAMEWORK_ID_BYTES_MAX, |c| {
-        c.is_ascii_graphic() && c != '/'
-    })
-    .map_err(|_| StatusUpdateError::InvalidField {
-        field: "framework_id",
-        reason: format!(
-            "must be 1..={FRAMEWORK_ID_BYTES_MAX} bytes of printable ASCII, no '/' or '..'"
-        ),
-    })
+    drover_types::FrameworkId::parse(id)
+        .map(drop)
+        .map_err(|_| StatusUpdateError::InvalidField {
+            field: "framework_id",
+            reason: format!("must be {}", drover_types::ids::ID_RULE),
+        })
 }
 
 fn encode(record: &Record) -> Result<Vec<u8>, StatusUpdateError> {

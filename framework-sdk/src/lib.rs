@@ -79,6 +79,8 @@ pub mod tasks;
 
 /// Resource arithmetic lives in `drover-types`, shared with the master and the agents.
 pub use drover_types::resources;
+/// The one grammar for durations and memory sizes, shared with the master, agents and CLI.
+pub use drover_types::units;
 
 pub use calls::{Filters, ReconcileTask};
 pub use connection::{ConnectionOptions, Framework, FrameworkBuilder};

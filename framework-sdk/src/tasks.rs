@@ -16,8 +16,8 @@ use crate::offers::{Offer, TaskRequest};
 use crate::placement::Launch;
 use crate::resources::Resources;
 
-/// Longest task id the master accepts, in bytes.
-pub const TASK_ID_BYTES_MAX: usize = 255;
+/// Longest task id the master (and the agent) accepts, in bytes: `drover_types::ids`' rule.
+pub const TASK_ID_BYTES_MAX: usize = drover_types::ids::ID_BYTES_MAX;
 
 /// A task that cannot be built; `field` names the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -307,22 +307,12 @@ impl TaskSpec {
     }
 }
 
-/// Checks the master's rule for task ids: 1..=255 bytes of `[A-Za-z0-9._-]`.
+/// Checks the one task-id rule (`drover_types::ids::TaskId`), the one the master and the agent
+/// apply, so a task built here is not refused there for its id.
 fn validate_task_id(id: &TaskId) -> Result<(), String> {
-    let s = id.as_str();
-    if s.is_empty() {
-        return Err("empty".into());
-    }
-    if s.len() > TASK_ID_BYTES_MAX {
-        return Err(format!("{} bytes, at most {TASK_ID_BYTES_MAX}", s.len()));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!("{c:?} is not allowed (only A-Z a-z 0-9 . _ -)"));
-    }
-    Ok(())
+    drover_types::TaskId::parse(id.as_str())
+        .map(drop)
+        .map_err(|_| format!("must be {}", drover_types::ids::ID_RULE))
 }
 
 #[cfg(test)]
@@ -388,10 +378,15 @@ mod tests {
         assert_eq!(field(build(TaskSpec::new("", ok.clone()))), "task_id");
         assert_eq!(field(build(TaskSpec::new("a b", ok.clone()))), "task_id");
         assert_eq!(
-            field(build(TaskSpec::new("x".repeat(256), ok.clone()))),
+            field(build(TaskSpec::new(
+                "x".repeat(TASK_ID_BYTES_MAX + 1),
+                ok.clone()
+            ))),
             "task_id"
         );
-        assert!(build(TaskSpec::new("x".repeat(255), ok.clone())).is_ok());
+        // The agent makes the id a directory name: `..` would climb out of the sandbox root.
+        assert_eq!(field(build(TaskSpec::new("a..b", ok.clone()))), "task_id");
+        assert!(build(TaskSpec::new("x".repeat(TASK_ID_BYTES_MAX), ok.clone())).is_ok());
         assert_eq!(
             field(build(TaskSpec::new("t", Command::Argv(vec![])))),
             "command"
@@ -423,7 +418,7 @@ mod tests {
         let err = build(TaskSpec::new("a/b", ok)).expect_err("slash");
         assert_eq!(
             err.to_string(),
-            "task \"a/b\": task_id: '/' is not allowed (only A-Z a-z 0-9 . _ -)"
+            "task \"a/b\": task_id: must be 1..=200 bytes of [A-Za-z0-9._-], not '.', without '..'"
         );
     }
 

@@ -222,8 +222,8 @@ impl Shared {
         framework_id: &str,
         call: Call,
     ) -> Result<Response<v1::CallResponse>, Status> {
-        let framework =
-            FrameworkId::new(framework_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let framework = FrameworkId::parse(framework_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.ask(|reply| Input::Call {
             framework,
             call,
@@ -755,7 +755,7 @@ impl Term {
             .first()
             .and_then(|o| self.core.allocator().offer(o.id))
             .map(|o| o.framework.clone())
-            .unwrap_or_else(|| FrameworkId::new("unknown").expect("valid id"))
+            .unwrap_or_else(|| FrameworkId::parse("unknown").expect("valid id"))
     }
 
     fn registry_master_id(&self) -> String {
@@ -1039,7 +1039,7 @@ impl Scheduler for SchedulerService {
         let agent = if r.agent_id.is_empty() {
             None
         } else {
-            Some(AgentId::new(&r.agent_id).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            Some(AgentId::parse(&r.agent_id).map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
         self.shared
             .call(
@@ -1081,7 +1081,7 @@ fn reported_tasks(r: &v1::Reregister) -> Vec<ReportedTask> {
     let mut out = Vec::new();
     for t in &r.tasks {
         let Some(info) = &t.task else { continue };
-        let parsed = FrameworkId::new(&t.framework_id)
+        let parsed = FrameworkId::parse(&t.framework_id)
             .map_err(|e| e.to_string())
             .and_then(|fw| {
                 let launch = wire::task_from_wire(info).map_err(|e| e.message)?;
@@ -1160,7 +1160,7 @@ impl AgentApi for AgentApiService {
                     Some(M::Heartbeat(_)) => Input::AgentHeartbeat { conn },
                     Some(M::StatusUpdate(u)) => {
                         let (Ok(framework), Some(status)) =
-                            (FrameworkId::new(&u.framework_id), u.status)
+                            (FrameworkId::parse(&u.framework_id), u.status)
                         else {
                             tracing::warn!(
                                 conn,

@@ -89,9 +89,9 @@ fn encode_framework(f: &FrameworkInfo) -> Vec<u8> {
 fn decode_framework(data: &[u8]) -> Result<FrameworkInfo, String> {
     let r: FrameworkRecord = serde_json::from_slice(data).map_err(|e| e.to_string())?;
     Ok(FrameworkInfo {
-        id: FrameworkId::new(&r.id).map_err(|e| e.to_string())?,
+        id: FrameworkId::parse(&r.id).map_err(|e| e.to_string())?,
         name: r.name,
-        role: Role::new(&r.role).map_err(|e| e.to_string())?,
+        role: Role::parse(&r.role).map_err(|e| e.to_string())?,
         principal: r.principal,
         failover_timeout_ms: r.failover_timeout_ms,
         hostname: r.hostname,
@@ -114,7 +114,7 @@ fn encode_agent(a: &AgentInfo) -> Vec<u8> {
 fn decode_agent(data: &[u8]) -> Result<AgentInfo, String> {
     let r: AgentRecord = serde_json::from_slice(data).map_err(|e| e.to_string())?;
     Ok(AgentInfo {
-        id: AgentId::new(&r.id).map_err(|e| e.to_string())?,
+        id: AgentId::parse(&r.id).map_err(|e| e.to_string())?,
         hostname: r.hostname,
         address: r.address,
         resources: Resources::from_millicpus(
@@ -296,16 +296,16 @@ mod tests {
     fn records_round_trip_and_bad_ones_are_named_errors() {
         // Proves registry records decode to what was encoded, and garbage is an error, not a panic.
         let f = FrameworkInfo {
-            id: FrameworkId::new("fw-1").unwrap(),
+            id: FrameworkId::parse("fw-1").unwrap(),
             name: "hello".into(),
-            role: Role::new("*").unwrap(),
+            role: Role::parse("*").unwrap(),
             principal: "p".into(),
             failover_timeout_ms: 60_000,
             hostname: "h".into(),
         };
         assert_eq!(decode_framework(&encode_framework(&f)).unwrap(), f);
         let a = AgentInfo {
-            id: AgentId::new("a-1").unwrap(),
+            id: AgentId::parse("a-1").unwrap(),
             hostname: "h".into(),
             address: "127.0.0.1:5051".into(),
             resources: Resources::from_millicpus(

@@ -108,9 +108,9 @@ pub fn framework_from_wire(
     let role = if f.role.is_empty() { "*" } else { &f.role };
     Ok((
         FrameworkInfo {
-            id: FrameworkId::new(id).map_err(|e| format!("framework.id: {e}"))?,
+            id: FrameworkId::parse(id).map_err(|e| format!("framework.id: {e}"))?,
             name: f.name.clone(),
-            role: Role::new(role).map_err(|e| format!("framework.{e}"))?,
+            role: Role::parse(role).map_err(|e| format!("framework.{e}"))?,
             principal: f.principal.clone(),
             failover_timeout_ms: crate::core::MasterCore::failover_timeout_ms(
                 f.failover_timeout_seconds,
@@ -135,7 +135,7 @@ pub fn agent_to_wire(a: &AgentInfo) -> v1::AgentInfo {
 pub fn agent_from_wire(a: Option<&v1::AgentInfo>, id: &str) -> Result<AgentInfo, String> {
     let a = a.ok_or("agent: missing")?;
     Ok(AgentInfo {
-        id: AgentId::new(id).map_err(|e| format!("agent.{e}"))?,
+        id: AgentId::parse(id).map_err(|e| format!("agent.{e}"))?,
         hostname: a.hostname.clone(),
         address: a.address.clone(),
         resources: resources_from_wire("agent.resources", a.resources.as_ref())?,
@@ -176,8 +176,8 @@ pub fn task_from_wire(t: &v1::TaskInfo) -> Result<TaskLaunch, InvalidLaunch> {
         task_id: t.task_id.clone(),
         message,
     };
-    let id = TaskId::new(&t.task_id).map_err(invalid)?;
-    let agent = AgentId::new(&t.agent_id).map_err(|e| invalid(format!("task.{e}")))?;
+    let id = TaskId::parse(&t.task_id).map_err(|e| invalid(e.to_string()))?;
+    let agent = AgentId::parse(&t.agent_id).map_err(|e| invalid(format!("task.{e}")))?;
     let resources = resources_from_wire("task.resources", t.resources.as_ref()).map_err(invalid)?;
     let command = t
         .command

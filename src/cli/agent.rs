@@ -122,9 +122,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = defaults::OOM_POLL_MS)]
     pub oom_poll_interval_ms: u64,
     /// Sandboxes (logs) of finished, acknowledged tasks are removed once they ended this long
-    /// ago: a number and ms, s, m, h or d.
-    #[arg(long, default_value = defaults::SANDBOX_GC_AGE)]
-    pub sandbox_gc_age: String,
+    /// ago: a duration such as `7d`, `12h` or `1h30m` (units ns, us, ms, s, m, h, d).
+    #[arg(long, default_value = defaults::SANDBOX_GC_AGE, value_parser = drover_types::units::parse_duration)]
+    pub sandbox_gc_age: Duration,
     /// Most disk all sandboxes may take, in bytes (`10GiB`) or as a percentage of the work dir's
     /// file system (`10%`); past it, finished tasks' sandboxes are removed oldest first.
     #[arg(long, default_value = defaults::SANDBOX_GC_DISK_MAX)]
@@ -187,7 +187,7 @@ pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
         oom_poll: ms(args.oom_poll_interval_ms),
     };
     config.sandbox_gc = daemon::SandboxGcConfig {
-        max_age: daemon::sandbox_gc::parse_duration("--sandbox-gc-age", &args.sandbox_gc_age)?,
+        max_age: args.sandbox_gc_age,
         disk_max: daemon::DiskLimit::parse(&args.sandbox_gc_disk_max)?,
         interval: ms(args.sandbox_gc_interval_ms),
     };

@@ -65,10 +65,10 @@ pub struct CoordBenchArgs {
     #[arg(long, default_value_t = 128)]
     pub value_size: usize,
     /// How long each measured phase (writes, then reads) runs per client count: 10s, 500ms, 2m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_types::units::parse_duration)]
     pub duration: Duration,
     /// Unmeasured load before each measured phase (connections warm, buffers grown); 0 for none.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_types::units::parse_duration)]
     pub warmup: Duration,
     /// Most measured ops one client issues in one phase, so a run stays bounded against any
     /// server.
@@ -82,7 +82,7 @@ pub struct CoordBenchArgs {
     #[arg(long, default_value_t = 16)]
     pub writers: usize,
     /// During --kill-leader: how long writes run on a fully joined ensemble before each kill.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_types::units::parse_duration)]
     pub settle: Duration,
     /// Where the bench's own ensemble keeps its data and logs (a new directory inside it, removed
     /// at the end). Default: the system's temporary directory. On tmpfs (`/dev/shm`) fsync costs
@@ -949,45 +949,9 @@ fn report_failover(
     Ok(())
 }
 
-/// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn client_i_starts_at_server_i_mod_s() {

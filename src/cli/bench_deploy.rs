@@ -45,10 +45,10 @@ pub struct DeployBenchArgs {
     #[arg(long)]
     pub base_port: Option<u16>,
     /// How often the master's state and the service status are read while measuring.
-    #[arg(long, default_value = "5ms", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "5ms", value_parser = drover_types::units::parse_duration)]
     pub poll_interval: Duration,
     /// Longest the deploy (and then the removal) may take before the bench gives up.
-    #[arg(long, default_value = "2m", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = drover_types::units::parse_duration)]
     pub timeout: Duration,
     /// A flag for the master, e.g. `--master-arg=--allocation-interval-ms=20`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]

@@ -32,7 +32,7 @@ pub struct DiskBenchArgs {
     #[arg(long, default_value_t = 216)]
     pub record_size: usize,
     /// How long each writer count runs: 5s, 500ms, 1m.
-    #[arg(long, default_value = "5s", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = drover_types::units::parse_duration)]
     pub duration: Duration,
 }
 

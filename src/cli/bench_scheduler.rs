@@ -48,7 +48,7 @@ pub struct SchedulerBenchArgs {
     #[arg(long, default_value = "32MiB")]
     pub task_mem: String,
     /// Longest the run may take before it gives up.
-    #[arg(long, default_value = "10m", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = drover_types::units::parse_duration)]
     pub timeout: Duration,
     /// A flag for the bench's own master, e.g. `--master-arg=--allocation-interval-ms=20`.
     #[arg(long = "master-arg", allow_hyphen_values = true)]

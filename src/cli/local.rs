@@ -35,11 +35,11 @@ pub struct LocalArgs {
     pub task_ports: String,
     /// Longest wait for the cluster to come up (masters leading, agents registered, framework
     /// subscribed).
-    #[arg(long, default_value = "60s", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = drover_types::units::parse_duration)]
     pub ready_timeout: Duration,
     /// How long each stop phase (framework, agents, tasks, masters) waits after SIGTERM before
     /// SIGKILL. A second Ctrl-C cuts it short.
-    #[arg(long, default_value = "10s", value_parser = super::bench::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_types::units::parse_duration)]
     pub stop_timeout: Duration,
     /// A flag for every master, e.g. `--master-arg=--allocation-interval-ms=20`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]

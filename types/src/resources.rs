@@ -12,6 +12,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::units::format_mem;
+use crate::units::{self, UnitError};
+
 /// One CPU in millicpus.
 pub const MILLICPUS_PER_CPU: u64 = 1000;
 
@@ -21,11 +24,11 @@ pub const MILLICPUS_PER_CPU: u64 = 1000;
 pub enum ResourcesError {
     #[error("{field}: {value} is not a finite, non-negative number of cpus")]
     InvalidCpus { field: &'static str, value: f64 },
-    #[error("{field}: {input:?} is not a memory size ({reason}); write e.g. \"64MiB\" or \"1GiB\"")]
+    #[error("{field}: {source}")]
     InvalidMem {
         field: &'static str,
-        input: String,
-        reason: &'static str,
+        #[source]
+        source: UnitError,
     },
     #[error("{field}: {value} is not a port (0..=65535)")]
     InvalidPort { field: &'static str, value: u32 },
@@ -391,64 +394,23 @@ impl Resources {
         })
     }
 
-    /// Parses a memory size as a service spec writes it: a number with an optional unit, binary
-    /// (`KiB`, `MiB`, `GiB`, `TiB`, or Kubernetes-style `Ki`, `Mi`, `Gi`, `Ti`) or decimal (`B`,
-    /// `KB`, `MB`, `GB`, `TB`); units are case-insensitive and a bare number is bytes. A fraction
-    /// is allowed when it comes to whole bytes (`"1.5GiB"`); anything else is `InvalidMem` naming
-    /// the `mem` field.
+    /// Parses the `mem` of a spec or request with the one memory grammar
+    /// ([`crate::units::parse_mem`]: `64MiB`, `1.5GiB`, or bytes); a refusal is `InvalidMem`
+    /// naming the `mem` field.
     ///
     /// ```
     /// use drover_types::Resources;
     ///
     /// assert_eq!(Resources::parse_mem("64MiB")?, 64 * 1024 * 1024);
     /// assert_eq!(Resources::parse_mem("1.5 GiB")?, 3 * 512 * 1024 * 1024);
-    /// assert_eq!(Resources::parse_mem("2GB")?, 2_000_000_000);
     /// assert!(Resources::parse_mem("lots").is_err());
     /// # Ok::<(), drover_types::ResourcesError>(())
     /// ```
     pub fn parse_mem(input: &str) -> Result<u64, ResourcesError> {
-        let bad = |reason| ResourcesError::InvalidMem {
+        units::parse_mem(input).map_err(|source| ResourcesError::InvalidMem {
             field: "mem",
-            input: input.to_string(),
-            reason,
-        };
-        let text = input.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let multiplier: u128 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "ki" | "kib" => 1 << 10,
-            "m" | "mi" | "mib" => 1 << 20,
-            "g" | "gi" | "gib" => 1 << 30,
-            "t" | "ti" | "tib" => 1 << 40,
-            "kb" => 1_000,
-            "mb" => 1_000_000,
-            "gb" => 1_000_000_000,
-            "tb" => 1_000_000_000_000,
-            _ => return Err(bad("unknown unit")),
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty() && fraction.is_empty() {
-            return Err(bad("no number"));
-        }
-        if fraction.contains('.') {
-            return Err(bad("more than one decimal point"));
-        }
-        // More than 24 digits cannot be a real size; the bound keeps the u128 maths below exact
-        // (10^24 * 2^40 < 2^128).
-        if whole.len() + fraction.len() > 24 {
-            return Err(bad("too large"));
-        }
-        let digits =
-            |s: &str| -> u128 { s.bytes().fold(0, |acc, d| acc * 10 + u128::from(d - b'0')) };
-        let scale = 10u128.pow(u32::try_from(fraction.len()).expect("at most 24 digits"));
-        let scaled = (digits(whole) * scale + digits(fraction)) * multiplier;
-        if !scaled.is_multiple_of(scale) {
-            return Err(bad("not a whole number of bytes"));
-        }
-        u64::try_from(scaled / scale).map_err(|_| bad("too large"))
+            source,
+        })
     }
 
     /// The scalar part, which is what fair sharing counts.
@@ -510,23 +472,6 @@ impl Scalars {
             .checked_sub(other.mem_bytes)
             .expect("scalar bookkeeping: removing memory that was never added");
     }
-}
-
-/// A byte count the way a person writes it: the largest binary unit that divides it exactly.
-pub fn format_mem(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TiB"),
-        (1 << 30, "GiB"),
-        (1 << 20, "MiB"),
-        (1 << 10, "KiB"),
-    ];
-    UNITS
-        .iter()
-        .find(|(size, _)| bytes != 0 && bytes.is_multiple_of(*size))
-        .map_or_else(
-            || format!("{bytes}B"),
-            |(size, unit)| format!("{}{unit}", bytes / size),
-        )
 }
 
 impl fmt::Display for Resources {
@@ -607,7 +552,10 @@ mod tests {
             Err(ResourcesError::Insufficient { field: "mem_bytes" })
         );
         let err = Resources::parse_mem("64 furlongs").expect_err("unknown unit");
-        assert!(err.to_string().starts_with("mem: \"64 furlongs\""), "{err}");
+        assert!(
+            err.to_string().starts_with("mem: unknown unit `furlongs`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -641,48 +589,24 @@ mod tests {
     }
 
     #[test]
-    fn parse_mem_units() {
-        // Proves the accepted spellings, case-insensitivity, fractions to whole bytes, and refusals.
-        let ok = [
-            ("0", 0),
-            ("512", 512),
-            ("512B", 512),
-            ("1KiB", 1024),
-            ("1k", 1024),
-            ("64MiB", 64 << 20),
-            ("64mib", 64 << 20),
-            ("64Mi", 64 << 20),
-            (" 2 GiB ", 2 << 30),
-            ("1.5GiB", 3 << 29),
-            (".5KiB", 512),
-            ("1TiB", 1 << 40),
-            ("3MB", 3_000_000),
-            ("0.25GB", 250_000_000),
-        ];
-        for (input, want) in ok {
-            assert_eq!(Resources::parse_mem(input), Ok(want), "{input}");
-        }
-        for bad in [
-            "",
-            "MiB",
-            "1.2.3MiB",
-            "0.1KiB",
-            "-1MiB",
-            "1e3",
-            "99999999999TiB",
-            "1 2",
-        ] {
-            assert!(
-                matches!(
-                    Resources::parse_mem(bad),
-                    Err(ResourcesError::InvalidMem { field: "mem", .. })
-                ),
-                "{bad:?} should be refused"
-            );
-        }
-        assert_eq!(format_mem(64 << 20), "64MiB");
-        assert_eq!(format_mem(1536), "1536B");
-        assert_eq!(format_mem(0), "0B");
+    fn parse_mem_names_the_mem_field_and_keeps_the_cause() {
+        // Proves Resources::parse_mem is the units grammar with the field name in front.
+        assert_eq!(Resources::parse_mem("1.5GiB"), Ok(3 << 29));
+        let err = Resources::parse_mem("2GB").expect_err("ambiguous");
+        assert!(
+            matches!(
+                &err,
+                ResourcesError::InvalidMem {
+                    field: "mem",
+                    source: UnitError::AmbiguousUnit { .. }
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("mem: ambiguous unit `GB`"),
+            "{err}"
+        );
     }
 
     /// Ports near both ends of the u16 range, so the edge arithmetic is exercised.

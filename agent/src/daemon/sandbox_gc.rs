@@ -86,33 +86,6 @@ fn invalid_flag(flag: &'static str, value: &str, reason: &str) -> ResourceError 
     }
 }
 
-/// Parses a duration flag such as `--sandbox-gc-age`: a whole number and a unit, `ms`, `s`, `m`,
-/// `h` or `d` (`7d`, `12h`, `90s`).
-pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ResourceError> {
-    let s = value.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = (&s[..split], s[split..].trim());
-    let bad = |reason: &str| invalid_flag(flag, value, reason);
-    if number.is_empty() {
-        return Err(bad(
-            "expected a whole number and a unit like 7d, 12h or 30s",
-        ));
-    }
-    let n: u64 = number.parse().map_err(|_| bad("too large"))?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "" => return Err(bad("missing unit; use ms, s, m, h or d")),
-        _ => return Err(bad("unknown unit; use ms, s, m, h or d")),
-    };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| bad("too large"))
-}
-
 /// When sandboxes are removed; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxGcConfig {
@@ -128,7 +101,7 @@ impl Default for SandboxGcConfig {
     fn default() -> Self {
         use super::defaults::*;
         SandboxGcConfig {
-            max_age: parse_duration("--sandbox-gc-age", SANDBOX_GC_AGE)
+            max_age: drover_types::units::parse_duration(SANDBOX_GC_AGE)
                 .expect("the default sandbox GC age parses"),
             disk_max: DiskLimit::parse(SANDBOX_GC_DISK_MAX)
                 .expect("the default sandbox GC disk maximum parses"),
@@ -696,21 +669,6 @@ mod tests {
         for bad in ["0%", "101%", "-1%", "x%", "10GB", ""] {
             let e = DiskLimit::parse(bad).expect_err(bad).to_string();
             assert!(e.contains("--sandbox-gc-disk-max"), "{e}");
-        }
-        let f = "--sandbox-gc-age";
-        assert_eq!(
-            parse_duration(f, "7d").unwrap(),
-            Duration::from_secs(7 * 86_400)
-        );
-        assert_eq!(parse_duration(f, "90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration(f, "0s").unwrap(), Duration::ZERO);
-        assert_eq!(
-            parse_duration(f, "250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        for bad in ["7", "d", "1.5h", "7w", "-1d", "99999999999999999999d"] {
-            let e = parse_duration(f, bad).expect_err(bad).to_string();
-            assert!(e.contains(f), "{e}");
         }
         assert_eq!(
             SandboxGcConfig::default().max_age,

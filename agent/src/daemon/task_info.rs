@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ARGV_ENTRIES_MAX, CPUS_MAX, ENV_VARS_MAX, GRACE_PERIOD_MS_MAX, MEM_BYTES_MIN,
-    PORTS_PER_TASK_MAX, TASK_ID_BYTES_MAX,
+    PORTS_PER_TASK_MAX,
 };
-use crate::sandbox::validate_task_id;
 use crate::status_updates::validate_framework_id;
 use crate::supervisor::{TaskCommand, is_reserved_env};
 
@@ -183,41 +182,19 @@ pub struct ValidTask {
 /// Checks the ids of a task: both become path components (the status-update stream, the task
 /// record, the sandbox). Fails when the agent could not even keep a record of the task.
 pub fn validate_ids(framework_id: &str, task_id: &str) -> Result<(), InvalidTask> {
+    // One rule for both, `drover_types::ids`' (the master checks the same at its edge).
     if validate_framework_id(framework_id).is_err() {
         return invalid(
             "framework.id",
             format!(
-                "{:?} is not 1..=200 bytes of printable ASCII without '/' or '..'",
-                shorten(framework_id)
+                "{:?} is not {}",
+                shorten(framework_id),
+                drover_types::ids::ID_RULE
             ),
         );
     }
-    // The wire contract is 1..=255 bytes of [A-Za-z0-9._-]; the sandbox (a directory name, part of
-    // a cgroup name) takes at most TASK_ID_BYTES_MAX bytes and no "..".
-    if task_id.is_empty()
-        || !task_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return invalid(
-            "task.task_id",
-            format!(
-                "{:?} is not 1..=200 bytes of [A-Za-z0-9._-]",
-                shorten(task_id)
-            ),
-        );
-    }
-    if task_id.len() > TASK_ID_BYTES_MAX {
-        return invalid(
-            "task.task_id",
-            format!(
-                "is {} bytes, this agent takes at most {TASK_ID_BYTES_MAX}",
-                task_id.len()
-            ),
-        );
-    }
-    if let Err(e) = validate_task_id(task_id) {
-        return invalid("task.task_id", e.to_string());
+    if let Err(e) = drover_types::TaskId::parse(task_id) {
+        return invalid("task.task_id", format!("{:?}: {e}", shorten(task_id)));
     }
     Ok(())
 }

@@ -49,10 +49,6 @@ pub mod paths {
     }
 }
 
-fn duration_arg(text: &str) -> Result<Duration, String> {
-    spec::parse_duration(text)
-}
-
 /// The framework's flags (all but `--masters`, which `drover` has globally), shared by
 /// `drover services` and the `services` binary.
 #[derive(clap::Args, Clone, Debug)]
@@ -64,65 +60,65 @@ pub struct Flags {
     #[arg(long, default_value = "*")]
     pub role: String,
     /// How long the master keeps the tasks while no copy of the framework is subscribed.
-    #[arg(long, default_value = "168h", value_parser = duration_arg)]
+    #[arg(long, default_value = "168h", value_parser = drover_sdk::units::parse_duration)]
     pub failover_timeout: Duration,
     /// Host to run http/tcp health checks against instead of each agent's hostname (e.g.
     /// 127.0.0.1 when every agent runs on this machine under its own label, as in `drover local`).
     #[arg(long, env = "DROVER_SERVICES_CHECK_HOST")]
     pub check_host: Option<String>,
     /// First wait before relaunching an instance that failed; doubles per failure.
-    #[arg(long, default_value = "1s", value_parser = duration_arg)]
+    #[arg(long, default_value = "1s", value_parser = drover_sdk::units::parse_duration)]
     pub backoff_initial: Duration,
     /// Longest wait before relaunching a failing instance.
-    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    #[arg(long, default_value = "5m", value_parser = drover_sdk::units::parse_duration)]
     pub backoff_max: Duration,
     /// An instance running healthy this long resets its failure count.
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = drover_sdk::units::parse_duration)]
     pub backoff_reset_after: Duration,
     /// How long offers that cannot be used are refused while instances are wanted.
-    #[arg(long, default_value = "2s", value_parser = duration_arg)]
+    #[arg(long, default_value = "2s", value_parser = drover_sdk::units::parse_duration)]
     pub decline_refuse: Duration,
     /// How long offers are refused when nothing is wanted.
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = drover_sdk::units::parse_duration)]
     pub idle_refuse: Duration,
     /// How long the unused part of an accepted offer is refused.
-    #[arg(long, default_value = "1s", value_parser = duration_arg)]
+    #[arg(long, default_value = "1s", value_parser = drover_sdk::units::parse_duration)]
     pub leftover_refuse: Duration,
     /// How often a kill is repeated until the task ends.
-    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = drover_sdk::units::parse_duration)]
     pub kill_retry_interval: Duration,
     /// An instance whose agent is unreachable this long is replaced.
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = drover_sdk::units::parse_duration)]
     pub unreachable_replace_after: Duration,
     /// An instance the master does not know this long is replaced.
-    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, default_value = "30s", value_parser = drover_sdk::units::parse_duration)]
     pub unknown_replace_after: Duration,
     /// How often tasks the master does not know are asked about again.
-    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = drover_sdk::units::parse_duration)]
     pub reconcile_interval: Duration,
     /// Shortest time between two status writes of one service.
-    #[arg(long, default_value = "250ms", value_parser = duration_arg)]
+    #[arg(long, default_value = "250ms", value_parser = drover_sdk::units::parse_duration)]
     pub status_interval: Duration,
     /// How often timers run (health checks, backoffs, status writes).
-    #[arg(long, default_value = "100ms", value_parser = duration_arg)]
+    #[arg(long, default_value = "100ms", value_parser = drover_sdk::units::parse_duration)]
     pub tick_interval: Duration,
     /// How often the specs are read again in full, besides on every change.
-    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, default_value = "30s", value_parser = drover_sdk::units::parse_duration)]
     pub resync_interval: Duration,
     /// Coord session timeout: a leader that is gone this long is replaced by a standby.
-    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = drover_sdk::units::parse_duration)]
     pub coord_session_timeout: Duration,
     /// Longest wait for one coord call.
-    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = drover_sdk::units::parse_duration)]
     pub coord_request_timeout: Duration,
     /// Waits between attempts to reach coord or subscribe: starts here, doubles to the max.
-    #[arg(long, default_value = "200ms", value_parser = duration_arg)]
+    #[arg(long, default_value = "200ms", value_parser = drover_sdk::units::parse_duration)]
     pub retry_backoff_initial: Duration,
     /// Longest wait between attempts to reach coord or subscribe.
-    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = drover_sdk::units::parse_duration)]
     pub retry_backoff_max: Duration,
     /// One scheduler call (launch, kill, ...) including redirects.
-    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = drover_sdk::units::parse_duration)]
     pub call_timeout: Duration,
     /// Most health checks running at once.
     #[arg(long, default_value_t = 64)]

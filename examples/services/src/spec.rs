@@ -33,6 +33,10 @@
 //! max_unavailable = 0
 //! ```
 //!
+//! Durations and `mem` use the one grammar of `drover_sdk::units`: `500ms`, `1.5s`, `1m30s`, `7d`
+//! (a bare number only for 0) and `64MiB`, `1.5GiB` or a number of bytes (`MB`, `G` refused as
+//! ambiguous).
+//!
 //! **`$VAR` expansion.** The agent runs argv as given and does not expand anything. An argv
 //! element containing `$NAME` or `${NAME}` is expanded from the task's environment (the spec's
 //! `env`, `PORT0..`, `DROVER_TASK_ID`, `DROVER_AGENT_ID` and whatever the agent passes on) by
@@ -52,7 +56,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use drover_sdk::{Command, Placement, Resources, Strategy, TaskRequest, format_mem};
+use drover_sdk::units::{format_duration, parse_duration};
+use drover_sdk::{Command, Placement, Strategy, TaskRequest, format_mem};
 use serde::{Deserialize, Serialize};
 
 /// Most instances a service may ask for.
@@ -761,9 +766,8 @@ fn validate_mem(mem: Option<RawMem>) -> Result<u64, SpecError> {
         None => return Err(SpecError::invalid("mem", format!("required ({rule})"))),
         Some(RawMem::Bytes(n)) => u64::try_from(n)
             .map_err(|_| SpecError::invalid("mem", format!("{n} is out of range ({rule})")))?,
-        Some(RawMem::Text(text)) => Resources::parse_mem(&text).map_err(|e| {
-            SpecError::invalid("mem", format!("{text:?} is not a size ({e}); {rule}"))
-        })?,
+        Some(RawMem::Text(text)) => drover_sdk::units::parse_mem(&text)
+            .map_err(|e| SpecError::invalid("mem", format!("{e} ({rule})")))?,
     };
     if !(MEM_BYTES_MIN..=MEM_BYTES_MAX).contains(&bytes) {
         return Err(SpecError::invalid(
@@ -968,15 +972,17 @@ fn duration_in(
 ) -> Result<Duration, SpecError> {
     let rule = format!("{}..={}", format_duration(min), format_duration(max));
     let value = match raw {
-        RawDuration::Seconds(n) => u64::try_from(n)
-            .map(Duration::from_secs)
-            .map_err(|_| SpecError::invalid(field, format!("{n} is out of range ({rule})")))?,
-        RawDuration::Text(text) => parse_duration(&text).map_err(|reason| {
-            SpecError::invalid(
+        // The one duration grammar takes a bare number only for 0 (seconds or milliseconds?);
+        // a TOML/JSON integer is a bare number too.
+        RawDuration::Seconds(0) => Duration::ZERO,
+        RawDuration::Seconds(n) => {
+            return Err(SpecError::invalid(
                 field,
-                format!("{text:?} is not a duration ({reason}); {rule}"),
-            )
-        })?,
+                format!("{n} has no unit; write a duration like \"{n}s\" ({rule})"),
+            ));
+        }
+        RawDuration::Text(text) => parse_duration(&text)
+            .map_err(|reason| SpecError::invalid(field, format!("{reason} ({rule})")))?,
     };
     if value < min || value > max {
         return Err(SpecError::invalid(
@@ -985,54 +991,6 @@ fn duration_in(
         ));
     }
     Ok(value)
-}
-
-/// Parses "500ms", "5s", "1.5s", "2m", "1h" (a number and one unit; a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let millis_per: u128 = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() {
-        return Err("no number".to_string());
-    }
-    if fraction.contains('.') || whole.len() + fraction.len() > 18 {
-        return Err("not a number".to_string());
-    }
-    let digits = |s: &str| -> u128 { s.bytes().fold(0, |acc, d| acc * 10 + u128::from(d - b'0')) };
-    let scale = 10u128.pow(u32::try_from(fraction.len()).expect("at most 18 digits"));
-    let scaled = (digits(whole) * scale + digits(fraction)) * millis_per;
-    if !scaled.is_multiple_of(scale) {
-        return Err("finer than a millisecond".to_string());
-    }
-    u64::try_from(scaled / scale)
-        .map(Duration::from_millis)
-        .map_err(|_| "too large".to_string())
-}
-
-/// A duration the way [`parse_duration`] reads it: whole hours, minutes or seconds, else ms.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        "0s".to_string()
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 #[cfg(test)]
@@ -1438,7 +1396,7 @@ upgrade:
                 "health.timeout",
             ),
             ("http = \"/\"\ngrace = \"2h\"", "health.grace"),
-            ("http = \"/\"\ngrace = \"1.0001ms\"", "health.grace"),
+            ("http = \"/\"\ngrace = \"0.5ns\"", "health.grace"),
             ("http = \"/\"\nmax_failures = 0", "health.max_failures"),
             ("http = \"/\"\nmax_failures = 101", "health.max_failures"),
             ("http = \"/\"\nretries = 3", "retries"),
@@ -1450,10 +1408,20 @@ upgrade:
         assert_eq!(check.kind, HealthKind::Tcp);
         // The default timeout shrinks to a short interval.
         assert_eq!(check.timeout, Duration::from_secs(2));
-        let spec = parse(&health("cmd = \"true\"\ninterval = 30"), Format::Toml).expect("valid");
+        // A bare integer is refused like a bare number in a string: seconds or milliseconds?
+        let err = refused(&health("cmd = \"true\"\ninterval = 30"), "health.interval");
+        assert!(
+            err.to_string().contains("write a duration like \"30s\""),
+            "{err}"
+        );
+        let spec = parse(
+            &health("cmd = \"true\"\ninterval = \"1m30s\""),
+            Format::Toml,
+        )
+        .expect("a compound duration is valid");
         assert_eq!(
             spec.health.expect("health").interval,
-            Duration::from_secs(30)
+            Duration::from_secs(90)
         );
     }
 
@@ -1513,24 +1481,6 @@ upgrade:
         assert!(err.to_string().starts_with("invalid TOML spec"), "{err}");
         let err = parse("{", Format::Json).expect_err("bad json");
         assert!(err.to_string().starts_with("invalid JSON spec"), "{err}");
-    }
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5 days").is_err());
-        assert!(parse_duration("1.2.3s").is_err());
-        assert!(parse_duration("0.5ms").is_err());
-        for d in [0, 1, 999, 1000, 1500, 60_000, 90_000, 3_600_000] {
-            let d = Duration::from_millis(d);
-            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
-        }
     }
 
     #[test]

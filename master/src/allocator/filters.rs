@@ -186,8 +186,8 @@ mod tests {
     #[test]
     fn filters_hide_only_contained_offers_until_expiry() {
         // Proves a filter hides offers ⊆ the refused resources until it expires, then is dropped.
-        let fw = FrameworkId::new("fw").expect("valid");
-        let a = AgentId::new("a").expect("valid");
+        let fw = FrameworkId::parse("fw").expect("valid");
+        let a = AgentId::parse("a").expect("valid");
         let refused = Resources::from_millicpus(1000, 100, PortRanges::new());
         let mut f = Filters::new();
         f.add(&fw, &a, refused.clone(), 10, 0);

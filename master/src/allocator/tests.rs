@@ -7,13 +7,13 @@ use proptest::prelude::*;
 const GIB: u64 = 1 << 30;
 
 fn agent(i: usize) -> AgentId {
-    AgentId::new(&format!("agent-{i:05}")).expect("valid agent id")
+    AgentId::parse(&format!("agent-{i:05}")).expect("valid agent id")
 }
 fn fw(name: &str) -> FrameworkId {
-    FrameworkId::new(name).expect("valid framework id")
+    FrameworkId::parse(name).expect("valid framework id")
 }
 fn role(name: &str) -> Role {
-    Role::new(name).expect("valid role")
+    Role::parse(name).expect("valid role")
 }
 fn res(millicpus: u64, mem_bytes: u64) -> Resources {
     Resources::from_millicpus(millicpus, mem_bytes, PortRanges::new())

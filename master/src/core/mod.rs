@@ -678,7 +678,7 @@ impl MasterCore {
     }
 
     fn framework_id(&self, s: &str) -> Option<FrameworkId> {
-        FrameworkId::new(s).ok()
+        FrameworkId::parse(s).ok()
     }
 
     fn known_framework(&self, id: &FrameworkId) -> Result<&Framework, CallError> {
@@ -975,7 +975,7 @@ impl MasterCore {
         grace_ms: u64,
     ) -> Result<(), CallError> {
         let fw_conn = self.known_framework(fw_id)?.conn;
-        let task = TaskId::new(task_id)
+        let task = TaskId::parse(task_id)
             .ok()
             .and_then(|t| self.tasks.get_mut(&(fw_id.clone(), t)));
         let Some(task) = task else {
@@ -1024,7 +1024,7 @@ impl MasterCore {
         self.known_framework(fw_id)?;
         let agent = match agent_id {
             Some(a) => Some(a.clone()),
-            None => TaskId::new(task_id).ok().and_then(|t| {
+            None => TaskId::parse(task_id).ok().and_then(|t| {
                 let key = (fw_id.clone(), t);
                 self.tasks
                     .get(&key)
@@ -1064,7 +1064,7 @@ impl MasterCore {
             }
         } else {
             for id in task_ids {
-                let known = TaskId::new(id).ok().and_then(|t| {
+                let known = TaskId::parse(id).ok().and_then(|t| {
                     let key = (fw_id.clone(), t);
                     self.tasks
                         .get(&key)
@@ -1527,7 +1527,7 @@ impl MasterCore {
     /// The agent on link `conn`, if it is admitted.
     pub fn agent_of(&self, conn: ConnId) -> Option<AgentId> {
         match self.conns.get(&conn) {
-            Some((Owner::Agent, id)) => AgentId::new(id).ok(),
+            Some((Owner::Agent, id)) => AgentId::parse(id).ok(),
             _ => None,
         }
     }
@@ -1566,7 +1566,7 @@ impl MasterCore {
             return;
         };
         let fw_conn = fw.conn;
-        if let Ok(task_id) = TaskId::new(&status.task_id) {
+        if let Ok(task_id) = TaskId::parse(&status.task_id) {
             let key = (fw_id.clone(), task_id);
             if let Some(task) = self.tasks.get_mut(&key) {
                 if task.launch.agent != agent {

@@ -9,9 +9,9 @@ const AGENT: ConnId = 200;
 
 fn fw_info(id: &str, timeout_ms: u64) -> FrameworkInfo {
     FrameworkInfo {
-        id: FrameworkId::new(id).unwrap(),
+        id: FrameworkId::parse(id).unwrap(),
         name: format!("{id}-name"),
-        role: Role::new("*").unwrap(),
+        role: Role::parse("*").unwrap(),
         principal: String::new(),
         failover_timeout_ms: timeout_ms,
         hostname: "h".into(),
@@ -20,7 +20,7 @@ fn fw_info(id: &str, timeout_ms: u64) -> FrameworkInfo {
 
 fn agent_info(id: &str) -> AgentInfo {
     AgentInfo {
-        id: AgentId::new(id).unwrap(),
+        id: AgentId::parse(id).unwrap(),
         hostname: format!("{id}.host"),
         address: "127.0.0.1:5051".into(),
         resources: Resources::from_millicpus(
@@ -34,9 +34,9 @@ fn agent_info(id: &str) -> AgentInfo {
 
 fn launch(id: &str, agent: &str, millicpus: u64, mem: u64) -> TaskLaunch {
     TaskLaunch {
-        id: TaskId::new(id).unwrap(),
+        id: TaskId::parse(id).unwrap(),
         name: id.into(),
-        agent: AgentId::new(agent).unwrap(),
+        agent: AgentId::parse(agent).unwrap(),
         resources: Resources::from_millicpus(millicpus, mem, PortRanges::new()),
         program: Program::Argv(vec!["sleep".into(), "100".into()]),
         env: BTreeMap::new(),
@@ -138,13 +138,13 @@ fn offer_one(core: &mut MasterCore, now: u64) -> OfferOut {
 }
 
 fn fw() -> FrameworkId {
-    FrameworkId::new("fw").unwrap()
+    FrameworkId::parse("fw").unwrap()
 }
 
 fn agent_status(task: &str, state: TaskState, uuid: u8) -> TaskStatus {
     TaskStatus {
         task_id: task.into(),
-        agent_id: Some(AgentId::new("a1").unwrap()),
+        agent_id: Some(AgentId::parse("a1").unwrap()),
         state,
         message: String::new(),
         reason: String::new(),
@@ -228,7 +228,13 @@ fn an_offer_launches_tasks_and_bad_launches_get_task_error_without_harming_other
     assert_eq!(updates(&core.take_actions())[0].reason, "invalid_offer");
     // Unknown framework: a call error, not a panic.
     assert!(matches!(
-        core.accept(30, &FrameworkId::new("nope").unwrap(), vec![], vec![], None),
+        core.accept(
+            30,
+            &FrameworkId::parse("nope").unwrap(),
+            vec![],
+            vec![],
+            None
+        ),
         Err(CallError::NotFound(_))
     ));
 }
@@ -375,7 +381,7 @@ fn a_framework_past_its_failover_timeout_is_torn_down_and_its_tasks_killed() {
         &actions[0],
         Action::SubscribeDone { result: Ok(_), .. }
     ));
-    assert!(core.task(&fw(), &TaskId::new("t1").unwrap()).is_some());
+    assert!(core.task(&fw(), &TaskId::parse("t1").unwrap()).is_some());
     // Goes away again, for good.
     core.framework_disconnected(800, FW + 1);
     core.tick(1_900);
@@ -419,7 +425,7 @@ fn after_a_takeover_agents_rebuild_the_tasks_and_unknown_frameworks_are_shut_dow
             state: TaskState::Running,
         },
         ReportedTask {
-            framework: FrameworkId::new("gone").unwrap(),
+            framework: FrameworkId::parse("gone").unwrap(),
             launch: launch("t2", "a1", 500, 1 << 20),
             state: TaskState::Running,
         },
@@ -428,7 +434,7 @@ fn after_a_takeover_agents_rebuild_the_tasks_and_unknown_frameworks_are_shut_dow
     let actions = core.take_actions();
     assert!(actions.iter().any(|a| matches!(a, Action::ToAgent { command: AgentCommand::ShutdownFramework(f), .. } if f.as_str() == "gone")));
     assert_eq!(
-        core.task(&fw(), &TaskId::new("t1").unwrap())
+        core.task(&fw(), &TaskId::parse("t1").unwrap())
             .map(|t| t.status.state),
         Some(TaskState::Running)
     );

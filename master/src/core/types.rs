@@ -5,54 +5,11 @@ use crate::ids::{AgentId, FrameworkId, Role};
 use crate::resources::Resources;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
 /// One connection (a framework's event stream or an agent's link), numbered by the driver.
 pub type ConnId = u64;
 
-/// Longest task id, in bytes (it becomes a directory name on the agent).
-pub const TASK_ID_BYTES_MAX: usize = 255;
-
-/// A task id: unique per framework; 1..=255 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId(Arc<str>);
-
-impl TaskId {
-    /// Validates `s`; the error says which rule it breaks.
-    pub fn new(s: &str) -> Result<TaskId, String> {
-        if s.is_empty() {
-            return Err("task_id: must not be empty".into());
-        }
-        if s.len() > TASK_ID_BYTES_MAX {
-            return Err(format!(
-                "task_id: {} bytes, longer than {TASK_ID_BYTES_MAX}",
-                s.len()
-            ));
-        }
-        if s == "." || s == ".." {
-            return Err(format!("task_id: {s:?} is not a valid id"));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(format!(
-                "task_id: {s:?} contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-            ));
-        }
-        Ok(TaskId(Arc::from(s)))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use drover_types::ids::TaskId;
 
 pub use drover_types::TaskState;
 
