@@ -1964,11 +1964,11 @@ impl MasterCore {
         }
         for (conn, (owner, id)) in &self.conns {
             let current = match owner {
-                Owner::Framework => FrameworkId::new(id)
+                Owner::Framework => FrameworkId::parse(id)
                     .ok()
                     .and_then(|f| self.frameworks.get(&f))
                     .and_then(|f| f.conn),
-                Owner::Agent => AgentId::new(id)
+                Owner::Agent => AgentId::parse(id)
                     .ok()
                     .and_then(|a| self.agents.get(&a))
                     .and_then(|a| a.conn),

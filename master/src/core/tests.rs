@@ -674,7 +674,7 @@ fn an_offer_limit_is_a_named_skip_reason() {
     assert_eq!(
         core.allocator().explain(&fw()).unwrap(),
         vec![(
-            AgentId::new("a2").unwrap(),
+            AgentId::parse("a2").unwrap(),
             crate::allocator::SkipReason::OfferLimit { max: 1 }
         )]
     );
@@ -728,7 +728,7 @@ fn a_reregistration_whose_tasks_do_not_fit_the_agent_is_refused() {
             Some("agent a1: its reported tasks use 2.001 cpus, 1 MiB, ports [], more than agent.resources (2 cpus, 2048 MiB, ports [31000-31009])".into())
         )]
     );
-    assert!(core.task(&fw(), &TaskId::new("t1").unwrap()).is_none());
+    assert!(core.task(&fw(), &TaskId::parse("t1").unwrap()).is_none());
     assert_eq!(core.allocator().agents_len(), 0);
 }
 
@@ -793,7 +793,7 @@ fn a_status_update_from_an_agent_the_task_is_not_on_is_acknowledged_and_ignored(
         }]
     );
     assert_eq!(
-        core.task(&fw(), &TaskId::new("t1").unwrap())
+        core.task(&fw(), &TaskId::parse("t1").unwrap())
             .map(|t| t.status.state),
         Some(TaskState::Staging)
     );
@@ -848,7 +848,7 @@ fn a_reused_task_id_keeps_one_completed_entry() {
     }
     assert_eq!(core.completed.len(), 2);
     assert_eq!(core.completed_tasks.len(), 2);
-    assert!(core.task(&fw(), &TaskId::new("t1").unwrap()).is_some());
+    assert!(core.task(&fw(), &TaskId::parse("t1").unwrap()).is_some());
 }
 
 // ---- corrupted state trips check_invariants ---------------------------------------------------
@@ -887,7 +887,7 @@ fn check_invariants_catches_a_task_its_agent_does_not_list() {
     // Proves a live task its agent does not list (so it would never be marked lost) trips it.
     let mut core = running();
     core.agents
-        .get_mut(&AgentId::new("a1").unwrap())
+        .get_mut(&AgentId::parse("a1").unwrap())
         .unwrap()
         .tasks
         .clear();
@@ -904,7 +904,7 @@ fn check_invariants_catches_used_resources_out_of_step_with_the_tasks() {
     let mut core = running();
     let task = core
         .tasks
-        .get_mut(&(fw(), TaskId::new("t1").unwrap()))
+        .get_mut(&(fw(), TaskId::parse("t1").unwrap()))
         .unwrap();
     task.launch.resources = Resources::from_millicpus(400, 1 << 20, PortRanges::new());
     core.check_invariants();
@@ -929,7 +929,7 @@ fn every_event_checks_the_invariants_in_debug_builds() {
     // up at the next event, here a heartbeat.
     let mut core = running();
     core.agents
-        .get_mut(&AgentId::new("a1").unwrap())
+        .get_mut(&AgentId::parse("a1").unwrap())
         .unwrap()
         .reachable = false;
     core.agent_heartbeat(50, AGENT);
@@ -1001,11 +1001,11 @@ mod random {
     }
 
     fn agent_id(i: usize) -> AgentId {
-        AgentId::new(&format!("a{i}")).unwrap()
+        AgentId::parse(&format!("a{i}")).unwrap()
     }
 
     fn fw_id(f: usize) -> FrameworkId {
-        FrameworkId::new(&format!("f{f}")).unwrap()
+        FrameworkId::parse(&format!("f{f}")).unwrap()
     }
 
     impl World {
