@@ -41,6 +41,10 @@ const ENSEMBLE_SIZE: u32 = 3;
 /// Parent of every run's znodes.
 const BENCH_ROOT: &str = "/drover-bench";
 /// Highest latency the histograms track; slower ops are recorded at this value.
+/// Session timeout of every bench client: long enough to ride out a leader change.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a bench client waits for its session to be established.
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a started (or restarted) ensemble to serve with every master.
 const ENSEMBLE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest write unavailability waited out after a kill before the kill counts as unrecovered.
@@ -235,8 +239,8 @@ async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
 }
 fn client_options() -> ClientOptions {
     ClientOptions {
-        session_timeout: Duration::from_secs(10),
-        establish_timeout: Duration::from_secs(5),
+        session_timeout: SESSION_TIMEOUT,
+        establish_timeout: ESTABLISH_TIMEOUT,
         ..ClientOptions::default()
     }
 }

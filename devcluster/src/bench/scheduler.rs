@@ -28,6 +28,18 @@ use tonic::transport::{Channel, Endpoint};
 const SIM_AGENT_QUEUE: usize = 256;
 /// A simulated agent resends a status update not acknowledged this long after it was sent.
 const SIM_UPDATE_RESEND_AFTER: Duration = Duration::from_secs(2);
+/// Deadline of one connection attempt to the master.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for every simulated agent to register.
+const AGENTS_REGISTERED_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the registered agents are counted meanwhile.
+const AGENTS_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest wait for the master to lead (answer `GetMetrics`).
+const MASTER_LEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the master is asked meanwhile.
+const MASTER_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a progress line goes to `notify` while the frameworks work.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Accept calls one framework has in flight at once.
 const ACCEPTS_IN_FLIGHT_MAX: usize = 64;
 /// Highest latency tracked, in microseconds.
@@ -90,7 +102,7 @@ pub fn capacity(agent: &Resources, task: &Resources, agents: u64) -> u64 {
 fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy())
 }
 
@@ -131,8 +143,8 @@ pub async fn sim_agents(
     }
     let started = Instant::now();
     while registered.load(Ordering::Relaxed) < config.count {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if started.elapsed() > Duration::from_secs(300) {
+        tokio::time::sleep(AGENTS_POLL_INTERVAL).await;
+        if started.elapsed() > AGENTS_REGISTERED_TIMEOUT {
             bail!(
                 "only {} of {} simulated agents registered",
                 registered.load(Ordering::Relaxed),
@@ -470,7 +482,7 @@ pub async fn run(
     ));
     let operator = OperatorClient::new(channel(&addr)?);
     // Wait for the master to lead.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + MASTER_LEAD_TIMEOUT;
     loop {
         if operator
             .clone()
@@ -481,9 +493,12 @@ pub async fn run(
             break;
         }
         if Instant::now() > deadline {
-            bail!("the master at {addr} does not lead after 60 s");
+            bail!(
+                "the master at {addr} does not lead after {} s",
+                MASTER_LEAD_TIMEOUT.as_secs()
+            );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(MASTER_POLL_INTERVAL).await;
     }
     let sim_args: Vec<String> = vec![
         "--masters".into(),
@@ -510,14 +525,15 @@ pub async fn run(
         if m.agents >= config.agents {
             break;
         }
-        if registered_at.elapsed() > Duration::from_secs(300) {
+        if registered_at.elapsed() > AGENTS_REGISTERED_TIMEOUT {
             bail!(
-                "only {} of {} agents registered after 300 s",
+                "only {} of {} agents registered after {} s",
                 m.agents,
-                config.agents
+                config.agents,
+                AGENTS_REGISTERED_TIMEOUT.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(AGENTS_POLL_INTERVAL).await;
     }
     notify(&format!(
         "drover bench scheduler: {} agents registered in {} ms",
@@ -551,7 +567,7 @@ pub async fn run(
     };
     let progress = async {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(PROGRESS_INTERVAL).await;
             notify(&format!(
                 "  {:>6.1} s: {} launched, {} running",
                 started.elapsed().as_secs_f64(),
