@@ -76,7 +76,12 @@ pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Coord(args) => bench_coord(ctx, args).await,
         BenchCmd::Scheduler(args) => {
-            until_interrupted(super::bench_scheduler::bench_scheduler(ctx, args)).await
+            until_interrupted(super::bench_scheduler::bench_scheduler(
+                ctx,
+                args,
+                masters_given(),
+            ))
+            .await
         }
         BenchCmd::Deploy(args) => super::bench_deploy::bench_deploy(ctx, args).await,
         BenchCmd::Disk(args) => super::bench_disk::bench_disk(ctx, args).await,
@@ -126,7 +131,7 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
 
 /// Whether the user named masters: `--masters` on the command line or `DROVER_MASTERS` set.
 /// (The global flag has a default, so its value alone cannot tell.)
-pub(super) fn masters_given() -> bool {
+fn masters_given() -> bool {
     std::env::var_os("DROVER_MASTERS").is_some_and(|v| !v.is_empty())
         || std::env::args_os()
             .any(|a| a == "--masters" || a.to_str().is_some_and(|s| s.starts_with("--masters=")))

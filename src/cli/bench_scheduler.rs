@@ -77,7 +77,13 @@ pub async fn sim_agents(ctx: &Context, args: SimAgentsArgs) -> anyhow::Result<()
     scheduler::sim_agents(&config, Arc::new(|line| eprintln!("{line}"))).await
 }
 
-pub async fn bench_scheduler(ctx: &Context, args: SchedulerBenchArgs) -> anyhow::Result<()> {
+/// `masters_given`: the user named the master (`--masters` or `DROVER_MASTERS`), so the bench
+/// uses it instead of starting its own.
+pub async fn bench_scheduler(
+    ctx: &Context,
+    args: SchedulerBenchArgs,
+    masters_given: bool,
+) -> anyhow::Result<()> {
     let task_mem =
         Resources::parse_mem(&args.task_mem).map_err(|e| anyhow::anyhow!("--task-mem: {e}"))?;
     let task = Resources::new(args.task_cpus, task_mem, Default::default())
@@ -96,7 +102,7 @@ pub async fn bench_scheduler(ctx: &Context, args: SchedulerBenchArgs) -> anyhow:
             args.task_mem
         );
     }
-    let master = if super::bench::masters_given() {
+    let master = if masters_given {
         let addr = ctx
             .master_addrs()
             .into_iter()
