@@ -6,8 +6,10 @@
 //! kernel if the parent dies; the task supervisors left under agents' work dirs), port schemes
 //! and "who leads" as the masters answer it (`Cluster.Status`, never their logs). It must not
 //! parse flags or print results: that is the binary's (`src/cli`). Start at `local::LocalCluster`,
-//! then `ensemble::Ensemble` and `roles`.
+//! then `ensemble::Ensemble` and `roles`. The harnesses behind `drover bench` live in `bench`
+//! (one module per bench: a config in, the figures out).
 
+pub mod bench;
 pub mod ensemble;
 pub mod local;
 pub mod process;
