@@ -115,14 +115,7 @@ pub(crate) async fn connect(ctx: &Context, options: ClientOptions) -> anyhow::Re
 
 /// Creates `path` (empty, persistent) unless it exists.
 pub(crate) async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
-    match client
-        .create(path, Vec::new(), CreateMode::Persistent)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
-        Err(e) => Err(cli_error(e)),
-    }
+    client.ensure_node(path).await.map_err(cli_error)
 }
 
 /// The CLI's one-line wording of a client error.

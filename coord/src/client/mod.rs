@@ -304,6 +304,15 @@ impl Client {
         Ok(self.create_with_stat(path, data, mode).await?.0)
     }
 
+    /// Creates `path` as an empty persistent node unless it exists (the parent must exist).
+    pub async fn ensure_node(&self, path: &str) -> Result<()> {
+        match self.create(path, Vec::new(), CreateMode::Persistent).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn create_with_stat(
         &self,
         path: &str,

@@ -228,14 +228,7 @@ fn client_error(e: ClientError) -> anyhow::Error {
 
 /// Creates `path` (empty, persistent) unless it exists.
 async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
-    match client
-        .create(path, Vec::new(), CreateMode::Persistent)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
-        Err(e) => Err(client_error(e)),
-    }
+    client.ensure_node(path).await.map_err(client_error)
 }
 fn client_options() -> ClientOptions {
     ClientOptions {

@@ -16,14 +16,13 @@ use crate::local::{AGENTS_MAX, LocalCluster, LocalConfig, Signals, get_state};
 use anyhow::{Context as _, bail};
 use drover_coord::client::{Client, ClientOptions};
 use drover_coord::op::{CreateMode, ErrorCode};
+use services::paths;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The service the bench deploys.
 pub const SERVICE_NAME: &str = "bench";
 /// Where `drover service deploy` stores specs (the shared coord layout).
-const SPECS_DIR: &str = "/services/specs";
-const STATUS_DIR: &str = "/services/status";
 /// Attempts at finding a free base port range.
 const BASE_PORT_ATTEMPTS: u32 = 50;
 /// Lowest base port picked at random.
@@ -187,15 +186,14 @@ async fn deploy_and_remove(
     addrs: &[String],
     config: &DeployConfig,
 ) -> anyhow::Result<Timeline> {
-    for dir in ["/services", SPECS_DIR] {
-        match client.create(dir, Vec::new(), CreateMode::Persistent).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some(ErrorCode::NodeExists) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create {dir}")),
-        }
+    for dir in [paths::ROOT, paths::SPECS] {
+        client
+            .ensure_node(dir)
+            .await
+            .with_context(|| format!("cannot create {dir}"))?;
     }
-    let spec_path = format!("{SPECS_DIR}/{SERVICE_NAME}");
-    let status_path = format!("{STATUS_DIR}/{SERVICE_NAME}");
+    let spec_path = paths::spec(SERVICE_NAME);
+    let status_path = paths::status(SERVICE_NAME);
     let n = config.instances;
     let rpc_timeout = cluster.config().rpc_timeout;
     let mut t = Timeline::default();

@@ -243,7 +243,7 @@ async fn elect_and_lead(
         paths::LEADER,
         paths::INSTANCES,
     ] {
-        if let Err(e) = ensure_node(client, path).await {
+        if let Err(e) = client.ensure_node(path).await {
             return e.into();
         }
     }
@@ -325,18 +325,6 @@ fn sequence_of(name: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(u64::MAX)
-}
-
-/// Creates a persistent node if it does not exist.
-async fn ensure_node(client: &Client, path: &str) -> Result<(), ClientError> {
-    match client
-        .create(path, Vec::new(), CreateMode::Persistent)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::NodeExists) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// A health check's task and outcome.
@@ -738,11 +726,9 @@ impl Leader<'_> {
         let mut ops = vec![self.fence.clone()];
         for record in records {
             if !self.instance_dirs.contains(&record.service) {
-                ensure_node(
-                    self.client,
-                    &format!("{}/{}", paths::INSTANCES, record.service),
-                )
-                .await?;
+                self.client
+                    .ensure_node(&format!("{}/{}", paths::INSTANCES, record.service))
+                    .await?;
                 self.instance_dirs.insert(record.service.clone());
             }
             ops.push(WriteOp::Create {
