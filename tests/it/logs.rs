@@ -2,7 +2,7 @@
 //! one whose sandbox GC removes them as soon as they are acknowledged) and small test frameworks
 //! on the scheduler API launching real shell tasks; the CLI is the real binary.
 
-mod util;
+use crate::util;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

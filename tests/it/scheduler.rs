@@ -4,7 +4,7 @@
 //! The frameworks here are the `hello` example (a real binary) and a small test framework that
 //! speaks the scheduler API directly, so each test can make exactly the calls it checks.
 
-mod util;
+use crate::util;
 
 use drover_proto::v1;
 use drover_proto::v1::operator_client::OperatorClient;
