@@ -5,6 +5,7 @@
 //!
 //! Every test uses its own master port, work dir and cgroup parent; on drop it stops the agent,
 //! kills every supervisor and task group it finds in the work dir and removes its cgroups.
+#![allow(clippy::print_stderr, reason = "test diagnostics; the harness captures them")]
 
 include!("support/daemon_harness.rs");
 

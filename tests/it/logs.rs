@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const KEEPER: &str = "keeper";
 const SWEEPER: &str = "sweeper";
 
-const AGENT: AgentSpec = AgentSpec {
+const AGENT: AgentSpec<'static> = AgentSpec {
     cpus: "2",
     mem: "1GiB",
     ports: "31000-31099",

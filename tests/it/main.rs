@@ -3,6 +3,10 @@
 //! links (most of a fresh build's time spent on tests). `tests/util` is what they share.
 //!
 //! A new test file goes in this directory with a `mod` line here.
+#![allow(
+    clippy::print_stderr,
+    reason = "test diagnostics (process logs of a failed test); the harness captures them"
+)]
 
 #[path = "../util/mod.rs"]
 mod util;

@@ -2,6 +2,11 @@
 //! JSON from the file named by the first argument, supervises the task, prints the exit record as
 //! JSON on stdout. Exit status 0 when a record was written, 1 otherwise. Lets `agent/tests/` run a
 //! real, separate supervisor process without the root binary.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a test tool: the exit record on stdout and failures on stderr are its output"
+)]
 
 use std::process::ExitCode;
 
