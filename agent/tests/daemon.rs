@@ -654,7 +654,8 @@ async fn a_supervisor_shows_in_ps_as_drover_supervise() {
     h.master
         .send(run_task("fw", task(&id, "named", argv(&["sleep", "30"]))))
         .await;
-    h.master
+    let running = h
+        .master
         .wait_update("fw", "named", v1::TaskState::TaskRunning)
         .await;
     let sandbox = h.sandbox("fw", "named").await;
@@ -671,6 +672,8 @@ async fn a_supervisor_shows_in_ps_as_drover_supervise() {
     assert_eq!(argv.len(), 3, "{argv:?}");
     assert_eq!(argv[..2], ["drover", "supervise"], "{argv:?}");
     assert!(argv[2].ends_with("/spec.json"), "{argv:?}");
+    // One update in flight per task: TASK_KILLED goes out once RUNNING is acknowledged.
+    h.master.send(ack("fw", &running)).await;
     h.master.send(kill_task("fw", "named", 0)).await;
     h.master
         .wait_update("fw", "named", v1::TaskState::TaskKilled)
