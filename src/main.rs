@@ -1,4 +1,8 @@
 //! The `drover` binary: parses flags, installs tracing, and hands over to the libraries.
+#![allow(
+    clippy::print_stderr,
+    reason = "the binary's diagnostics and progress lines go to stderr; libraries use tracing"
+)]
 
 mod cli;
 

@@ -5,6 +5,10 @@
 //!
 //! Every test uses its own master port, work dir and cgroup parent; on drop it stops the agent,
 //! kills every supervisor and task group it finds in the work dir and removes its cgroups.
+#![allow(
+    clippy::print_stderr,
+    reason = "test diagnostics; the harness captures them"
+)]
 
 include!("support/daemon_harness.rs");
 
@@ -631,4 +635,49 @@ async fn a_second_agent_cannot_use_the_same_work_dir() {
         .expect_err("a second agent on the same work dir");
     assert!(err.to_string().contains("in use by another agent"), "{err}");
     assert!(Path::new(&h.work_dir()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_shows_in_ps_as_drover_supervise() {
+    // Proves the agent starts a supervisor with the command's `arg0` as its argv[0]: with the
+    // production name and word, /proc/PID/cmdline reads `drover supervise <run dir>/spec.json`,
+    // not the path of the image it was started from.
+    let mut h = Harness::new().await;
+    let mut config = h.config(vec![h.master.addr.clone()]);
+    config.supervisor.arg0 = Some(daemon::SUPERVISOR_ARG0.into());
+    config.supervisor.args = vec!["supervise".into()];
+    h.start_agent_with(config);
+    let (_, hello) = h.master.wait_hello(0).await;
+    assert!(matches!(hello, agent_message::Message::Register(_)));
+    let id = match h.master.control.lock().unwrap().mode.clone() {
+        Mode::Lead { new_agent_id } => new_agent_id,
+        other => panic!("master mode {other:?}"),
+    };
+    h.master
+        .send(run_task("fw", task(&id, "named", argv(&["sleep", "30"]))))
+        .await;
+    let running = h
+        .master
+        .wait_update("fw", "named", v1::TaskState::TaskRunning)
+        .await;
+    let sandbox = h.sandbox("fw", "named").await;
+    let record = sandbox
+        .read_supervisor()
+        .unwrap()
+        .expect("a running task has a supervisor record");
+    let cmdline = fs::read(format!("/proc/{}/cmdline", record.supervisor_pid)).unwrap();
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(argv.len(), 3, "{argv:?}");
+    assert_eq!(argv[..2], ["drover", "supervise"], "{argv:?}");
+    assert!(argv[2].ends_with("/spec.json"), "{argv:?}");
+    // One update in flight per task: TASK_KILLED goes out once RUNNING is acknowledged.
+    h.master.send(ack("fw", &running)).await;
+    h.master.send(kill_task("fw", "named", 0)).await;
+    h.master
+        .wait_update("fw", "named", v1::TaskState::TaskKilled)
+        .await;
 }

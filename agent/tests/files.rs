@@ -2,6 +2,10 @@
 //! in-test master (the harness of `daemon.rs`) and real supervisors running real tasks: reading
 //! stdout/stderr from offsets, following until the task ends, refusing ids and files that could
 //! leave the sandbox, and the GC removing only what it should.
+#![allow(
+    clippy::print_stderr,
+    reason = "test diagnostics; the harness captures them"
+)]
 #![allow(dead_code, unused_imports)]
 
 include!("support/daemon_harness.rs");

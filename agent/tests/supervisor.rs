@@ -1,6 +1,10 @@
 //! Real supervisor processes (`drover-supervise-test`) running real tasks in temp dirs. Every test
 //! kills what it started (the `Harness` drop) and removes the cgroup parent it created under a
 //! unique name; nothing outside the temp dir and that cgroup subtree is touched.
+#![allow(
+    clippy::print_stderr,
+    reason = "test diagnostics; the harness captures them"
+)]
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,6 +1,10 @@
 //! The Rust client against a real coord server (the same driver `drover master` runs, in this
 //! process, on a loopback port), sometimes behind a TCP proxy the test can cut, to break
 //! connections without stopping the server.
+#![allow(
+    clippy::print_stderr,
+    reason = "test diagnostics; the harness captures them"
+)]
 
 use drover_coord::client::{Client, ClientError, ClientOptions, SessionEvent, SessionState};
 use drover_coord::driver::{self, CoordConfig};

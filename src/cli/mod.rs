@@ -2,13 +2,33 @@
 
 pub mod agent;
 pub mod agents;
+#[allow(
+    clippy::print_stdout,
+    reason = "a benchmark prints its report for people (or as JSON)"
+)]
 pub mod bench;
+#[allow(
+    clippy::print_stdout,
+    reason = "a benchmark prints its report for people (or as JSON)"
+)]
 pub mod bench_deploy;
+#[allow(
+    clippy::print_stdout,
+    reason = "a benchmark prints its report for people (or as JSON)"
+)]
 pub mod bench_disk;
+#[allow(
+    clippy::print_stdout,
+    reason = "a benchmark prints its report for people (or as JSON)"
+)]
 pub mod bench_scheduler;
 pub mod cluster;
 pub mod coord;
 pub mod framework;
+#[allow(
+    clippy::print_stdout,
+    reason = "the dashboard URL and `export DROVER_MASTERS=` lines for people"
+)]
 pub mod local;
 pub mod logs;
 pub mod master;
@@ -17,6 +37,10 @@ pub mod render;
 pub mod service;
 pub mod service_wait;
 pub mod services;
+#[allow(
+    clippy::print_stdout,
+    reason = "the exit record on stdout is what `drover supervise` returns"
+)]
 pub mod supervise;
 pub mod task;
 

@@ -55,7 +55,7 @@ impl TestCluster {
 
     /// Starts agent `name` (hostname `name`, work dir [`TestCluster::work_dir`]) with `spec` and
     /// `extra` flags, and waits until its API listens; returns that address.
-    pub fn add_agent(&mut self, name: &str, spec: AgentSpec, extra: &[&str]) -> String {
+    pub fn add_agent(&mut self, name: &str, spec: AgentSpec<'_>, extra: &[&str]) -> String {
         let work = self.work_dir(name);
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = vec![

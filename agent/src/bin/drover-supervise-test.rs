@@ -1,15 +1,25 @@
 //! Test-only stand-in for the hidden `drover supervise` subcommand: reads a `SupervisorSpec` as
-//! JSON from the file named by the first argument, supervises the task, prints the exit record as
+//! JSON from the file named by the first argument (after an optional `supervise`, so a test can
+//! start it with the production argv `drover supervise SPEC`), supervises the task, prints the exit record as
 //! JSON on stdout. Exit status 0 when a record was written, 1 otherwise. Lets `agent/tests/` run a
 //! real, separate supervisor process without the root binary.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a test tool: the exit record on stdout and failures on stderr are its output"
+)]
 
 use std::process::ExitCode;
 
 use drover_agent::{SupervisorSpec, run_supervisor};
 
 fn main() -> ExitCode {
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: drover-supervise-test SPEC.json");
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "supervise") {
+        args.next();
+    }
+    let Some(path) = args.next() else {
+        eprintln!("usage: drover-supervise-test [supervise] SPEC.json");
         return ExitCode::FAILURE;
     };
     let spec: SupervisorSpec = match std::fs::read(&path)

@@ -45,7 +45,7 @@ use std::time::Duration;
 pub use files::FileApiConfig;
 pub use master_link::{LinkConfig, LinkError};
 pub use records::{WorkDir, WorkDirError};
-pub use runs::{ProcessIdentity, SupervisorCommand};
+pub use runs::{ProcessIdentity, SUPERVISOR_ARG0, SupervisorCommand};
 pub use sandbox_gc::{DiskLimit, SandboxGcConfig};
 
 use crate::isolation::{Isolation, IsolationKind, IsolationPolicy};

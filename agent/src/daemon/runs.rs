@@ -69,9 +69,15 @@ impl ProcessIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorCommand {
     pub program: PathBuf,
+    /// The process's `argv[0]`, what `ps` shows, when it should differ from `program`
+    /// (`/proc/self/exe` says nothing to an operator); `None` keeps `program`.
+    pub arg0: Option<OsString>,
     /// Arguments before the spec path.
     pub args: Vec<OsString>,
 }
+
+/// The `argv[0]` of production supervisors: `ps` shows `drover supervise <run dir>/spec.json`.
+pub const SUPERVISOR_ARG0: &str = "drover";
 
 impl SupervisorCommand {
     /// `<this executable> supervise`, where this executable is the running image itself.
@@ -84,6 +90,7 @@ impl SupervisorCommand {
     pub fn current_exe() -> io::Result<SupervisorCommand> {
         Ok(SupervisorCommand {
             program: own_image()?,
+            arg0: Some(OsString::from(SUPERVISOR_ARG0)),
             args: vec![OsString::from("supervise")],
         })
     }
@@ -130,6 +137,9 @@ pub fn spawn_supervisor(
         .try_clone()
         .map_err(|e| format!("open {}: {e}", log_path.display()))?;
     let mut cmd = Command::new(&command.program);
+    if let Some(arg0) = &command.arg0 {
+        cmd.arg0(arg0);
+    }
     cmd.args(&command.args)
         .arg(&spec_path)
         .stdin(Stdio::null())
@@ -459,6 +469,17 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_supervisors_are_named_drover_supervise() {
+        // Proves the production command runs the agent's own image under the name `drover` with
+        // the word `supervise`, so `ps` shows `drover supervise SPEC`, not `/proc/self/exe ...`.
+        let command = SupervisorCommand::current_exe().unwrap();
+        assert_eq!(command.arg0, Some(OsString::from("drover")));
+        assert_eq!(command.args, vec![OsString::from("supervise")]);
+        #[cfg(target_os = "linux")]
+        assert_eq!(command.program, PathBuf::from("/proc/self/exe"));
+    }
 
     #[test]
     fn a_lost_supervisor_is_explained_by_its_last_log_line() {

@@ -462,6 +462,7 @@ impl Harness {
             },
             SupervisorCommand {
                 program: PathBuf::from(env!("CARGO_BIN_EXE_drover-supervise-test")),
+                arg0: None,
                 args: vec![],
             },
         );

@@ -4,6 +4,11 @@
 //! Ctrl-C tears the framework down, which kills its tasks.
 //!
 //! `hello --masters 127.0.0.1:5050 --instances 3 --cpus 0.1 --mem 16MiB -- sleep 600`
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "an example whose output is one line per status update, and its errors"
+)]
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -476,7 +476,7 @@ pub fn parse(text: &str, format: Format) -> Result<ServiceSpec, SpecError> {
             toml::from_str(text).map_err(|e| syntax(e.to_string().trim().to_string()))?
         }
         Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?,
+        Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| syntax(e.to_string()))?,
     };
     validate(raw)
 }
@@ -1162,6 +1162,19 @@ upgrade:
 ";
         assert_eq!(parse(json, Format::Json).expect("json"), web());
         assert_eq!(parse(yaml, Format::Yaml).expect("yaml"), web());
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_names_its_line_and_column() {
+        // Proves a YAML spec that does not parse is a Syntax error saying where: its line and
+        // column (an unclosed flow sequence on line 2 is noticed on line 3).
+        let err =
+            parse("name: web\ncmd: [x\ninstances: 1\n", Format::Yaml).expect_err("unclosed [");
+        let SpecError::Syntax { format, message } = &err else {
+            panic!("not a syntax error: {err:?}");
+        };
+        assert_eq!(*format, Format::Yaml);
+        assert!(message.contains("line 3 column"), "{message}");
     }
 
     #[test]

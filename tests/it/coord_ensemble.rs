@@ -4,7 +4,7 @@
 //! acknowledged write, writes resume on the new leader, and the killed master catches up when it
 //! restarts.
 
-mod util;
+use crate::util;
 
 use drover_coord::client::{Client, ClientError, ClientOptions, SessionEvent};
 use drover_coord::{CreateMode, EventType, WatchEvent};

@@ -4,7 +4,7 @@
 //! The frameworks here are the `hello` example (a real binary) and a small test framework that
 //! speaks the scheduler API directly, so each test can make exactly the calls it checks.
 
-mod util;
+use crate::util;
 
 use drover_proto::v1;
 use drover_proto::v1::operator_client::OperatorClient;
@@ -22,7 +22,7 @@ const MIB: u64 = 1 << 20;
 /// Generous: CI machines are slow and everything here runs real processes.
 const WAIT: Duration = Duration::from_secs(30);
 
-const SMALL_AGENT: AgentSpec = AgentSpec {
+const SMALL_AGENT: AgentSpec<'static> = AgentSpec {
     cpus: "2",
     mem: "1GiB",
     ports: "31000-31099",
@@ -30,7 +30,7 @@ const SMALL_AGENT: AgentSpec = AgentSpec {
 
 /// A master with the timeouts these tests use (`master_flags` on top) and one agent per spec,
 /// named `agent0`, `agent1`, ...
-fn start_cluster(agents: &[AgentSpec], master_flags: &[&str]) -> TestCluster {
+fn start_cluster(agents: &[AgentSpec<'_>], master_flags: &[&str]) -> TestCluster {
     let mut flags = vec![
         "--agent-unreachable-after-ms",
         "1500",

@@ -2,7 +2,7 @@
 //! one whose sandbox GC removes them as soon as they are acknowledged) and small test frameworks
 //! on the scheduler API launching real shell tasks; the CLI is the real binary.
 
-mod util;
+use crate::util;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const KEEPER: &str = "keeper";
 const SWEEPER: &str = "sweeper";
 
-const AGENT: AgentSpec = AgentSpec {
+const AGENT: AgentSpec<'static> = AgentSpec {
     cpus: "2",
     mem: "1GiB",
     ports: "31000-31099",

@@ -4,7 +4,7 @@
 //! agent process re-adopts them from its work dir, reports what ended meanwhile and can still
 //! kill what it re-adopted. End-to-end scheduling with a real master is in `tests/scheduler.rs`.
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::path::{Path, PathBuf};

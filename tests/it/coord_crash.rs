@@ -1,7 +1,7 @@
 //! Durability on one replica, on real processes: what a master acknowledged survives `kill -9`,
 //! and a log with a torn last record starts cleanly and keeps everything before it.
 
-mod util;
+use crate::util;
 
 use drover_coord::CreateMode;
 use drover_coord::client::{Client, ClientOptions};

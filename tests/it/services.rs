@@ -3,7 +3,7 @@
 //! way `drover service deploy` does; what runs is checked through processes, HTTP and the
 //! published status.
 
-mod util;
+use crate::util;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

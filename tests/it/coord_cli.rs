@@ -1,7 +1,7 @@
 //! `drover coord` against a real `drover master` process: the round trip a user does by hand, and
 //! the one-line errors bad input gets.
 
-mod util;
+use crate::util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -6,7 +6,7 @@
 //! data under the test's temp dir; at the end (and on failure) it gets SIGTERM and is waited
 //! for, then anything still running under the temp dir is swept.
 
-mod util;
+use crate::util;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,7 +7,7 @@
 //! contract's own types: tasks labelled `service=NAME` launched through the SDK, and
 //! `services::status::ServiceStatus` written to `/services/status/NAME`.
 
-mod util;
+use crate::util;
 
 use std::process::Output;
 use std::time::{Duration, Instant};
