@@ -611,7 +611,8 @@ fn sweep(me: Pid, cgroup: Option<&TaskCgroup>) -> Result<(), IsolationError> {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and each of its sources, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

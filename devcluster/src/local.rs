@@ -406,17 +406,12 @@ impl LocalCluster {
             .join(",");
         for id in 1..=cluster.config.masters {
             let dir = cluster.dir().join(format!("master-{id}"));
-            let mut args: Vec<OsString> = vec![
-                "master".into(),
-                "--id".into(),
-                id.to_string().into(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", cluster.config.master_port(id)).into(),
-                "--data-dir".into(),
-                dir.into(),
+            let listen = format!("127.0.0.1:{}", cluster.config.master_port(id));
+            let mut args = process::master_args(id, &listen, &dir);
+            args.extend([
                 "--http".into(),
                 format!("127.0.0.1:{}", cluster.config.master_http_port(id)).into(),
-            ];
+            ]);
             if cluster.config.masters > 1 {
                 args.extend(["--peers".into(), peers.clone().into()]);
                 // Several masters share this machine: one async worker each avoids

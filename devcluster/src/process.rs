@@ -13,6 +13,20 @@ use nix::unistd::Pid;
 /// Most bytes read from the end of a log for a tail.
 const LOG_TAIL_BYTES_MAX: u64 = 64 << 10;
 
+/// `master --id ID --listen ADDR --data-dir DIR`: how every dev master's command line starts
+/// (callers add `--peers`, `--http` and their own flags).
+pub fn master_args(id: u32, listen: &str, data_dir: &Path) -> Vec<OsString> {
+    vec![
+        "master".into(),
+        "--id".into(),
+        id.to_string().into(),
+        "--listen".into(),
+        listen.into(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ]
+}
+
 /// How to start one child.
 pub struct Spawn<'a> {
     pub exe: &'a Path,

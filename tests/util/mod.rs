@@ -119,16 +119,12 @@ pub fn wait_listening(addr: &str) {
 pub fn start_master(dir: &Path, port: u16, name: &str, extra: &[&str]) -> Proc {
     let addr = format!("127.0.0.1:{port}");
     let data = dir.join("data");
-    let mut args = vec![
-        "master",
-        "--id",
-        "1",
-        "--listen",
-        &addr,
-        "--data-dir",
-        data.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
+    let mut args = drover_devcluster::process::master_args(1, &addr, &data);
+    args.extend(extra.iter().map(Into::into));
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| a.to_str().expect("utf-8 args"))
+        .collect();
     let p = Proc::spawn(name, &args, dir);
     wait_listening(&addr);
     p

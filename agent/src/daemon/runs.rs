@@ -7,6 +7,7 @@
 //! A process is only ever signalled after checking its identity (pid *and* start time), so a reused
 //! pid is never hit.
 
+use crate::supervisor::error_chain;
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -453,17 +454,6 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

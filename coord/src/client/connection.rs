@@ -18,6 +18,7 @@ use super::{ClientError, ClientOptions, Command, NewWatch, SessionEvent, Session
 use crate::convert::{event_from_proto, op_to_proto, reply_from_proto};
 use crate::op::{ErrorCode, Op, OpResult, ReadOp};
 use crate::zxid::{SessionId, Zxid};
+use drover_client::error_reason;
 use drover_proto::MESSAGE_BYTES_MAX;
 use drover_proto::v1::{self, client_message, coord_client::CoordClient, server_message};
 use prost::Message;
@@ -273,26 +274,6 @@ fn ended_error(e: &v1::SessionEnded) -> AttemptError {
             AttemptError::SessionEnded { message }
         }
         _ => AttemptError::Failed(message),
-    }
-}
-
-/// A one-phrase reason for a transport failure: the innermost I/O error where there is one
-/// ("connection refused"), else the innermost message.
-fn error_reason(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = e;
-    loop {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-                std::io::ErrorKind::TimedOut => "timed out".into(),
-                _ => io.to_string(),
-            };
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => return current.to_string(),
-        }
     }
 }
 

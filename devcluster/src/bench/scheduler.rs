@@ -251,11 +251,11 @@ async fn sim_agent(
 }
 
 /// Starts `drover ARGS` with its output in `log`; killed with its process group when dropped.
-fn spawn(args: &[String], log: &std::path::Path) -> anyhow::Result<Guard> {
+fn spawn(args: Vec<std::ffi::OsString>, log: &std::path::Path) -> anyhow::Result<Guard> {
     let exe = std::env::current_exe().context("cannot find the drover executable")?;
     let child = process::spawn(Spawn {
         exe: &exe,
-        args: args.iter().map(Into::into).collect(),
+        args,
         log,
         log_filter: "info",
         die_with_parent: true,
@@ -459,20 +459,9 @@ pub async fn run(
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let mut margs: Vec<String> = [
-            "master",
-            "--id",
-            "1",
-            "--listen",
-            &addr,
-            "--data-dir",
-            &dir.path().join("master").to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        margs.extend(config.master_args.iter().cloned());
-        let child = spawn(&margs, &dir.path().join("master.log"))?;
+        let mut margs = process::master_args(1, &addr, &dir.path().join("master"));
+        margs.extend(config.master_args.iter().map(Into::into));
+        let child = spawn(margs, &dir.path().join("master.log"))?;
         (addr, Some(child))
     };
     notify(&format!(
@@ -514,7 +503,10 @@ pub async fn run(
         "--mem".into(),
         config.agent.mem_bytes().to_string(),
     ];
-    let _agents = spawn(&sim_args, &dir.path().join("sim-agents.log"))?;
+    let _agents = spawn(
+        sim_args.iter().map(Into::into).collect(),
+        &dir.path().join("sim-agents.log"),
+    )?;
     let registered_at = Instant::now();
     loop {
         let m = operator
