@@ -18,6 +18,7 @@
 pub mod daemon;
 pub mod isolation;
 pub mod limits;
+pub mod path_io;
 mod procfs;
 pub mod resources;
 pub mod sandbox;

@@ -10,6 +10,7 @@
 //! [`inspect`] turns those files into a [`TaskState`]; it is what re-adoption after an agent restart
 //! builds on. Invariant: once `exit.json` exists it is complete and never changes.
 
+use crate::path_io::{PathIoError, io_err};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,13 +27,8 @@ use crate::procfs;
 pub enum SandboxError {
     #[error("invalid {field}: {reason}")]
     InvalidId { field: &'static str, reason: String },
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("record {path} is larger than {limit} bytes")]
     RecordTooLarge { path: PathBuf, limit: u64 },
     #[error("record {path} is not valid")]
@@ -41,14 +37,6 @@ pub enum SandboxError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
-    move |source| SandboxError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Checks a task id: it becomes a directory name and part of a cgroup name, so it must be one safe
@@ -196,10 +184,8 @@ impl Sandbox {
                 .create(true)
                 .append(true)
                 .open(&p)
-                .map_err(|source| SandboxError::Io {
-                    op: "open output",
-                    path: p.clone(),
-                    source,
+                .map_err(|source| {
+                    SandboxError::Io(PathIoError::new("open output", p.clone(), source))
                 })
         };
         Ok((open(self.stdout_path())?, open(self.stderr_path())?))
@@ -247,7 +233,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, S
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("open", path)(e)),
+        Err(e) => return Err(io_err("open", path)(e).into()),
     };
     let mut bytes = Vec::new();
     file.take(RECORD_BYTES_MAX + 1)

@@ -37,9 +37,10 @@
 //! [`StatusUpdateError::TooManyPending`]). A terminal update is always accepted: a task's end must
 //! never be dropped, and there is at most one per task, so the total stays bounded by the task count.
 
+use crate::path_io::{PathIoError, io_err, sync_dir};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -123,13 +124,8 @@ pub enum StatusUpdateError {
     /// An id or field of an update is not acceptable.
     #[error("invalid {field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// A checkpoint file is damaged somewhere other than its tail. The agent must not start on it:
     /// truncating would lose the updates after the damage.
     #[error("corrupt status update checkpoint {path} at byte {offset}: {reason}")]
@@ -153,17 +149,6 @@ pub enum StatusUpdateError {
     AfterTerminal { task_id: String, state: TaskState },
     #[error("update {uuid} of task {task_id} was already recorded")]
     DuplicateUuid { task_id: String, uuid: Uuid },
-}
-
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> StatusUpdateError + 'a {
-    move |source| StatusUpdateError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// What [`StatusUpdateManager::acknowledge`] did.
@@ -682,7 +667,7 @@ fn append(stream: &mut Stream, payload: &[u8]) -> Result<(), StatusUpdateError> 
         });
     if let Err(e) = result {
         let _ = stream.file.set_len(stream.file_len);
-        return Err(e);
+        return Err(e.into());
     }
     stream.file_len += buf.len() as u64;
     stream.records += 1;
@@ -788,12 +773,6 @@ fn remove_stream_file(root: &Path, path: &Path) -> Result<(), StatusUpdateError>
         sync_dir(root)?;
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StatusUpdateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, StatusUpdateError> {

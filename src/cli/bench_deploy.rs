@@ -4,6 +4,7 @@
 //! stored in coord to every instance RUNNING (master) and at its spec, healthy (the framework's
 //! status), then from `rm` to no instance running.
 
+use super::local::ProcessArgs;
 use super::{Context, Output};
 use drover_devcluster::bench::deploy::{
     self, DeployConfig, SERVICE_NAME, ServiceProgress, Timeline,
@@ -30,12 +31,6 @@ pub struct DeployBenchArgs {
     /// Memory per instance.
     #[arg(long, default_value = "8MiB")]
     pub mem: String,
-    /// CPUs each agent offers (default: the machine's).
-    #[arg(long)]
-    pub agent_cpus: Option<String>,
-    /// Memory each agent offers (default: the machine's).
-    #[arg(long)]
-    pub agent_mem: Option<String>,
     /// The cluster's base port (see `drover local --help`); default: a free range picked at
     /// random below the kernel's ephemeral ports.
     #[arg(long)]
@@ -46,30 +41,25 @@ pub struct DeployBenchArgs {
     /// Longest the deploy (and then the removal) may take before the bench gives up.
     #[arg(long, default_value = "2m", value_parser = drover_types::units::parse_duration)]
     pub timeout: Duration,
-    /// A flag for the master, e.g. `--master-arg=--allocation-interval-ms=20`; repeat for more.
-    #[arg(long = "master-arg", allow_hyphen_values = true)]
-    pub master_args: Vec<String>,
-    /// A flag for every agent; repeat for more.
-    #[arg(long = "agent-arg", allow_hyphen_values = true)]
-    pub agent_args: Vec<String>,
-    /// A flag for the services framework; repeat for more.
-    #[arg(long = "services-arg", allow_hyphen_values = true)]
-    pub services_args: Vec<String>,
+    #[command(flatten)]
+    pub processes: ProcessArgs,
 }
 
 pub async fn bench_deploy(ctx: &Context, args: DeployBenchArgs) -> anyhow::Result<()> {
+    args.processes.validate()?;
+    let p = &args.processes;
     let config = DeployConfig {
         spec_json: spec_json(&args)?,
         instances: args.instances,
         agents: args.agents,
-        agent_cpus: args.agent_cpus.clone(),
-        agent_mem: args.agent_mem.clone(),
+        agent_cpus: p.agent_cpus.clone(),
+        agent_mem: p.agent_mem.clone(),
         base_port: args.base_port,
         poll_interval: args.poll_interval,
         timeout: args.timeout,
-        master_args: args.master_args.clone(),
-        agent_args: args.agent_args.clone(),
-        services_args: args.services_args.clone(),
+        master_args: p.master_args.clone(),
+        agent_args: p.agent_args.clone(),
+        services_args: p.services_args.clone(),
         read_status,
     };
     let report = deploy::run(&config, Arc::new(|line| eprintln!("{line}"))).await?;

@@ -23,13 +23,6 @@ pub struct LocalArgs {
     /// Default: a temp dir, removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// CPUs each agent offers (default: all of this machine's).
-    #[arg(long)]
-    pub agent_cpus: Option<String>,
-    /// Memory each agent offers, e.g. `2GiB` (default: this machine's RAM less the agent's
-    /// reserve).
-    #[arg(long)]
-    pub agent_mem: Option<String>,
     /// Port range for tasks, split evenly between the agents.
     #[arg(long, default_value = "31000-32999")]
     pub task_ports: String,
@@ -41,6 +34,21 @@ pub struct LocalArgs {
     /// SIGKILL. A second Ctrl-C cuts it short.
     #[arg(long, default_value = "10s", value_parser = drover_types::units::parse_duration)]
     pub stop_timeout: Duration,
+    #[command(flatten)]
+    pub processes: ProcessArgs,
+}
+
+/// What the cluster's processes offer and the flags they are given: shared by `drover local`
+/// and `drover bench deploy`, which starts a local cluster of its own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProcessArgs {
+    /// CPUs each agent offers (default: all of this machine's).
+    #[arg(long)]
+    pub agent_cpus: Option<String>,
+    /// Memory each agent offers, e.g. `2GiB` (default: this machine's RAM less the agent's
+    /// reserve).
+    #[arg(long)]
+    pub agent_mem: Option<String>,
     /// A flag for every master, e.g. `--master-arg=--allocation-interval-ms=20`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     pub master_args: Vec<String>,
@@ -52,28 +60,38 @@ pub struct LocalArgs {
     pub services_args: Vec<String>,
 }
 
+impl ProcessArgs {
+    /// Refuses `--agent-cpus` and `--agent-mem` an agent would refuse, before anything starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(cpus) = &self.agent_cpus {
+            drover_agent::resources::parse_cpus(cpus)
+                .map_err(|e| anyhow::anyhow!("--agent-cpus: {e}"))?;
+        }
+        if let Some(mem) = &self.agent_mem {
+            drover_agent::resources::parse_mem(mem)
+                .map_err(|e| anyhow::anyhow!("--agent-mem: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 fn config_from_args(ctx: &Context, args: LocalArgs) -> anyhow::Result<LocalConfig> {
     let mut config = LocalConfig::new();
     config.masters = master_count(&ctx.masters)?;
     config.agents = args.agents;
     config.base_port = args.base_port;
     config.data_dir = args.data_dir;
-    config.agent_cpus = args.agent_cpus;
-    config.agent_mem = args.agent_mem;
     config.task_ports = parse_port_range(&args.task_ports)
         .map_err(|e| anyhow::anyhow!("--task-ports {:?}: {e}", args.task_ports))?;
-    if let Some(cpus) = &config.agent_cpus {
-        drover_agent::resources::parse_cpus(cpus)
-            .map_err(|e| anyhow::anyhow!("--agent-cpus: {e}"))?;
-    }
-    if let Some(mem) = &config.agent_mem {
-        drover_agent::resources::parse_mem(mem).map_err(|e| anyhow::anyhow!("--agent-mem: {e}"))?;
-    }
+    args.processes.validate()?;
+    let p = args.processes;
+    config.agent_cpus = p.agent_cpus;
+    config.agent_mem = p.agent_mem;
     config.ready_timeout = args.ready_timeout;
     config.stop_timeout = args.stop_timeout;
-    config.master_args = args.master_args;
-    config.agent_args = args.agent_args;
-    config.services_args = args.services_args;
+    config.master_args = p.master_args;
+    config.agent_args = p.agent_args;
+    config.services_args = p.services_args;
     Ok(config)
 }
 

@@ -168,24 +168,7 @@ where
     }
 }
 
-/// `text` without its ANSI colour codes (tracing colours its output even into a file).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC '[' parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use drover_agent::daemon::runs::strip_ansi;
 
 /// Flags that make a loopback ensemble elect quickly. A killed master is noticed at once by its
 /// broken peer connections, so the silence timeout is long rather than short: a loaded test

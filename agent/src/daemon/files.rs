@@ -15,6 +15,7 @@
 //!   goes away or the agent stops (`UNAVAILABLE`).
 //! - Chunks are at most [`CHUNK_BYTES_MAX`]; at most `streams_max` streams are open at once.
 
+use crate::path_io::PathIoError;
 use std::fs::OpenOptions;
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
@@ -121,19 +122,14 @@ pub enum FileError {
     Stopping,
     #[error("{file} of the run is not a regular file")]
     NotAFile { file: &'static str },
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 impl From<FileError> for Status {
     fn from(e: FileError) -> Status {
         let text = match &e {
-            FileError::Io { source, .. } => format!("{e}: {source}"),
+            FileError::Io(io) => format!("{e}: {}", io.source),
             _ => e.to_string(),
         };
         match e {
@@ -151,7 +147,7 @@ impl From<FileError> for Status {
             FileError::TooManyStreams { .. } => Status::resource_exhausted(text),
             FileError::Stopping => Status::unavailable(text),
             FileError::NotAFile { .. } => Status::failed_precondition(text),
-            FileError::Io { .. } => Status::internal(text),
+            FileError::Io(_) => Status::internal(text),
         }
     }
 }
@@ -341,11 +337,7 @@ impl Inner {
         if let Some((f, _)) = &mut opened {
             f.seek(SeekFrom::Start(req.offset))
                 .await
-                .map_err(|source| FileError::Io {
-                    op: "seek",
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|source| FileError::Io(PathIoError::new("seek", path.clone(), source)))?;
         }
         tracing::debug!(task_id = %key.task_id, framework_id = %key.framework_id, run_id = %run.run_id, file, offset = req.offset, follow = req.follow, "streaming a sandbox file");
         let (tx, rx) = mpsc::channel(CHUNKS_QUEUED_MAX);
@@ -425,11 +417,8 @@ impl FileStream {
                 match open_regular(&self.path, self.file).await {
                     Ok(Some((mut f, _))) => {
                         if let Err(source) = f.seek(SeekFrom::Start(self.offset)).await {
-                            let e = FileError::Io {
-                                op: "seek",
-                                path: self.path.clone(),
-                                source,
-                            };
+                            let e =
+                                FileError::Io(PathIoError::new("seek", self.path.clone(), source));
                             let _ = tx.send(Err(e.into())).await;
                             return;
                         }
@@ -446,11 +435,7 @@ impl FileStream {
                 Some(f) => match f.read(&mut buf).await {
                     Ok(n) => n,
                     Err(source) => {
-                        let e = FileError::Io {
-                            op: "read",
-                            path: self.path.clone(),
-                            source,
-                        };
+                        let e = FileError::Io(PathIoError::new("read", self.path.clone(), source));
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
@@ -597,18 +582,12 @@ async fn open_regular(
                 return Err(FileError::NotAFile { file });
             }
             Err(source) => {
-                return Err(FileError::Io {
-                    op: "open",
-                    path: p,
-                    source,
-                });
+                return Err(FileError::Io(PathIoError::new("open", p, source)));
             }
         };
-        let meta = f.metadata().map_err(|source| FileError::Io {
-            op: "stat",
-            path: p.clone(),
-            source,
-        })?;
+        let meta = f
+            .metadata()
+            .map_err(|source| FileError::Io(PathIoError::new("stat", p.clone(), source)))?;
         if !meta.is_file() {
             return Err(FileError::NotAFile { file });
         }

@@ -16,6 +16,7 @@
 //!
 //! Every record is written atomically (tmp file, fsync, rename, fsync of the directory).
 
+use crate::path_io::{PathIoError, io_err, sync_dir};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,25 +41,12 @@ const RECORD_SUFFIX: &str = ".json";
 /// Errors about the work directory itself.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkDirError {
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("work dir {path} is in use by another agent (its {LOCK_FILE} is locked)")]
     Locked { path: PathBuf },
     #[error(transparent)]
     Record(#[from] SandboxError),
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WorkDirError + 'a {
-    move |source| WorkDirError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The content of `agent.json`.
@@ -94,11 +82,11 @@ impl WorkDir {
                 return Err(WorkDirError::Locked { path: root });
             }
             Err((_, errno)) => {
-                return Err(WorkDirError::Io {
-                    op: "lock",
-                    path: lock_path,
-                    source: io::Error::from(errno),
-                });
+                return Err(WorkDirError::Io(PathIoError::new(
+                    "lock",
+                    lock_path,
+                    io::Error::from(errno),
+                )));
             }
         };
         Ok(WorkDir { root, _lock: lock })
@@ -162,7 +150,7 @@ impl WorkDir {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err("remove", &path)(e)),
+            Err(e) => return Err(io_err("remove", &path)(e).into()),
         }
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
@@ -194,14 +182,14 @@ impl WorkDir {
                     continue;
                 };
                 if self.task_record_path(&entry.key()) != path {
-                    return Err(WorkDirError::Io {
-                        op: "check task record",
+                    return Err(WorkDirError::Io(PathIoError::new(
+                        "check task record",
                         path,
-                        source: io::Error::other(format!(
+                        io::Error::other(format!(
                             "it holds task {} of framework {}",
                             entry.task.task_id, entry.framework.id
                         )),
-                    });
+                    )));
                 }
                 out.push(entry);
             }
@@ -231,23 +219,17 @@ pub fn gc_trash_dir(root: &Path) -> PathBuf {
 
 fn ensure_dir(dir: &Path, parent: &Path) -> Result<(), WorkDirError> {
     match fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent),
+        Ok(()) => Ok(sync_dir(parent)?),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err("create dir", dir)(e)),
+        Err(e) => Err(io_err("create dir", dir)(e).into()),
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), WorkDirError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, WorkDirError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("read dir", dir)(e)),
+        Err(e) => return Err(io_err("read dir", dir)(e).into()),
     };
     let mut paths = Vec::new();
     for entry in entries {

@@ -437,8 +437,8 @@ fn with_log_tail(what: &str, sandbox: &Sandbox) -> String {
     }
 }
 
-/// `text` without ANSI escape sequences (a log written with colours).
-fn strip_ansi(text: &str) -> String {
+/// `text` without ANSI escape sequences (tracing colours its output even into a file).
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
