@@ -26,6 +26,8 @@ struct Cli {
     /// Output format of user commands.
     #[arg(long, global = true, value_enum, default_value_t = cli::Output::Human)]
     output: cli::Output,
+    #[command(flatten)]
+    tls: drover_security::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
+    /// Certificates: `init DIR --masters HOSTS --agents N` writes a CA and role certificates.
+    Tls {
+        #[command(subcommand)]
+        command: cli::tls::TlsCmd,
+    },
 }
 
 /// The async runtime: one worker per core, or what `drover master --worker-threads` asks for.
@@ -131,12 +138,14 @@ fn main() {
         }
     };
     let result = runtime.block_on(async move {
+        let tls = cli.tls.load()?;
         let ctx = cli::Context {
             masters: cli.masters,
             output: cli.output,
+            tls,
         };
         match cli.command {
-            Command::Master(args) => cli::master::run(args).await,
+            Command::Master(args) => cli::master::run(&ctx, args).await,
             Command::Agent(cmd) => cli::agent::run_cmd(&ctx, cmd).await,
             Command::Service { command } => cli::service::run(&ctx, command).await,
             Command::Services(args) => cli::services::run(&ctx, args).await,
@@ -147,6 +156,7 @@ fn main() {
             Command::Coord { command } => cli::coord::run(&ctx, command).await,
             Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
+            Command::Tls { command } => cli::tls::run(&ctx, command),
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         }
     });

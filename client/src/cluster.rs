@@ -12,12 +12,11 @@ use crate::transport::Transport;
 pub type StatusAnswer = (String, Result<v1::MasterStatus, String>);
 
 /// A transport for status questions: `timeout` for the connection and for the call, no
-/// keepalive (short-lived).
-pub fn status_transport(timeout: Duration) -> Transport {
+/// keepalive (short-lived), TLS when `tls` is given.
+pub fn status_transport(timeout: Duration, tls: Option<drover_security::TlsConfig>) -> Transport {
     Transport {
-        connect_timeout: timeout,
-        call_timeout: timeout,
-        keepalive: None,
+        tls,
+        ..Transport::plaintext(timeout, timeout)
     }
 }
 

@@ -195,6 +195,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(1),
             keepalive: None,
+            tls: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use drover_security::{Role, TlsConfig};
 use tonic::transport::{Channel, Endpoint};
 
 /// HTTP/2 keepalive pings, so a dead master is noticed on an idle long-lived stream.
@@ -23,6 +24,9 @@ pub struct Transport {
     pub call_timeout: Duration,
     /// `None`: no pings (short-lived callers).
     pub keepalive: Option<Keepalive>,
+    /// `None`: plaintext. Otherwise servers are verified against its CA under their role's
+    /// name (`master.drover`), and its certificate, if any, is presented.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Why a connection to one master could not be opened.
@@ -50,15 +54,37 @@ impl TransportError {
 }
 
 impl Transport {
+    /// Plaintext, for callers (tests, benches) that set the rest themselves.
+    pub fn plaintext(connect_timeout: Duration, call_timeout: Duration) -> Transport {
+        Transport {
+            connect_timeout,
+            call_timeout,
+            keepalive: None,
+            tls: None,
+        }
+    }
+
     /// The endpoint for the master at `addr` (`HOST:PORT`).
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, TransportError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TransportError::BadAddress {
-                addr: addr.to_string(),
-                reason: error_reason(&e),
-            })?
+        self.endpoint_for(addr, Role::Master)
+    }
+
+    /// The endpoint for a server of `role` (a master, or an agent's file API) at `addr`.
+    pub fn endpoint_for(&self, addr: &str, role: Role) -> Result<Endpoint, TransportError> {
+        let bad = |reason: String| TransportError::BadAddress {
+            addr: addr.to_string(),
+            reason,
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(error_reason(&e)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic_client(role))
+                .map_err(|e| bad(format!("TLS: {}", error_reason(&e))))?;
+        }
         Ok(match self.keepalive {
             Some(k) => endpoint
                 .http2_keep_alive_interval(k.interval)
@@ -68,9 +94,19 @@ impl Transport {
         })
     }
 
-    /// Connects to `addr` within the connect timeout.
+    /// Connects to the master at `addr` within the connect timeout.
     pub async fn connect(&self, addr: &str) -> Result<Channel, TransportError> {
-        let endpoint = self.endpoint(addr)?;
+        self.connect_to(addr, Role::Master).await
+    }
+
+    /// A channel to `addr` that connects on first use (and reconnects after a failure).
+    pub fn connect_lazy(&self, addr: &str) -> Result<Channel, TransportError> {
+        Ok(self.endpoint(addr)?.connect_lazy())
+    }
+
+    /// Connects to the server of `role` at `addr` within the connect timeout.
+    pub async fn connect_to(&self, addr: &str, role: Role) -> Result<Channel, TransportError> {
+        let endpoint = self.endpoint_for(addr, role)?;
         tokio::time::timeout(self.connect_timeout, endpoint.connect())
             .await
             .map_err(|_| TransportError::ConnectTimeout {
@@ -81,11 +117,6 @@ impl Transport {
                 addr: addr.to_string(),
                 reason: error_reason(&e),
             })
-    }
-
-    /// A channel to `addr` that connects on first use (and reconnects after a failure).
-    pub fn connect_lazy(&self, addr: &str) -> Result<Channel, TransportError> {
-        Ok(self.endpoint(addr)?.connect_lazy())
     }
 }
 
@@ -118,6 +149,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(2),
             keepalive: None,
+            tls: None,
         }
     }
 

@@ -87,6 +87,7 @@ fn transport() -> Transport {
         connect_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(2),
         keepalive: None,
+        tls: None,
     }
 }
 

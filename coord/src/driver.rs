@@ -39,7 +39,7 @@ use drover_proto::v1;
 use drover_proto::v1::coord_server::{Coord, CoordServer};
 use drover_proto::v1::peer_server::{Peer, PeerServer};
 use futures::Stream;
-use peer_net::{LinkTimings, OutLink, PeerListeners};
+use peer_net::{LinkTimings, OutLink, PeerListeners, PeerTls};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -96,6 +96,8 @@ pub struct CoordConfig {
     /// waits. Under load the thread writes, so the core goes on with new inputs while it fsyncs.
     /// None: always the thread.
     pub inline_log_txns_per_sec_max: Option<u32>,
+    /// This master's TLS material: peer links (both ways) use it when given.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 impl CoordConfig {
@@ -111,6 +113,7 @@ impl CoordConfig {
             snapshots_to_keep: 3,
             log: LogOptions::default(),
             inline_log_txns_per_sec_max: Some(4_000),
+            tls: None,
         }
     }
 }
@@ -125,6 +128,8 @@ pub enum DriverError {
     LogThreadGone(String),
     #[error("cannot start the log thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("peer TLS: {0}")]
+    Tls(#[from] drover_security::TlsError),
     #[error("cannot read or write the epochs file {path}: {source}")]
     Epochs {
         path: PathBuf,
@@ -281,6 +286,7 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         .name("coord-log".into())
         .spawn(move || log_thread(thread_log, log_rx, done_tx))
         .map_err(DriverError::Thread)?;
+    let peer_tls = config.tls.as_ref().map(PeerTls::new).transpose()?;
     let timings = LinkTimings {
         backoff_min: PEER_BACKOFF_MIN,
         backoff_max: PEER_BACKOFF_MAX,
@@ -290,7 +296,14 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
     for (&peer, addr) in &config.peers {
         links.insert(
             peer,
-            OutLink::spawn(config.zab.id, peer, addr.clone(), timings, inbox_tx.clone()),
+            OutLink::spawn(
+                config.zab.id,
+                peer,
+                addr.clone(),
+                timings,
+                peer_tls.clone(),
+                inbox_tx.clone(),
+            ),
         );
     }
     let (stopped_tx, stopped) = oneshot::channel();
@@ -321,6 +334,7 @@ pub fn start(config: CoordConfig) -> Result<CoordHandle, DriverError> {
         config.zab.id,
         config.zab.voters.clone(),
         config.peer_port,
+        peer_tls,
         inbox_tx.clone(),
     ));
     let status = StatusQuery {

@@ -44,12 +44,25 @@ pub struct Ensemble {
     peers: String,
     master_args: Vec<String>,
     masters: Vec<Master>,
+    /// With TLS: the operator's material (status questions, bench clients); `None`: plaintext.
+    client_tls: Option<drover_security::TlsConfig>,
 }
 
 impl Ensemble {
     /// Starts `size` masters, each with `master_args` appended to its command line. Returns once
     /// they are spawned; `wait_ready` waits until they serve.
     pub fn start(size: u32, master_args: &[String], parent: &Path) -> anyhow::Result<Ensemble> {
+        Ensemble::start_with(size, master_args, parent, false)
+    }
+
+    /// `start`, and with `tls` a throwaway CA and certificates in the ensemble's directory: the
+    /// masters serve TLS (peer links included) and [`Ensemble::client_tls`] is an operator's.
+    pub fn start_with(
+        size: u32,
+        master_args: &[String],
+        parent: &Path,
+        tls: bool,
+    ) -> anyhow::Result<Ensemble> {
         let exe = std::env::current_exe().context("cannot find the drover executable")?;
         let root = make_temp_dir(parent)?;
         // Holding every listener until all are picked keeps the ports distinct; a stranger may
@@ -76,7 +89,19 @@ impl Ensemble {
             .map(|(id, addr)| format!("{id}={addr}"))
             .collect::<Vec<_>>()
             .join(",");
+        let client_tls = if tls {
+            match crate::tls::throwaway(&root.join("tls"), size as usize, 0) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&root);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let mut ensemble = Ensemble {
+            client_tls: client_tls.as_ref().map(|t| t.operator.clone()),
             masters: (1..)
                 .zip(&addrs)
                 .map(|(id, addr)| Master {
@@ -98,6 +123,11 @@ impl Ensemble {
             ensemble.spawn(id)?;
         }
         Ok(ensemble)
+    }
+
+    /// The operator's TLS material when the masters serve TLS.
+    pub fn client_tls(&self) -> Option<&drover_security::TlsConfig> {
+        self.client_tls.as_ref()
     }
 
     /// The temp directory holding every master's data and logs.
@@ -128,7 +158,13 @@ impl Ensemble {
     /// Starts (or restarts, on the same port and data) master `id`, logging to a fresh file.
     fn spawn(&mut self, id: u32) -> anyhow::Result<()> {
         let (exe, peers, root) = (self.exe.clone(), self.peers.clone(), self.root.clone());
-        let master_args = self.master_args.clone();
+        let mut master_args = self.master_args.clone();
+        if self.client_tls.is_some() {
+            master_args.extend(crate::tls::tls_args(
+                &root.join("tls"),
+                &format!("master-{id}"),
+            ));
+        }
         let m = self.master(id)?;
         assert!(m.child.is_none(), "master {id} is started while running");
         m.incarnation += 1;
@@ -209,7 +245,8 @@ impl Ensemble {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_running()?;
-            let answers = roles::ask_all(&self.addrs(), STATUS_TIMEOUT).await;
+            let answers =
+                roles::ask_all(&self.addrs(), STATUS_TIMEOUT, self.client_tls.as_ref()).await;
             if let Some(agreed) = roles::agreement(&answers, self.masters.len(), true) {
                 return Ok(agreed);
             }
@@ -234,7 +271,7 @@ impl Ensemble {
         loop {
             self.check_running()?;
             let addrs = self.running_addrs();
-            let answers = roles::ask_all(&addrs, STATUS_TIMEOUT).await;
+            let answers = roles::ask_all(&addrs, STATUS_TIMEOUT, self.client_tls.as_ref()).await;
             if let Some(agreed) = roles::agreement(&answers, addrs.len(), false)
                 && agreed.epoch > epoch
             {

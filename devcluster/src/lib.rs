@@ -14,3 +14,4 @@ pub mod ensemble;
 pub mod local;
 pub mod process;
 pub mod roles;
+pub mod tls;

@@ -58,6 +58,12 @@ pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<Child> {
     let mut cmd = Command::new(spec.exe);
     cmd.args(spec.args)
         .env("NO_COLOR", "1")
+        // A process started here gets its TLS material from its flags, never the operator's
+        // from the environment (a master must not run on the operator's certificate).
+        .env_remove("DROVER_TLS_CA")
+        .env_remove("DROVER_TLS_CERT")
+        .env_remove("DROVER_TLS_KEY")
+        .env_remove("DROVER_INSECURE")
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(file_err)

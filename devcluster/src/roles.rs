@@ -13,9 +13,14 @@ use drover_client::cluster;
 /// What one address answered: its status, or why there was none.
 pub use drover_client::cluster::StatusAnswer as Answer;
 
-/// Asks every address in `addrs` for its status, concurrently, each within `timeout`.
-pub async fn ask_all(addrs: &[String], timeout: Duration) -> Vec<Answer> {
-    cluster::ask_all(&cluster::status_transport(timeout), addrs).await
+/// Asks every address in `addrs` for its status, concurrently, each within `timeout`, over
+/// TLS when `tls` is given.
+pub async fn ask_all(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&drover_security::TlsConfig>,
+) -> Vec<Answer> {
+    cluster::ask_all(&cluster::status_transport(timeout, tls.cloned()), addrs).await
 }
 
 /// The settled leadership of an ensemble.

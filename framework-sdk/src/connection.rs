@@ -63,6 +63,9 @@ pub struct ConnectionOptions {
     pub heartbeat_misses_max: u32,
     /// `drover-leader` redirects followed in a row before an attempt counts as failed.
     pub redirects_max: u32,
+    /// `None`: plaintext. Otherwise masters are verified against its CA and its certificate
+    /// (a framework's) is presented.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 impl ConnectionOptions {
@@ -72,6 +75,7 @@ impl ConnectionOptions {
             connect_timeout: self.connect_timeout,
             call_timeout: self.call_timeout,
             keepalive: None,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -86,6 +90,7 @@ impl Default for ConnectionOptions {
             backoff_max: Duration::from_secs(5),
             heartbeat_misses_max: 3,
             redirects_max: 3,
+            tls: None,
         }
     }
 }

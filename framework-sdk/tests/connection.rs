@@ -286,6 +286,7 @@ fn options() -> ConnectionOptions {
         backoff_max: Duration::from_millis(50),
         heartbeat_misses_max: 3,
         redirects_max: 3,
+        tls: None,
     }
 }
 

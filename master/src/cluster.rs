@@ -35,6 +35,8 @@ pub struct ClusterService {
     peers: BTreeMap<u32, String>,
     coord: StatusQuery,
     master: MasterHandle,
+    /// This master's TLS material, for asking its peers.
+    tls: Option<drover_security::TlsConfig>,
 }
 
 impl ClusterService {
@@ -43,12 +45,14 @@ impl ClusterService {
         peers: BTreeMap<u32, String>,
         coord: StatusQuery,
         master: MasterHandle,
+        tls: Option<drover_security::TlsConfig>,
     ) -> ClusterService {
         ClusterService {
             master_id,
             peers,
             coord,
             master,
+            tls,
         }
     }
 
@@ -77,7 +81,8 @@ impl ClusterService {
             let answer = if id == self.master_id {
                 self.status().await.map_err(|s| s.message().to_string())
             } else {
-                cluster::ask_status(&cluster::status_transport(PEER_STATUS_TIMEOUT), addr).await
+                let transport = cluster::status_transport(PEER_STATUS_TIMEOUT, self.tls.clone());
+                cluster::ask_status(&transport, addr).await
             };
             (id, addr.clone(), answer)
         });

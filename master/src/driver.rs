@@ -336,6 +336,7 @@ pub fn start(
             MasterHandle {
                 shared: shared.clone(),
             },
+            shared.config.coord.tls.clone(),
         ),
         handle: MasterHandle { shared },
     }

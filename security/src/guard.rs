@@ -72,6 +72,44 @@ impl tonic::service::Interceptor for RoleGuard {
     }
 }
 
+/// Who may read the HTTP side (dashboard, `/api/v1/*`, `/metrics`) when it serves TLS.
+pub const HTTP_ROLES: &[Role] = &[Role::Operator, Role::Master];
+
+/// axum middleware for the HTTP side: over TLS (the connection carries an [`HttpCaller`]) the
+/// client certificate must have one of `HTTP_ROLES`; `401` without one, `403` with another.
+/// A plaintext server (no `HttpCaller`) admits everyone.
+pub async fn http_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let caller = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::incoming::HttpCaller>>()
+        .map(|c| c.0.clone());
+    match caller {
+        Some(caller) if caller.tls => match &caller.cert {
+            None => (
+                axum::http::StatusCode::UNAUTHORIZED,
+                "no client certificate: this HTTP API needs an operator certificate (curl --cert/--key)\n",
+            )
+                .into_response(),
+            Some(cert) if cert.role.is_some_and(|r| HTTP_ROLES.contains(&r)) => {
+                next.run(request).await
+            }
+            Some(cert) => (
+                axum::http::StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not read this HTTP API; it needs an operator certificate\n",
+                    cert.describe()
+                ),
+            )
+                .into_response(),
+        },
+        _ => next.run(request).await,
+    }
+}
+
 /// Secure by default: a plaintext listener only on loopback, unless the operator said
 /// `--insecure`. The error is the one line the process exits with.
 pub fn check_plaintext_listen(

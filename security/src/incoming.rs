@@ -173,7 +173,20 @@ async fn refuse_plaintext(
     ]
     .iter()
     .any(|m| first.starts_with(m));
-    if http1 {
+    if first.starts_with(b"PRI * HTTP/2.0") {
+        // A plaintext HTTP/2 (gRPC) client: our SETTINGS, then GOAWAY with
+        // INADEQUATE_SECURITY and the reason as debug data, so its error says "insufficient
+        // security" instead of "connection closed".
+        let debug = b"this port requires TLS";
+        let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+        let len = (8 + debug.len()) as u32;
+        frames.extend_from_slice(&len.to_be_bytes()[1..]);
+        frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+        frames.extend_from_slice(&0u32.to_be_bytes());
+        frames.extend_from_slice(&0xcu32.to_be_bytes());
+        frames.extend_from_slice(debug);
+        let _ = stream.write_all(&frames).await;
+    } else if http1 {
         let body = "this port requires TLS: use https:// and the cluster's CA (--cacert)\n";
         let answer = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -218,6 +231,14 @@ impl TlsHttpListener {
             rx: accept_tls(listener, config, limits, "HTTP"),
             local,
         })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsHttpListener>>
+    for HttpCaller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsHttpListener>) -> HttpCaller {
+        stream.remote_addr().clone()
     }
 }
 

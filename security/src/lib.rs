@@ -15,6 +15,6 @@ pub mod init;
 pub mod tls;
 
 pub use args::TlsArgs;
-pub use guard::{RoleGuard, check_plaintext_listen};
+pub use guard::{HTTP_ROLES, RoleGuard, check_plaintext_listen, http_guard};
 pub use incoming::{HandshakeLimits, HttpCaller, TlsHttpListener, accept_tls, tonic_incoming};
 pub use tls::{ALPN_H2, ALPN_HTTP1, ALPN_PEER, CertIdentity, Role, TlsConfig, TlsError};

@@ -41,7 +41,7 @@ pub enum AgentSubcommand {
 /// Runs the daemon, or the subcommand.
 pub async fn run_cmd(ctx: &super::Context, cmd: AgentCmd) -> anyhow::Result<()> {
     match cmd.command {
-        None => run(ctx.master_addrs(), cmd.daemon).await,
+        None => run(ctx.master_addrs(), ctx.tls.clone(), cmd.daemon).await,
         Some(AgentSubcommand::Ls { connect }) => super::agents::ls(ctx, &connect).await,
     }
 }
@@ -52,6 +52,10 @@ pub struct AgentArgs {
     /// sends it to the master as `AgentInfo.address`.
     #[arg(long, env = "DROVER_AGENT_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: String,
+    /// Serve the file API in plaintext on a non-loopback --listen (without --tls-*): anyone who
+    /// reaches it can read every task's output.
+    #[arg(long, env = "DROVER_INSECURE")]
+    pub insecure: bool,
     /// Directory for the agent's id, checkpoints and task sandboxes; created if missing. A
     /// restarted agent on the same directory re-adopts its tasks.
     // Required to run the daemon; an `Option` only so that `drover agent ls` parses without it.
@@ -137,7 +141,11 @@ pub struct AgentArgs {
     pub file_follow_poll_ms: u64,
 }
 
-pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(
+    masters: Vec<String>,
+    tls: Option<drover_security::TlsConfig>,
+    args: AgentArgs,
+) -> anyhow::Result<()> {
     let overrides = ResourceOverrides::from_flags(
         args.cpus.as_deref(),
         args.mem.as_deref(),
@@ -170,6 +178,8 @@ pub async fn run(masters: Vec<String>, args: AgentArgs) -> anyhow::Result<()> {
         IsolationArg::Rlimits => IsolationPolicy::Rlimits,
     };
     config.cgroup_parent = args.cgroup_parent;
+    config.tls = tls;
+    config.insecure = args.insecure;
     config.timing = AgentTiming {
         connect_timeout: ms(args.connect_timeout_ms),
         registration_timeout: ms(args.registration_timeout_ms),

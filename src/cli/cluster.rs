@@ -32,7 +32,7 @@ struct Answer {
 /// Asks every address in `addrs` and then every peer they name that was not asked yet, so
 /// `--masters` may name any one master of the ensemble. Sorted by master id (unreachable
 /// addresses last).
-async fn ask_ensemble(addrs: Vec<String>) -> Vec<Answer> {
+async fn ask_ensemble(addrs: Vec<String>, tls: Option<drover_security::TlsConfig>) -> Vec<Answer> {
     let mut asked: BTreeMap<String, Result<v1::MasterStatus, String>> = BTreeMap::new();
     let mut next = addrs;
     // Two rounds: the given addresses, then the peers they name.
@@ -43,7 +43,7 @@ async fn ask_ensemble(addrs: Vec<String>) -> Vec<Answer> {
         if next.is_empty() {
             break;
         }
-        let transport = client_cluster::status_transport(PEER_STATUS_TIMEOUT);
+        let transport = client_cluster::status_transport(PEER_STATUS_TIMEOUT, tls.clone());
         let answers = client_cluster::ask_all(&transport, &next).await;
         next = answers
             .iter()
@@ -69,7 +69,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<()> {
     // The state first: it waits (bounded) for a leader and fails with the reason if none leads.
     let state = operator.state().await?;
     let leader_addr = operator.leader().unwrap_or_default().to_string();
-    let masters = ask_ensemble(ctx.master_addrs()).await;
+    let masters = ask_ensemble(ctx.master_addrs(), ctx.tls.clone()).await;
     let agents_reachable = state.agents.iter().filter(|a| a.reachable).count();
     let frameworks_connected = state.frameworks.iter().filter(|f| f.connected).count();
     let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();

@@ -71,7 +71,7 @@ impl Located {
 pub async fn run(ctx: &Context, args: LogsArgs) -> anyhow::Result<()> {
     let state = Operator::new(ctx, &args.connect)?.state().await?;
     let at = locate(&state, &args.task_id, args.framework.as_deref())?;
-    let mut client = connect_agent(&at, &args).await?;
+    let mut client = connect_agent(&at, &args, ctx.tls.as_ref()).await?;
     let file = if args.stderr {
         v1::SandboxFile::Stderr
     } else {
@@ -225,15 +225,25 @@ fn is_terminal(state: i32) -> bool {
     )
 }
 
-async fn connect_agent(at: &Located, args: &LogsArgs) -> anyhow::Result<AgentFilesClient<Channel>> {
+async fn connect_agent(
+    at: &Located,
+    args: &LogsArgs,
+    tls: Option<&drover_security::TlsConfig>,
+) -> anyhow::Result<AgentFilesClient<Channel>> {
     let connect_timeout = Duration::from_millis(args.connect.connect_timeout_ms);
-    let endpoint = match Endpoint::from_shared(format!("http://{}", at.address)) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = match Endpoint::from_shared(format!("{scheme}://{}", at.address)) {
         Ok(e) => e,
         Err(e) => bail!(
             "agent {} has an address that is not host:port: {e}",
             at.agent()
         ),
     };
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.tonic_client(drover_security::Role::Agent))
+            .map_err(|e| anyhow::anyhow!("agent {}: TLS: {e}", at.agent()))?;
+    }
     let endpoint = endpoint
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)

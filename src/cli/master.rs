@@ -80,9 +80,25 @@ pub struct MasterArgs {
     /// Decline filter applied when an Accept or Decline gives none.
     #[arg(long, default_value_t = drover_master::core::REFUSE_MS_DEFAULT)]
     pub refuse_default_ms: u64,
+    /// Serve plaintext on a non-loopback --listen or --http (without --tls-*). Anyone who
+    /// reaches the port can then run commands on every agent.
+    #[arg(long, env = "DROVER_INSECURE")]
+    pub insecure: bool,
 }
 
-pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
+/// Who may call each gRPC service of a master when it serves TLS (`Cluster.Status` is open to
+/// any TLS client). An agent's certificate reaches only the agent API; a framework's only the
+/// scheduler API and coord (the services framework keeps its state there).
+pub mod roles {
+    use drover_security::Role;
+    pub const PEER: &[Role] = &[Role::Master];
+    pub const COORD: &[Role] = &[Role::Master, Role::Operator, Role::Framework];
+    pub const SCHEDULER: &[Role] = &[Role::Framework, Role::Operator];
+    pub const AGENT_API: &[Role] = &[Role::Agent];
+    pub const OPERATOR: &[Role] = &[Role::Operator, Role::Master];
+}
+
+pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
     if args.session_timeout_min_ms > args.session_timeout_max_ms {
         anyhow::bail!(
             "--session-timeout-min-ms ({}) is greater than --session-timeout-max-ms ({})",
@@ -100,6 +116,16 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
             args.agent_heartbeat_interval_ms
         );
     }
+    let tls = ctx.tls.clone();
+    if let Some(tls) = &tls {
+        tls.require_role(drover_security::Role::Master)?;
+    }
+    drover_security::check_plaintext_listen("--listen", args.listen, tls.is_some(), args.insecure)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(http) = args.http {
+        drover_security::check_plaintext_listen("--http", http, tls.is_some(), args.insecure)
+            .map_err(anyhow::Error::msg)?;
+    }
     let peers = parse_peers(args.id, args.listen, args.peers.as_deref())?;
     let mut master = MasterConfig::new(args.id, peers.clone());
     master.core.allocator.allocation_interval_ms = args.allocation_interval_ms;
@@ -109,6 +135,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     master.core.agent_unreachable_after_ms = args.agent_unreachable_after_ms;
     master.core.framework_heartbeat_interval_ms = args.framework_heartbeat_interval_ms;
     master.core.refuse_ms_default = args.refuse_default_ms;
+    master.coord.tls = tls.clone();
     let mut config = CoordConfig::new(args.data_dir.clone());
     config.zab = drover_coord::zab::ZabConfig::new(args.id, peers.keys().copied().collect());
     config.zab.election_resend_ms = args.election_resend_ms;
@@ -123,13 +150,13 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     config.server.snapshot_every_txns = args.snapshot_every_txns;
     config.tick_interval = Duration::from_millis(args.tick_ms);
     config.snapshots_to_keep = args.snapshots_to_keep as usize;
+    config.tls = tls.clone();
     let handle = driver::start(config)
         .with_context(|| format!("cannot start coord in {}", args.data_dir.display()))?;
-    // Small request/reply messages: Nagle's algorithm would hold them back.
-    let incoming = tonic::transport::server::TcpIncoming::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?
-        .with_nodelay(Some(true));
-    tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), "master serving");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(id = args.id, listen = %args.listen, data_dir = %args.data_dir.display(), tls = tls.is_some(), "master serving");
     let mut stopped = handle.stopped;
     let services =
         drover_master::driver::start(master, handle.leadership.clone(), handle.status.clone());
@@ -137,24 +164,94 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen on {http} (--http)"))?;
-        let app = drover_master::http::router(services.handle.clone(), services.cluster.clone());
-        tracing::info!(%http, "dashboard and HTTP API serving");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let app = drover_master::http::router(services.handle.clone(), services.cluster.clone())
+            .layer(axum::middleware::from_fn(drover_security::http_guard));
+        tracing::info!(%http, tls = tls.is_some(), "dashboard and HTTP API serving");
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                let config = tls.server_config(
+                    false,
+                    &[drover_security::ALPN_H2, drover_security::ALPN_HTTP1],
+                )?;
+                let listener = drover_security::TlsHttpListener::new(
+                    listener,
+                    config,
+                    drover_security::HandshakeLimits::default(),
+                )?;
+                let app = app.into_make_service_with_connect_info::<drover_security::HttpCaller>();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                });
+            }
+        }
     }
-    let server = tonic::transport::Server::builder()
-        .add_service(handle.service)
-        .add_service(handle.peer_service)
-        .add_service(services.scheduler)
-        .add_service(services.agent_api)
-        .add_service(services.operator)
-        .add_service(services.cluster.into_server())
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+    let enforce = tls.is_some();
+    let guard = |service, roles| drover_security::RoleGuard::new(service, roles, enforce);
+    use tonic::service::interceptor::InterceptedService as Guarded;
+    let router = tonic::transport::Server::builder()
+        .add_service(Guarded::new(
+            handle.service,
+            guard("drover.v1.Coord", roles::COORD),
+        ))
+        .add_service(Guarded::new(
+            handle.peer_service,
+            guard("drover.v1.Peer", roles::PEER),
+        ))
+        .add_service(Guarded::new(
+            services.scheduler,
+            guard("drover.v1.Scheduler", roles::SCHEDULER),
+        ))
+        .add_service(Guarded::new(
+            services.agent_api,
+            guard("drover.v1.AgentApi", roles::AGENT_API),
+        ))
+        .add_service(Guarded::new(
+            services.operator,
+            guard("drover.v1.Operator", roles::OPERATOR),
+        ))
+        .add_service(services.cluster.into_server());
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let server = async move {
+        match &tls {
+            None => {
+                // Small request/reply messages: Nagle's algorithm would hold them back.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            Some(tls) => {
+                let config = tls
+                    .server_config(false, &[drover_security::ALPN_H2])
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let accepted = drover_security::accept_tls(
+                    listener,
+                    config,
+                    drover_security::HandshakeLimits::default(),
+                    "gRPC",
+                );
+                router
+                    .serve_with_incoming_shutdown(
+                        drover_security::tonic_incoming(accepted),
+                        shutdown,
+                    )
+                    .await
+            }
+        }
+        .map_err(anyhow::Error::from)
+    };
     tokio::select! {
         served = server => served.context("gRPC server failed")?,
         stopped = &mut stopped => match stopped {

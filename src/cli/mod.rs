@@ -43,6 +43,7 @@ pub mod services;
 )]
 pub mod supervise;
 pub mod task;
+pub mod tls;
 
 /// How user commands print their results.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct Context {
     /// Comma-separated `host:port` list.
     pub masters: String,
     pub output: Output,
+    /// Loaded from `tls_args`; `None`: TLS is off.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 impl Context {

@@ -115,9 +115,11 @@ impl Operator {
             total_wait: Some(Duration::from_millis(args.leader_wait_ms)),
         };
         let transport = Transport {
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-            call_timeout: Duration::from_millis(args.request_timeout_ms),
-            keepalive: None,
+            tls: ctx.tls.clone(),
+            ..Transport::plaintext(
+                Duration::from_millis(args.connect_timeout_ms),
+                Duration::from_millis(args.request_timeout_ms),
+            )
         };
         Ok(Operator {
             search: LeaderSearch::new(&masters, &limits, random_seed()),
@@ -327,6 +329,7 @@ mod tests {
         let ctx = |masters: &str| Context {
             masters: masters.into(),
             output: super::super::Output::Human,
+            tls: None,
         };
         let err = |masters: &str, args: &ConnectArgs| match Operator::new(&ctx(masters), args) {
             Ok(_) => panic!("{masters:?} accepted"),
@@ -384,6 +387,7 @@ mod tests {
         let ctx = Context {
             masters: format!("127.0.0.1:{port}"),
             output: super::super::Output::Human,
+            tls: None,
         };
         let args = ConnectArgs {
             leader_wait_ms: 300,

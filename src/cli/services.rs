@@ -11,6 +11,7 @@ pub struct ServicesArgs {
 
 /// Runs one copy of the framework until Ctrl-C or SIGTERM.
 pub async fn run(ctx: &Context, args: ServicesArgs) -> anyhow::Result<()> {
-    let config = args.flags.config(&ctx.masters);
+    let mut config = args.flags.config(&ctx.masters);
+    config.connection.tls = ctx.tls.clone();
     services::run(config, services::shutdown_signal()).await
 }

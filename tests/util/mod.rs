@@ -383,6 +383,7 @@ pub fn master_statuses(addrs: &[String]) -> Vec<drover_devcluster::roles::Answer
                 .block_on(drover_devcluster::roles::ask_all(
                     addrs,
                     Duration::from_millis(500),
+                    None,
                 ))
         })
         .join()

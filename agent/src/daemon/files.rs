@@ -598,6 +598,12 @@ async fn open_regular(
     Ok(opened.map(|(f, len)| (tokio::fs::File::from_std(f), len)))
 }
 
+/// Who may read sandboxes over the file API when it serves TLS.
+pub const FILE_API_ROLES: &[drover_security::Role] = &[
+    drover_security::Role::Operator,
+    drover_security::Role::Master,
+];
+
 /// Serves the file API on `listener` until `stop` is set.
 pub(super) fn spawn_server(
     listener: TcpListener,
@@ -613,16 +619,47 @@ pub(super) fn spawn_server(
     let address = listener
         .local_addr()
         .map_or_else(|_| config.listen.clone(), |a| a.to_string());
+    let tls = config.tls.clone();
     tokio::spawn(async move {
-        tracing::info!(%address, "file API listening");
-        let result = tonic::transport::Server::builder()
+        tracing::info!(%address, tls = tls.is_some(), "file API listening");
+        // Task output is for operators (`drover logs`) and masters, never for another agent or
+        // a framework's certificate.
+        let guard =
+            drover_security::RoleGuard::new("drover.v1.AgentFiles", FILE_API_ROLES, tls.is_some());
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(keepalive_interval))
             .http2_keepalive_timeout(Some(keepalive_timeout))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await;
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                svc, guard,
+            ));
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        let result = match tls.map(|t| t.server_config(false, &[drover_security::ALPN_H2])) {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                    .await
+            }
+            Some(Ok(server_config)) => {
+                let accepted = drover_security::accept_tls(
+                    listener,
+                    server_config,
+                    drover_security::HandshakeLimits::default(),
+                    "file API",
+                );
+                router
+                    .serve_with_incoming_shutdown(
+                        drover_security::tonic_incoming(accepted),
+                        stopped,
+                    )
+                    .await
+            }
+            Some(Err(e)) => {
+                tracing::error!(%address, error = %e, "the file API cannot serve TLS");
+                return;
+            }
+        };
         if let Err(e) = result {
             tracing::error!(%address, error = %e, "the file API stopped");
         }

@@ -46,6 +46,8 @@ pub struct LinkConfig {
     /// HTTP/2 keepalive pings on the stream, so a dead master is noticed without traffic.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// The agent's certificate, presented to the masters; `None`: plaintext.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 /// A registered stream to the leading master.
@@ -99,6 +101,7 @@ pub async fn connect(
             interval: config.keepalive_interval,
             timeout: config.keepalive_timeout,
         }),
+        tls: config.tls.clone(),
     };
     let found = find_leader(&mut search, &transport, |channel, addr| {
         let first = hello.borrow().clone();
@@ -205,6 +208,7 @@ mod tests {
             backoff_max: Duration::from_millis(10),
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(1),
+            tls: None,
         };
         let err = connect(config, rx, None, Duration::ZERO)
             .await

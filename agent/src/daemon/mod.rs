@@ -171,6 +171,11 @@ pub struct AgentConfig {
     pub sandbox_gc: SandboxGcConfig,
     /// The file API served on `listen`.
     pub files: FileApiConfig,
+    /// `None`: plaintext. Otherwise the agent's certificate (role agent), presented to the
+    /// masters and served on the file API, which then admits only operators and masters.
+    pub tls: Option<drover_security::TlsConfig>,
+    /// Serve plaintext on a non-loopback `listen` anyway.
+    pub insecure: bool,
 }
 
 impl AgentConfig {
@@ -196,6 +201,8 @@ impl AgentConfig {
             timing: AgentTiming::default(),
             sandbox_gc: SandboxGcConfig::default(),
             files: FileApiConfig::default(),
+            tls: None,
+            insecure: false,
         }
     }
 
@@ -210,6 +217,11 @@ impl AgentConfig {
         }
         if self.hostname.is_empty() {
             return bad("hostname", "must not be empty".into());
+        }
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.require_role(drover_security::Role::Agent)
+        {
+            return bad("tls", e.to_string());
         }
         if let Err(SandboxError::InvalidId { field, reason }) = crate::sandbox::validate_component(
             "cgroup_parent",
@@ -291,6 +303,7 @@ impl AgentConfig {
             backoff_max: self.timing.reconnect_backoff_max,
             keepalive_interval: self.timing.keepalive_interval,
             keepalive_timeout: self.timing.keepalive_timeout,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -376,6 +389,19 @@ pub async fn run(
             address: config.listen.clone(),
             source,
         })?;
+    if let Ok(local) = listener.local_addr()
+        && let Err(reason) = drover_security::check_plaintext_listen(
+            "--listen",
+            local,
+            config.tls.is_some(),
+            config.insecure,
+        )
+    {
+        return Err(AgentError::Config {
+            field: "listen",
+            reason,
+        });
+    }
     let root = work.root().to_path_buf();
     let (queries_tx, queries_rx) = tokio::sync::mpsc::channel(driver::QUERIES_MAX);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

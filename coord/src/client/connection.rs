@@ -212,10 +212,13 @@ async fn attempt(
 ) -> Result<(Conn, v1::Connected), AttemptError> {
     let timed_out =
         || AttemptError::Failed(format!("no answer within {:?}", options.connect_timeout));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| AttemptError::Failed(format!("bad address {addr:?}: {}", error_reason(&e))))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
+    let transport = drover_client::Transport {
+        tls: options.tls.clone(),
+        ..drover_client::Transport::plaintext(options.connect_timeout, options.request_timeout)
+    };
+    let endpoint = transport
+        .endpoint(addr)
+        .map_err(|e| AttemptError::Failed(e.to_string()))?;
     let channel = timeout_at(deadline, endpoint.connect())
         .await
         .map_err(|_| timed_out())?

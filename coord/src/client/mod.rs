@@ -64,6 +64,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Most requests sent and not yet answered; further calls wait for room.
     pub requests_in_flight_max: usize,
+    /// `None`: plaintext. Otherwise servers are verified as masters against its CA, and its
+    /// certificate (if any) is presented.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +77,7 @@ impl Default for ClientOptions {
             establish_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             requests_in_flight_max: 1024,
+            tls: None,
         }
     }
 }

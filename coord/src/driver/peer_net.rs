@@ -8,7 +8,11 @@
 //! So `--peers` keeps naming one address per master.
 //!
 //! Wire: the connector sends `PEER_HELLO_MAGIC` and its id (u32 LE), then frames
-//! `[len: u32 LE][postcard PeerMsg]`. A link that breaks (write error, end of stream, bad frame)
+//! `[len: u32 LE][postcard PeerMsg]`. With TLS (`PeerTls`) all of it travels inside a TLS
+//! session: the acceptor requires a master certificate whose name is `master-<id>` for the id
+//! the hello gives, and the connector verifies the acceptor as `master.drover`. The core still
+//! writes without a task in between: it encrypts into the link's rustls connection and writes
+//! the records the socket takes now (`OutState::write_some`). A link that breaks (write error, end of stream, bad frame)
 //! reports the peer down to the core and reconnects with backoff; messages that could not be sent
 //! are dropped, which ZAB tolerates (a gap makes a follower resync).
 
@@ -18,7 +22,7 @@ use crate::zab::{PeerId, PeerMsg};
 use drover_proto::v1;
 use drover_proto::v1::peer_client::PeerClient;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, error, info, warn};
+
+use drover_security::{ALPN_PEER, CertIdentity, HandshakeLimits, Role, TlsConfig, TlsError};
 
 /// First bytes of every peer link.
 pub const PEER_HELLO_MAGIC: &[u8; 8] = b"DRVPEER1";
@@ -40,6 +46,47 @@ const PEER_READ_BUFFER_BYTES: usize = 256 << 10;
 const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// TLS for the peer links and for the `Peer.Endpoint` call that finds them.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// This master's TLS material (gRPC calls to peers).
+    config: TlsConfig,
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl PeerTls {
+    pub fn new(config: &TlsConfig) -> Result<PeerTls, TlsError> {
+        config.require_role(Role::Master)?;
+        let mut server = (*config.server_config(true, &[ALPN_PEER])?).clone();
+        // Session tickets would be the only bytes the acceptor ever sends on a write-only link.
+        server.send_tls13_tickets = 0;
+        Ok(PeerTls {
+            config: config.clone(),
+            client: config.client_config(&[ALPN_PEER])?,
+            server: Arc::new(server),
+        })
+    }
+}
+
+/// A socket the link task and the core share, and for TLS the session the core encrypts with.
+struct Link {
+    stream: Arc<TcpStream>,
+    tls: Option<rustls::ClientConnection>,
+}
+
+/// `io::Write` over a shared tokio socket that never waits (`WouldBlock` when full).
+struct TryWrite<'a>(&'a TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// How an outbound link (re)connects.
 #[derive(Clone, Copy, Debug)]
@@ -59,35 +106,84 @@ pub struct OutLink {
 #[derive(Default)]
 struct OutState {
     /// The connected socket; None while the link is down (messages are dropped).
-    stream: Option<Arc<TcpStream>>,
-    /// Encoded frames not yet written.
+    stream: Option<Link>,
+    /// Encoded frames not yet written (for TLS: not yet handed to the session).
     buf: Vec<u8>,
     /// The core saw the socket fail; the link task reconnects.
     broken: bool,
 }
 
 impl OutState {
+    /// Bytes still to go out: frames not written, or TLS records not yet sent.
+    fn pending(&self) -> bool {
+        !self.buf.is_empty()
+            || self
+                .stream
+                .as_ref()
+                .and_then(|l| l.tls.as_ref())
+                .is_some_and(|t| t.wants_write())
+    }
+
     /// Writes what the socket takes now. False once the socket failed.
     fn write_some(&mut self) -> bool {
-        let Some(stream) = self.stream.clone() else {
+        let Some(link) = self.stream.as_mut() else {
             self.buf.clear();
             return true;
         };
         let mut written = 0;
-        while written < self.buf.len() {
-            match stream.try_write(&self.buf[written..]) {
-                Ok(0) => {
-                    self.broken = true;
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.broken = true;
-                    break;
+        match &mut link.tls {
+            None => {
+                while written < self.buf.len() {
+                    match link.stream.try_write(&self.buf[written..]) {
+                        Ok(0) => {
+                            self.broken = true;
+                            break;
+                        }
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
                 }
             }
+            Some(tls) => loop {
+                // Hand frames to the session (it takes up to its buffer limit), then send the
+                // records the socket takes; stop when either is full.
+                if written < self.buf.len() {
+                    match tls.writer().write(&self.buf[written..]) {
+                        Ok(n) => written += n,
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
+                }
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(&mut TryWrite(&link.stream)) {
+                        Ok(0) => {
+                            self.broken = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
+                }
+                if self.broken || blocked || written == self.buf.len() {
+                    break;
+                }
+            },
         }
         if self.broken {
             self.buf.clear();
@@ -103,6 +199,33 @@ impl OutState {
     }
 }
 
+impl OutState {
+    /// Bytes the acceptor sent on this write-only link: on plaintext always wrong; with TLS,
+    /// records for the session (alerts, key updates) but never data.
+    fn take_inbound(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
+        let Some(tls) = self.stream.as_mut().and_then(|l| l.tls.as_mut()) else {
+            return Err("the peer sent bytes on a write-only link");
+        };
+        while !bytes.is_empty() {
+            if tls.read_tls(&mut bytes).is_err() {
+                return Err("TLS read failed");
+            }
+            let state = tls
+                .process_new_packets()
+                .map_err(|_| "TLS error from the peer")?;
+            if state.peer_has_closed() {
+                return Err("closed by the peer");
+            }
+            if state.plaintext_bytes_to_read() > 0 {
+                let mut sink = [0u8; 1];
+                let _ = tls.reader().read(&mut sink);
+                return Err("the peer sent bytes on a write-only link");
+            }
+        }
+        Ok(())
+    }
+}
+
 fn lock(state: &Mutex<OutState>) -> std::sync::MutexGuard<'_, OutState> {
     // The state is a buffer and a socket: still consistent if a holder panicked.
     state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -115,15 +238,16 @@ impl OutLink {
         peer: PeerId,
         addr: String,
         timings: LinkTimings,
+        tls: Option<PeerTls>,
         inbox: mpsc::Sender<CoreMsg>,
     ) -> OutLink {
         let state = Arc::new(Mutex::new(OutState::default()));
         let notify = Arc::new(Notify::new());
         tokio::spawn(run_link(
-            me,
-            peer,
+            (me, peer),
             addr,
             timings,
+            tls,
             Arc::clone(&state),
             Arc::clone(&notify),
             inbox,
@@ -177,7 +301,7 @@ impl OutLink {
             return;
         }
         let ok = st.write_some();
-        if !ok || !st.buf.is_empty() {
+        if !ok || st.pending() {
             self.notify.notify_one();
         }
     }
@@ -186,26 +310,29 @@ impl OutLink {
 /// Connects, serves until the link breaks, reports the peer down, backs off, and again; ends
 /// when the core is gone.
 async fn run_link(
-    me: PeerId,
-    peer: PeerId,
+    (me, peer): (PeerId, PeerId),
     addr: String,
     timings: LinkTimings,
+    tls: Option<PeerTls>,
     state: Arc<Mutex<OutState>>,
     notify: Arc<Notify>,
     inbox: mpsc::Sender<CoreMsg>,
 ) {
     let mut backoff = timings.backoff_min;
     loop {
-        match connect(me, &addr, timings.connect_timeout).await {
-            Ok((stream, raw)) => {
+        match connect(me, &addr, timings.connect_timeout, tls.as_ref()).await {
+            Ok((stream, session, raw)) => {
                 backoff = timings.backoff_min;
-                debug!(peer, %addr, %raw, "peer link up");
+                debug!(peer, %addr, %raw, tls = session.is_some(), "peer link up");
                 let stream = Arc::new(stream);
                 {
                     let mut st = lock(&state);
                     st.buf.clear();
                     st.broken = false;
-                    st.stream = Some(Arc::clone(&stream));
+                    st.stream = Some(Link {
+                        stream: Arc::clone(&stream),
+                        tls: session,
+                    });
                 }
                 let why = serve_link(&stream, &state, &notify).await;
                 debug!(peer, %addr, reason = why, "peer link down");
@@ -240,7 +367,11 @@ async fn serve_link(stream: &TcpStream, state: &Mutex<OutState>, notify: &Notify
                 }
                 match stream.try_read(&mut probe) {
                     Ok(0) => return "closed by the peer",
-                    Ok(_) => return "the peer sent bytes on a write-only link",
+                    Ok(n) => {
+                        if let Err(why) = lock(state).take_inbound(&probe[..n]) {
+                            return why;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return "socket error",
                 }
@@ -252,7 +383,7 @@ async fn serve_link(stream: &TcpStream, state: &Mutex<OutState>, notify: &Notify
                 if st.broken || st.stream.is_none() || !st.write_some() {
                     return "write failed";
                 }
-                st.buf.is_empty()
+                !st.pending()
             };
             if done {
                 break;
@@ -264,23 +395,26 @@ async fn serve_link(stream: &TcpStream, state: &Mutex<OutState>, notify: &Notify
     }
 }
 
-/// Asks `addr` (gRPC) where it takes peer links and opens one: (stream, its address).
+/// Asks `addr` (gRPC) where it takes peer links and opens one: (stream, TLS session, its
+/// address).
 async fn connect(
     me: PeerId,
     addr: &str,
     timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), String> {
-    let uri = if addr.starts_with("http") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    tls: Option<&PeerTls>,
+) -> Result<(TcpStream, Option<rustls::ClientConnection>, SocketAddr), String> {
+    let transport = drover_client::Transport {
+        tls: tls.map(|t| t.config.clone()),
+        ..drover_client::Transport::plaintext(timeout, timeout)
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+    let endpoint = transport
+        .endpoint(addr)
         .map_err(|e| format!("bad peer address: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| drover_client::error_reason(&e))?;
     let answer = PeerClient::new(channel)
         .endpoint(v1::PeerEndpointRequest { from: me })
         .await
@@ -298,11 +432,35 @@ async fn connect(
     let mut hello = [0u8; 12];
     hello[..8].copy_from_slice(PEER_HELLO_MAGIC);
     hello[8..].copy_from_slice(&me.to_le_bytes());
-    stream
+    let Some(tls) = tls else {
+        stream
+            .write_all(&hello)
+            .await
+            .map_err(|e| format!("hello to {raw}: {e}"))?;
+        return Ok((stream, None, raw));
+    };
+    let name = rustls_pki_types_name(Role::Master.server_name())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.client));
+    let mut session = tokio::time::timeout(timeout, connector.connect(name, stream))
+        .await
+        .map_err(|_| format!("TLS handshake with {raw} timed out"))?
+        .map_err(|e| format!("TLS handshake with {raw}: {e}"))?;
+    session
         .write_all(&hello)
         .await
         .map_err(|e| format!("hello to {raw}: {e}"))?;
-    Ok((stream, raw))
+    session
+        .flush()
+        .await
+        .map_err(|e| format!("hello to {raw}: {e}"))?;
+    let (stream, session) = session.into_inner();
+    Ok((stream, Some(session), raw))
+}
+
+fn rustls_pki_types_name(
+    name: &'static str,
+) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name {name}: {e}"))
 }
 
 /// The inbound side: listeners (one per local IP peers reach us on) and their readers.
@@ -312,6 +470,7 @@ pub struct PeerListeners {
     port: u16,
     inbox: mpsc::Sender<CoreMsg>,
     bound: Mutex<HashMap<IpAddr, SocketAddr>>,
+    tls: Option<PeerTls>,
 }
 
 impl PeerListeners {
@@ -319,6 +478,7 @@ impl PeerListeners {
         me: PeerId,
         voters: Vec<PeerId>,
         port: u16,
+        tls: Option<PeerTls>,
         inbox: mpsc::Sender<CoreMsg>,
     ) -> PeerListeners {
         PeerListeners {
@@ -327,6 +487,7 @@ impl PeerListeners {
             port,
             inbox,
             bound: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -344,13 +505,31 @@ impl PeerListeners {
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
-        info!(%addr, "accepting peer links");
-        tokio::spawn(accept_loop(
-            listener,
-            self.me,
-            self.voters.clone(),
-            self.inbox.clone(),
-        ));
+        info!(%addr, tls = self.tls.is_some(), "accepting peer links");
+        match &self.tls {
+            None => {
+                tokio::spawn(accept_loop(
+                    listener,
+                    self.me,
+                    self.voters.clone(),
+                    self.inbox.clone(),
+                ));
+            }
+            Some(tls) => {
+                let limits = HandshakeLimits {
+                    handshake_timeout: PEER_HELLO_TIMEOUT,
+                    ..HandshakeLimits::default()
+                };
+                let accepted =
+                    drover_security::accept_tls(listener, Arc::clone(&tls.server), limits, "peer");
+                tokio::spawn(accept_tls_loop(
+                    accepted,
+                    self.me,
+                    self.voters.clone(),
+                    self.inbox.clone(),
+                ));
+            }
+        }
         bound.insert(ip, addr);
         Ok(addr)
     }
@@ -372,6 +551,7 @@ async fn accept_loop(
                 tokio::spawn(read_link(
                     stream,
                     from_addr,
+                    None,
                     me,
                     voters.clone(),
                     inbox.clone(),
@@ -388,10 +568,56 @@ async fn accept_loop(
     }
 }
 
-/// Reads one inbound link: the hello, then frames, each handed to the core in order.
-async fn read_link(
-    stream: TcpStream,
+/// Inbound TLS links: the handshake (a master certificate, required) is done; each link's
+/// reader checks that the hello's id is the certificate's.
+async fn accept_tls_loop(
+    mut accepted: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    me: PeerId,
+    voters: Vec<PeerId>,
+    inbox: mpsc::Sender<CoreMsg>,
+) {
+    while let Some((stream, from_addr)) = accepted.recv().await {
+        if inbox.is_closed() {
+            return;
+        }
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(CertIdentity::of);
+        let identity = match identity {
+            Some(Ok(id)) if id.role == Some(Role::Master) => id,
+            Some(Ok(id)) => {
+                warn!(%from_addr, "peer link refused: {} is not a master certificate", id.describe());
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!(%from_addr, "peer link refused: {e}");
+                continue;
+            }
+            None => {
+                warn!(%from_addr, "peer link refused: no client certificate");
+                continue;
+            }
+        };
+        tokio::spawn(read_link(
+            stream,
+            from_addr,
+            Some(identity),
+            me,
+            voters.clone(),
+            inbox.clone(),
+        ));
+    }
+}
+
+/// Reads one inbound link: the hello, then frames, each handed to the core in order. Over TLS,
+/// `identity` is the connector's certificate: its name must be `master-<id>` of the hello.
+async fn read_link<S: tokio::io::AsyncRead + Unpin>(
+    stream: S,
     from_addr: SocketAddr,
+    identity: Option<CertIdentity>,
     me: PeerId,
     voters: Vec<PeerId>,
     inbox: mpsc::Sender<CoreMsg>,
@@ -409,6 +635,16 @@ async fn read_link(
     let from = u32::from_le_bytes([hello[8], hello[9], hello[10], hello[11]]);
     if from == me || !voters.contains(&from) {
         return warn!(%from_addr, from, "peer link from outside this ensemble; closing it");
+    }
+    if let Some(identity) = &identity
+        && identity.name != format!("master-{from}")
+    {
+        return warn!(
+            %from_addr,
+            from,
+            "peer link refused: {} cannot speak for master {from} (its name must be master-{from})",
+            identity.describe()
+        );
     }
     let mut buf = Vec::new();
     loop {
@@ -488,7 +724,7 @@ mod tests {
     #[tokio::test]
     async fn inbound_links_deliver_frames_in_order_and_report_the_peer_down() {
         let (tx, mut rx) = mpsc::channel(16);
-        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, tx);
+        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, None, tx);
         let addr = listeners
             .endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .expect("listen");
@@ -536,7 +772,7 @@ mod tests {
     #[tokio::test]
     async fn strangers_bad_hellos_and_oversized_frames_are_closed() {
         let (tx, mut rx) = mpsc::channel(16);
-        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, tx);
+        let listeners = PeerListeners::new(1, vec![1, 2, 3], 0, None, tx);
         let addr = listeners
             .endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .expect("listen");

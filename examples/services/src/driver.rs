@@ -215,6 +215,8 @@ async fn term(config: &Config, clock: &Clock, stop: watch::Receiver<bool>) -> En
     let options = ClientOptions {
         session_timeout: config.coord_session_timeout,
         request_timeout: config.coord_request_timeout,
+        // The framework's certificate serves coord as well as the scheduler API.
+        tls: config.connection.tls.clone(),
         ..ClientOptions::default()
     };
     let client = match Client::connect(config.masters.clone(), options).await {
