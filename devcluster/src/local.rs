@@ -35,7 +35,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
-use tonic::transport::Endpoint;
 
 /// Master counts `drover local` starts: one, or a replicated ensemble of three.
 pub const MASTER_COUNTS: [u32; 2] = [1, 3];
@@ -91,6 +90,9 @@ pub struct LocalConfig {
     pub log_filter: String,
     /// When a dead child is started again, and when the cluster gives up on it.
     pub restart: RestartPolicy,
+    /// Secure: a throwaway CA and certificates in the data dir (`tls/`); every process serves
+    /// and calls over TLS with its own role's certificate. Off: plaintext on loopback.
+    pub tls: bool,
 }
 
 /// How [`LocalCluster::supervise`] restarts a child that died.
@@ -137,6 +139,7 @@ impl LocalConfig {
             services_args: Vec::new(),
             log_filter: "info".into(),
             restart: RestartPolicy::default(),
+            tls: true,
         }
     }
 
@@ -335,6 +338,8 @@ pub struct LocalCluster {
     stopped: bool,
     /// Says what the cluster is doing or waiting for (one line each), for the person watching.
     notify: Box<dyn Fn(&str) + Send>,
+    /// `Some` when `config.tls`: the certificates under the data dir.
+    tls: Option<crate::tls::ClusterTls>,
 }
 
 /// How the cluster looked once ready.
@@ -390,7 +395,17 @@ impl LocalCluster {
             .with_context(|| format!("cannot create {}", logs.display()))?;
         let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
             .context("cannot watch for exiting children (SIGCHLD)")?;
+        let tls = if config.tls {
+            Some(crate::tls::throwaway(
+                &data.path().join("tls"),
+                config.masters as usize,
+                config.agents as usize,
+            )?)
+        } else {
+            None
+        };
         let mut cluster = LocalCluster {
+            tls,
             config,
             data,
             exe,
@@ -418,10 +433,27 @@ impl LocalCluster {
                 // cross-thread wakeups (see `ensemble`).
                 args.extend(["--worker-threads".into(), "1".into()]);
             }
+            if let Some(tls) = &cluster.tls {
+                args.extend(
+                    tls.args(&format!("master-{id}"))
+                        .into_iter()
+                        .map(OsString::from),
+                );
+            }
             args.extend(cluster.config.master_args.iter().map(OsString::from));
             cluster.spawn(&format!("master-{id}"), Role::Master, args)?;
         }
         Ok(cluster)
+    }
+
+    /// The cluster's certificates, when it runs TLS.
+    pub fn tls(&self) -> Option<&crate::tls::ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// The operator's TLS material, for talking to this cluster.
+    pub fn client_tls(&self) -> Option<&drover_security::TlsConfig> {
+        self.tls.as_ref().map(|t| &t.operator)
     }
 
     /// The data dir (canonical).
@@ -497,6 +529,13 @@ impl LocalCluster {
             if let Some(mem) = &self.config.agent_mem {
                 args.extend(["--mem".into(), mem.into()]);
             }
+            if let Some(tls) = &self.tls {
+                args.extend(
+                    tls.args(&format!("agent-{n}"))
+                        .into_iter()
+                        .map(OsString::from),
+                );
+            }
             args.extend(self.config.agent_args.iter().map(OsString::from));
             self.spawn(&format!("agent-{n}"), Role::Agent, args)?;
         }
@@ -509,6 +548,9 @@ impl LocalCluster {
             "--check-host".into(),
             "127.0.0.1".into(),
         ];
+        if let Some(tls) = &self.tls {
+            args.extend(tls.args("framework").into_iter().map(OsString::from));
+        }
         args.extend(self.config.services_args.iter().map(OsString::from));
         self.spawn("services", Role::Services, args)
     }
@@ -544,7 +586,7 @@ impl LocalCluster {
         let mut told = false;
         loop {
             self.check_children()?;
-            match get_state(&addrs, self.config.rpc_timeout).await {
+            match get_state(&addrs, self.config.rpc_timeout, self.client_tls()).await {
                 Ok(_) => break,
                 Err(e) => last_error = format!("{e:#}"),
             }
@@ -568,7 +610,8 @@ impl LocalCluster {
             .collect();
         loop {
             self.check_children()?;
-            let missing = match get_state(&addrs, self.config.rpc_timeout).await {
+            let missing = match get_state(&addrs, self.config.rpc_timeout, self.client_tls()).await
+            {
                 Ok(state) => {
                     let missing = missing_members(&state, &agents);
                     if missing.is_empty() {
@@ -919,15 +962,19 @@ fn missing_members(state: &v1::ClusterState, agents: &[String]) -> Vec<String> {
 
 /// `Operator.GetState` from the leading master: the masters are asked in turn (a follower
 /// answers UNAVAILABLE); the last error when none answers.
-pub async fn get_state(addrs: &[String], timeout: Duration) -> anyhow::Result<v1::ClusterState> {
+pub async fn get_state(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&drover_security::TlsConfig>,
+) -> anyhow::Result<v1::ClusterState> {
+    let transport = drover_client::Transport {
+        tls: tls.cloned(),
+        ..drover_client::Transport::plaintext(timeout, timeout)
+    };
     let mut last = None;
     for addr in addrs {
         let call = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .connect()
-                .await?;
+            let channel = transport.endpoint(addr)?.timeout(timeout).connect().await?;
             let mut client = OperatorClient::new(channel)
                 .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX);

@@ -212,6 +212,13 @@ impl FrameworkBuilder {
         self
     }
 
+    /// TLS to the masters (`None`, the default: plaintext): they are verified against its CA,
+    /// and its certificate (a framework's, from `drover tls init`) is presented.
+    pub fn tls(mut self, tls: Option<drover_security::TlsConfig>) -> Self {
+        self.options.tls = tls;
+        self
+    }
+
     /// Timeouts, backoff and liveness settings (default: [`ConnectionOptions::default`]).
     pub fn connection_options(mut self, options: ConnectionOptions) -> Self {
         self.options = options;

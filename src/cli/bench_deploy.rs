@@ -41,6 +41,9 @@ pub struct DeployBenchArgs {
     /// Longest the deploy (and then the removal) may take before the bench gives up.
     #[arg(long, default_value = "2m", value_parser = drover_types::units::parse_duration)]
     pub timeout: Duration,
+    /// Run the bench's cluster with TLS, as `drover local` does (default: plaintext).
+    #[arg(long)]
+    pub tls: bool,
     #[command(flatten)]
     pub processes: ProcessArgs,
 }
@@ -61,6 +64,7 @@ pub async fn bench_deploy(ctx: &Context, args: DeployBenchArgs) -> anyhow::Resul
         agent_args: p.agent_args.clone(),
         services_args: p.services_args.clone(),
         read_status,
+        tls: args.tls,
     };
     let report = deploy::run(&config, Arc::new(|line| eprintln!("{line}"))).await?;
     self::report(ctx, &args, &report.timeline, report.cluster_ready_ms)

@@ -34,6 +34,10 @@ pub struct LocalArgs {
     /// SIGKILL. A second Ctrl-C cuts it short.
     #[arg(long, default_value = "10s", value_parser = drover_types::units::parse_duration)]
     pub stop_timeout: Duration,
+    /// Plaintext, without certificates (everything still listens on 127.0.0.1 only). By
+    /// default the cluster gets a throwaway CA and a certificate per process in its data dir.
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub processes: ProcessArgs,
 }
@@ -89,6 +93,7 @@ fn config_from_args(ctx: &Context, args: LocalArgs) -> anyhow::Result<LocalConfi
     config.agent_mem = p.agent_mem;
     config.ready_timeout = args.ready_timeout;
     config.stop_timeout = args.stop_timeout;
+    config.tls = !args.insecure;
     config.master_args = p.master_args;
     config.agent_args = p.agent_args;
     config.services_args = p.services_args;
@@ -177,7 +182,28 @@ async fn stop_reporting(
 fn print_ready(ctx: &Context, cluster: &LocalCluster, ready: &Ready) -> anyhow::Result<()> {
     let config = cluster.config();
     let masters = cluster.master_addrs().join(",");
-    let dashboard = format!("http://127.0.0.1:{}/", config.master_http_port(1));
+    let scheme = if cluster.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let dashboard = format!("{scheme}://127.0.0.1:{}/", config.master_http_port(1));
+    let tls_exports: Vec<(&str, String)> = cluster
+        .tls()
+        .map(|t| {
+            vec![
+                ("DROVER_TLS_CA", t.dir.join("ca.pem").display().to_string()),
+                (
+                    "DROVER_TLS_CERT",
+                    t.dir.join("operator.pem").display().to_string(),
+                ),
+                (
+                    "DROVER_TLS_KEY",
+                    t.dir.join("operator-key.pem").display().to_string(),
+                ),
+            ]
+        })
+        .unwrap_or_default();
     match ctx.output {
         Output::Human => {
             let plural = |n: u32, one: &str| {
@@ -202,6 +228,14 @@ fn print_ready(ctx: &Context, cluster: &LocalCluster, ready: &Ready) -> anyhow::
             )?;
             render::outln!("dashboard: {dashboard}")?;
             render::outln!("export DROVER_MASTERS={masters}")?;
+            for (name, value) in &tls_exports {
+                render::outln!("export {name}={value}")?;
+            }
+            if !tls_exports.is_empty() {
+                render::outln!(
+                    "HTTP API: curl --cacert $DROVER_TLS_CA --cert $DROVER_TLS_CERT --key $DROVER_TLS_KEY {dashboard}api/v1/state"
+                )?;
+            }
             render::outln!("Ctrl-C stops everything.")?;
         }
         Output::Json => {
@@ -209,6 +243,7 @@ fn print_ready(ctx: &Context, cluster: &LocalCluster, ready: &Ready) -> anyhow::
                 "masters": masters,
                 "leader": ready.state.leader,
                 "dashboard": dashboard,
+                "tls": tls_exports.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "data_dir": cluster.dir(),
                 "temp": cluster.is_temp(),
                 "agents": config.agents,

@@ -63,6 +63,8 @@ pub struct DeployConfig {
     pub services_args: Vec<String>,
     /// Reads the services framework's status node (its JSON).
     pub read_status: fn(&str) -> anyhow::Result<ServiceProgress>,
+    /// Run the bench's cluster with TLS (as `drover local` does) instead of plaintext.
+    pub tls: bool,
 }
 
 /// What one deploy took, in ms from the spec write.
@@ -102,6 +104,7 @@ pub async fn run(
     local.master_args = config.master_args.clone();
     local.agent_args = config.agent_args.clone();
     local.services_args = config.services_args.clone();
+    local.tls = config.tls;
     // A child that dies spoils the figures: the bench stops instead of restarting it.
     local.restart.deaths_max = 0;
     local.base_port = match config.base_port {
@@ -171,7 +174,10 @@ async fn measure(
         cluster.dir().display()
     ));
     let addrs = cluster.master_addrs();
-    let options = ClientOptions::default();
+    let options = ClientOptions {
+        tls: cluster.client_tls().cloned(),
+        ..ClientOptions::default()
+    };
     let client = Client::connect(addrs.clone(), options)
         .await
         .context("cannot open a coord session")?;
@@ -196,6 +202,7 @@ async fn deploy_and_remove(
     let status_path = paths::status(SERVICE_NAME);
     let n = config.instances;
     let rpc_timeout = cluster.config().rpc_timeout;
+    let tls = cluster.client_tls().cloned();
     let mut t = Timeline::default();
     let t0 = Instant::now();
     let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1000.0;
@@ -210,7 +217,7 @@ async fn deploy_and_remove(
     let deadline = t0 + config.timeout;
     let mut last = String::from("nothing yet");
     while t.status_at_spec_ms.is_none() || t.master_all_running_ms.is_none() {
-        if let Some(running) = master_running(addrs, rpc_timeout).await
+        if let Some(running) = master_running(addrs, rpc_timeout, tls.as_ref()).await
             && running >= n
         {
             t.master_all_running_ms.get_or_insert(ms(Instant::now()));
@@ -249,7 +256,7 @@ async fn deploy_and_remove(
         .with_context(|| format!("cannot remove {spec_path}"))?;
     let deadline = r0 + config.timeout;
     loop {
-        if master_running(addrs, rpc_timeout).await == Some(0) {
+        if master_running(addrs, rpc_timeout, tls.as_ref()).await == Some(0) {
             t.removed_ms = Some(r0.elapsed().as_secs_f64() * 1000.0);
             break;
         }
@@ -268,8 +275,12 @@ async fn deploy_and_remove(
 }
 
 /// The service's tasks the leading master reports RUNNING; None if it cannot be asked now.
-async fn master_running(addrs: &[String], timeout: Duration) -> Option<u32> {
-    let state = get_state(addrs, timeout).await.ok()?;
+async fn master_running(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&drover_security::TlsConfig>,
+) -> Option<u32> {
+    let state = get_state(addrs, timeout, tls).await.ok()?;
     let running = state
         .tasks
         .iter()

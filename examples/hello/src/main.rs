@@ -23,6 +23,9 @@ struct Args {
     /// Masters to find the leader at, HOST:PORT,...
     #[arg(long, env = "DROVER_MASTERS", default_value = "127.0.0.1:5050")]
     masters: String,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key` (or DROVER_TLS_*): a framework certificate.
+    #[command(flatten)]
+    tls: drover_sdk::TlsArgs,
     #[arg(long, default_value_t = 1)]
     instances: usize,
     #[arg(long, default_value_t = 0.1)]
@@ -39,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt::init(); // RUST_LOG=info shows the SDK's connection log
     let args = Args::parse();
     let request = TaskRequest::new(args.cpus, args.mem, 0).context("--cpus")?;
-    let builder = Framework::builder().name("hello").masters([&args.masters]);
+    let builder = Framework::builder()
+        .name("hello")
+        .masters([&args.masters])
+        .tls(args.tls.load()?);
     let (fw, mut events) = builder.connect().await?;
     // Instances launched and not yet terminal, with where they run (for spreading).
     let mut live: BTreeMap<TaskId, ExistingInstance> = BTreeMap::new();
