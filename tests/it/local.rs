@@ -34,6 +34,9 @@ struct Local {
     child: Option<Child>,
     dir: tempfile::TempDir,
     masters: String,
+    /// The other `export NAME=VALUE` lines it printed (the TLS material), set for every
+    /// command a test runs, as a person pasting them would.
+    exports: Vec<(String, String)>,
     stderr_log: PathBuf,
 }
 
@@ -94,6 +97,7 @@ impl Local {
                 child: Some(child),
                 dir,
                 masters: String::new(),
+                exports: Vec::new(),
                 stderr_log,
             };
             let deadline = Instant::now() + WAIT;
@@ -102,6 +106,12 @@ impl Local {
                     Ok(line) => {
                         if let Some(m) = line.strip_prefix("export DROVER_MASTERS=") {
                             local.masters = m.trim().to_string();
+                        } else if let Some((name, value)) =
+                            line.strip_prefix("export ").and_then(|e| e.split_once('='))
+                        {
+                            local.exports.push((name.to_string(), value.to_string()));
+                        } else if line.starts_with("Ctrl-C stops everything") {
+                            assert!(!local.masters.is_empty(), "no DROVER_MASTERS line");
                             // Keep draining stdout so drover local never blocks on a full pipe.
                             std::thread::spawn(move || while rx.recv().is_ok() {});
                             return local;
@@ -179,6 +189,10 @@ impl Local {
 
     fn spawn_drover(&self, args: &[&str]) -> Child {
         Command::new(drover_bin())
+            .env_remove("DROVER_TLS_CA")
+            .env_remove("DROVER_TLS_CERT")
+            .env_remove("DROVER_TLS_KEY")
+            .envs(self.exports.iter().map(|(k, v)| (k, v)))
             .arg("--masters")
             .arg(&self.masters)
             .args(args)
@@ -529,6 +543,27 @@ fn local_cluster_runs_a_service_through_its_life() {
     let agents: Value = serde_json::from_str(&local.ok(&["agent", "ls", "--output", "json"]))
         .expect("agent ls JSON");
     assert_eq!(agents.as_array().map(Vec::len), Some(2), "{agents:#}");
+
+    // It came up secure: the printed exports are TLS material, and without them the masters
+    // refuse the connection, saying why.
+    let names: Vec<&str> = local.exports.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["DROVER_TLS_CA", "DROVER_TLS_CERT", "DROVER_TLS_KEY"]
+    );
+    let plain = Command::new(drover_bin())
+        .env_remove("DROVER_TLS_CA")
+        .env_remove("DROVER_TLS_CERT")
+        .env_remove("DROVER_TLS_KEY")
+        .args(["--masters", &local.masters, "agent", "ls"])
+        .output()
+        .expect("run drover");
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("this port requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
 
     // An invalid spec is refused naming the field, and nothing is stored.
     let bad = local.spec_file(

@@ -25,15 +25,26 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     /// The master's gRPC address.
     pub addr: String,
-    _master: Proc,
+    master: Proc,
     /// By name, in the order they were added.
     pub agents: Vec<(String, Proc)>,
+    /// How the harness itself talks to the master (an operator's certificate when it serves
+    /// TLS).
+    pub client_tls: Option<drover_security::TlsConfig>,
 }
 
 impl TestCluster {
     /// Starts the master with test timings (allocation every 20 ms, agent heartbeats every
     /// 200 ms) and `master_flags` on top (timeouts each test picks), and waits until it listens.
     pub fn start(master_flags: &[&str]) -> TestCluster {
+        TestCluster::start_with_client(master_flags, None)
+    }
+
+    /// `start`, with the harness's own calls made over TLS with `client_tls`.
+    pub fn start_with_client(
+        master_flags: &[&str],
+        client_tls: Option<drover_security::TlsConfig>,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut flags = vec![
@@ -48,9 +59,20 @@ impl TestCluster {
         TestCluster {
             dir,
             addr,
-            _master: master,
+            master,
             agents: Vec::new(),
+            client_tls,
         }
+    }
+
+    /// Whether the master process has exited.
+    pub fn master_exited(&mut self) -> bool {
+        self.master.exited()
+    }
+
+    /// The master's log so far.
+    pub fn master_log(&self) -> String {
+        self.master.log_text()
     }
 
     /// Starts agent `name` (hostname `name`, work dir [`TestCluster::work_dir`]) with `spec` and
@@ -104,8 +126,12 @@ impl TestCluster {
     pub async fn state(&self) -> v1::ClusterState {
         let deadline = Instant::now() + STATE_WAIT;
         loop {
-            let answer = match OperatorClient::connect(format!("http://{}", self.addr)).await {
-                Ok(mut op) => op
+            let transport = drover_client::Transport {
+                tls: self.client_tls.clone(),
+                ..drover_client::Transport::plaintext(STATE_WAIT, STATE_WAIT)
+            };
+            let answer = match transport.connect(&self.addr).await {
+                Ok(channel) => OperatorClient::new(channel)
                     .get_state(v1::GetStateRequest {})
                     .await
                     .map(tonic::Response::into_inner)

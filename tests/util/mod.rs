@@ -223,6 +223,8 @@ pub struct Ensemble {
     ports: Vec<u16>,
     peers: String,
     flags: Vec<String>,
+    /// With TLS: the certificates (each master runs on its own, the harness asks as operator).
+    tls: Option<drover_devcluster::tls::ClusterTls>,
     dir: tempfile::TempDir,
 }
 
@@ -230,6 +232,12 @@ impl Ensemble {
     /// Starts `n` masters with `flags` added to each command line, and waits until all serve.
     /// If a port was taken before its master could bind it, starts over on new ports.
     pub fn start(n: u32, flags: &[&str]) -> Ensemble {
+        Ensemble::start_with(n, flags, false)
+    }
+
+    /// `start`; with `tls`, a throwaway CA and certificates under the ensemble's dir (`tls/`)
+    /// and every master serving TLS, peer links included.
+    pub fn start_with(n: u32, flags: &[&str], tls: bool) -> Ensemble {
         for _ in 0..5 {
             let ports: Vec<u16> = (0..n).map(|_| free_port_outside_ephemeral()).collect();
             let peers = ports
@@ -243,8 +251,15 @@ impl Ensemble {
                 ports,
                 peers,
                 flags: flags.iter().map(|f| f.to_string()).collect(),
+                tls: None,
                 dir: tempfile::tempdir().expect("temp dir"),
             };
+            if tls {
+                e.tls = Some(
+                    drover_devcluster::tls::throwaway(&e.dir.path().join("tls"), n as usize, 1)
+                        .expect("certificates"),
+                );
+            }
             for id in 1..=n {
                 e.spawn(id);
             }
@@ -298,6 +313,12 @@ impl Ensemble {
             data.to_str().expect("utf-8 path"),
         ];
         args.extend(self.flags.iter().map(String::as_str));
+        let tls_args = self
+            .tls
+            .as_ref()
+            .map(|t| t.args(&format!("master-{id}")))
+            .unwrap_or_default();
+        args.extend(tls_args.iter().map(String::as_str));
         let p = Proc::spawn(&format!("master-{id}"), &args, self.dir.path());
         self.masters[id as usize - 1] = Some(p);
     }
@@ -340,8 +361,18 @@ impl Ensemble {
         if exited {
             return Some(Err(()));
         }
-        let answers = master_statuses(&[self.addr(id)]);
+        let answers = master_statuses_with(&[self.addr(id)], self.client_tls());
         answers[0].1.is_ok().then_some(Ok(()))
+    }
+
+    /// The certificates, when the ensemble runs TLS.
+    pub fn tls(&self) -> Option<&drover_devcluster::tls::ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// The operator's TLS material, when the ensemble runs TLS.
+    pub fn client_tls(&self) -> Option<&drover_security::TlsConfig> {
+        self.tls.as_ref().map(|t| &t.operator)
     }
 
     /// The log of master `id` so far, without colour codes.
@@ -365,7 +396,7 @@ impl Ensemble {
             .filter(|&id| self.is_running(id))
             .map(|id| self.addr(id))
             .collect();
-        let answers = master_statuses(&addrs);
+        let answers = master_statuses_with(&addrs, self.client_tls());
         drover_devcluster::roles::agreement(&answers, addrs.len(), false)
             .map(|a| (a.leader, u64::from(a.epoch)))
     }
@@ -374,6 +405,14 @@ impl Ensemble {
 /// Every address's own `Cluster.Status` (or why it did not answer), asked on a thread of its
 /// own so that sync and async tests alike may call it.
 pub fn master_statuses(addrs: &[String]) -> Vec<drover_devcluster::roles::Answer> {
+    master_statuses_with(addrs, None)
+}
+
+/// `master_statuses`, over TLS with `tls` when given.
+pub fn master_statuses_with(
+    addrs: &[String],
+    tls: Option<&drover_security::TlsConfig>,
+) -> Vec<drover_devcluster::roles::Answer> {
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
@@ -383,7 +422,7 @@ pub fn master_statuses(addrs: &[String]) -> Vec<drover_devcluster::roles::Answer
                 .block_on(drover_devcluster::roles::ask_all(
                     addrs,
                     Duration::from_millis(500),
-                    None,
+                    tls,
                 ))
         })
         .join()
