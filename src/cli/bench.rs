@@ -70,6 +70,19 @@ pub struct CoordBenchArgs {
     /// `--master-arg=--sync-timeout-ms=500`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     pub master_args: Vec<String>,
+    /// TLS on the bench's own ensemble (peer links included) and its clients: off, on, or both
+    /// (the whole run twice, plaintext first, then a table of what TLS costs). With --masters,
+    /// the clients use the global --tls-* flags instead.
+    #[arg(long, value_enum, default_value_t = TlsMode::Off)]
+    pub tls: TlsMode,
+}
+
+/// `drover bench coord --tls`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    On,
+    Both,
 }
 
 pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
@@ -92,7 +105,7 @@ pub async fn run(ctx: &Context, cmd: BenchCmd) -> anyhow::Result<()> {
 }
 
 async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> {
-    let config = CoordConfig {
+    let base = CoordConfig {
         clients: args.clients,
         value_size: args.value_size,
         duration: args.duration,
@@ -103,29 +116,83 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
         settle: args.settle,
         dir: args.dir,
         master_args: args.master_args,
+        tls: false,
+        client_tls: None,
     };
     let given = masters_given().then(|| ctx.master_addrs());
-    let header = std::cell::Cell::new(true);
-    let report = coord::run(
-        &config,
-        given,
-        interrupted(),
-        &|line| eprintln!("{line}"),
-        &|round| {
-            if ctx.output == Output::Human {
-                print_load_row(header.replace(false), round);
-            }
-        },
-    )
-    .await?;
-    match report {
-        Report::Load(load) => {
-            if ctx.output == Output::Json {
-                print_load_json(&config, &load)?;
-            }
-            Ok(())
+    if given.is_some() && args.tls != TlsMode::Off {
+        anyhow::bail!(
+            "--tls sets up the bench's own ensemble; with --masters the clients use --tls-ca, \
+             --tls-cert and --tls-key"
+        );
+    }
+    let modes: &[bool] = match args.tls {
+        TlsMode::Off => &[false],
+        TlsMode::On => &[true],
+        TlsMode::Both => &[false, true],
+    };
+    let mut loads = Vec::new();
+    for &tls in modes {
+        let mut config = base.clone();
+        config.tls = tls;
+        if given.is_some() {
+            config.client_tls = ctx.tls.clone();
         }
-        Report::Failover(failover) => report_failover(ctx, &config, &failover),
+        if modes.len() > 1 && ctx.output == Output::Human {
+            println!("TLS {}:", if tls { "on" } else { "off" });
+        }
+        let header = std::cell::Cell::new(true);
+        let report = coord::run(
+            &config,
+            given.clone(),
+            interrupted(),
+            &|line| eprintln!("{line}"),
+            &|round| {
+                if ctx.output == Output::Human {
+                    print_load_row(header.replace(false), round);
+                }
+            },
+        )
+        .await?;
+        match report {
+            Report::Load(load) => {
+                if ctx.output == Output::Json {
+                    print_load_json(&config, &load)?;
+                }
+                loads.push(load);
+            }
+            Report::Failover(failover) => report_failover(ctx, &config, &failover)?,
+        }
+    }
+    if let [off, on] = loads.as_slice()
+        && ctx.output == Output::Human
+    {
+        print_tls_cost(off, on);
+    }
+    Ok(())
+}
+
+/// What TLS costs, client count by client count: throughput with it against without it.
+fn print_tls_cost(off: &LoadReport, on: &LoadReport) {
+    println!("TLS cost (on vs off, same sitting):");
+    println!(
+        "{:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
+        "clients", "writes/s off", "writes/s on", "change", "reads/s off", "reads/s on", "change"
+    );
+    let change = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+    for (a, b) in off.rounds.iter().zip(&on.rounds) {
+        let (wa, wb) = (a.writes.per_sec(), b.writes.per_sec());
+        let (ra, rb) = (a.reads.per_sec(), b.reads.per_sec());
+        println!(
+            "{:>7} {:>12.0} {:>12.0} {:>7.1}% {:>12.0} {:>12.0} {:>7.1}%",
+            a.clients,
+            wa,
+            wb,
+            change(wa, wb),
+            ra,
+            rb,
+            change(ra, rb)
+        );
     }
 }
 
@@ -192,6 +259,7 @@ fn print_load_json(config: &CoordConfig, load: &LoadReport) -> anyhow::Result<()
         },
         "masters": load.masters,
         "value_size": config.value_size,
+        "tls": config.tls || config.client_tls.is_some(),
         "warmup_s": config.warmup.as_secs_f64(),
         "duration_s": config.duration.as_secs_f64(),
         "results": rows,
@@ -329,21 +397,22 @@ fn report_failover(
                 })
                 .collect();
             let doc = json!({
-                "benchmark": "coord-failover",
-                "ensemble": "own",
-                "masters": report.masters,
-                "writers": config.writers,
-                "value_size": config.value_size,
-                "settle_s": config.settle.as_secs_f64(),
-                "kills": rows,
-                "gap_ms": summary_json(&report.gap_ms),
-                "gap_issued_after_ms": summary_json(&report.gap_issued_after_ms),
-                "elected_ms": summary_json(&report.elected_ms),
-                "writes_ok": report.writes_ok,
-                "writes_failed": report.writes_failed,
-                "records_truncated": report.records_truncated,
-                "errors_seen": report.errors_seen,
-            });
+                    "benchmark": "coord-failover",
+                    "ensemble": "own",
+                    "masters": report.masters,
+                    "writers": config.writers,
+                    "value_size": config.value_size,
+            "tls": config.tls || config.client_tls.is_some(),
+                    "settle_s": config.settle.as_secs_f64(),
+                    "kills": rows,
+                    "gap_ms": summary_json(&report.gap_ms),
+                    "gap_issued_after_ms": summary_json(&report.gap_issued_after_ms),
+                    "elected_ms": summary_json(&report.elected_ms),
+                    "writes_ok": report.writes_ok,
+                    "writes_failed": report.writes_failed,
+                    "records_truncated": report.records_truncated,
+                    "errors_seen": report.errors_seen,
+                });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }

@@ -83,6 +83,12 @@ pub struct CoordConfig {
     pub dir: Option<PathBuf>,
     /// Flags appended to each own master's command line.
     pub master_args: Vec<String>,
+    /// The own ensemble serves TLS (peer links included) and the clients present an operator's
+    /// certificate.
+    pub tls: bool,
+    /// TLS material of the clients for given masters (the CLI's `--tls-*`); set by `run` for
+    /// the own ensemble when `tls`.
+    pub client_tls: Option<drover_security::TlsConfig>,
 }
 
 impl CoordConfig {
@@ -180,7 +186,11 @@ pub async fn run(
     }
     let started = Instant::now();
     let parent = config.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut ensemble = Ensemble::start(ENSEMBLE_SIZE, &config.master_args, &parent)?;
+    let mut ensemble =
+        Ensemble::start_with(ENSEMBLE_SIZE, &config.master_args, &parent, config.tls)?;
+    let mut own = config.clone();
+    own.client_tls = ensemble.client_tls().cloned();
+    let config = &own;
     let work = async {
         let agreed = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
         let (leader, epoch) = (agreed.leader, agreed.epoch);
@@ -230,10 +240,11 @@ fn client_error(e: ClientError) -> anyhow::Error {
 async fn ensure_node(client: &Client, path: &str) -> anyhow::Result<()> {
     client.ensure_node(path).await.map_err(client_error)
 }
-fn client_options() -> ClientOptions {
+fn client_options(config: &CoordConfig) -> ClientOptions {
     ClientOptions {
         session_timeout: SESSION_TIMEOUT,
         establish_timeout: ESTABLISH_TIMEOUT,
+        tls: config.client_tls.clone(),
         ..ClientOptions::default()
     }
 }
@@ -246,8 +257,8 @@ fn addrs_for(addrs: &[String], i: usize) -> Vec<String> {
 }
 
 /// Opens the session that owns a run's parent znode and creates it.
-async fn open_run(addrs: &[String]) -> anyhow::Result<(Client, String)> {
-    let admin = Client::connect(addrs.to_vec(), client_options())
+async fn open_run(config: &CoordConfig, addrs: &[String]) -> anyhow::Result<(Client, String)> {
+    let admin = Client::connect(addrs.to_vec(), client_options(config))
         .await
         .map_err(client_error)
         .context("the coord benchmark cannot reach the masters")?;
@@ -334,7 +345,7 @@ async fn load(
     ensemble: Masters,
     on_round: &dyn Fn(&LoadRound),
 ) -> anyhow::Result<LoadReport> {
-    let (admin, run_dir) = open_run(addrs).await?;
+    let (admin, run_dir) = open_run(config, addrs).await?;
     let result = async {
         let mut rounds = Vec::new();
         for &n in &config.clients {
@@ -368,7 +379,7 @@ async fn round(
     let mut clients = Vec::with_capacity(n);
     let connected = async {
         for i in 0..n {
-            let client = Client::connect(addrs_for(addrs, i), client_options())
+            let client = Client::connect(addrs_for(addrs, i), client_options(config))
                 .await
                 .map_err(client_error)?;
             let path = format!("{run_dir}/c{n}-{i}");
@@ -541,12 +552,12 @@ async fn failover(
     notify: &dyn Fn(&str),
 ) -> anyhow::Result<FailoverReport> {
     let addrs = ensemble.addrs();
-    let (admin, run_dir) = open_run(&addrs).await?;
+    let (admin, run_dir) = open_run(config, &addrs).await?;
     let mut clients = Vec::with_capacity(config.writers);
     let result = async {
         for i in 0..config.writers {
             let mine = addrs_for(&addrs, i);
-            let client = Client::connect(mine.clone(), client_options())
+            let client = Client::connect(mine.clone(), client_options(config))
                 .await
                 .map_err(client_error)?;
             let path = format!("{run_dir}/w{i}");
@@ -574,6 +585,7 @@ async fn failover(
                 deadline: writers_deadline,
                 stop: Arc::clone(&stop),
                 progress: Arc::clone(&progress),
+                options: client_options(config),
             };
             writers.spawn(writer.run());
         }
@@ -708,6 +720,8 @@ struct Writer {
     deadline: Instant,
     stop: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,
+    /// For a new session should the old one expire.
+    options: ClientOptions,
 }
 
 impl Writer {
@@ -747,7 +761,7 @@ impl Writer {
                             break;
                         }
                         sessions += 1;
-                        match Client::connect(self.addrs.clone(), client_options()).await {
+                        match Client::connect(self.addrs.clone(), self.options.clone()).await {
                             Ok(c) => client = c,
                             Err(e) => {
                                 log.error_kinds.push(format!("opening a new session: {e}"));
