@@ -200,6 +200,7 @@ fn shell_task(id: &str, offer: &v1::Offer, millicpus: u64, mem: u64, shell: &str
         }),
         kill_grace_period_ms: 0,
         labels: Default::default(),
+        user: String::new(),
     }
 }
 
