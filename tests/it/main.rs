@@ -20,3 +20,4 @@ mod local;
 mod logs;
 mod scheduler;
 mod services;
+mod task_users;
