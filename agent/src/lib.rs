@@ -13,17 +13,20 @@
 //! [`supervisor::run_supervisor`] (what `drover supervise` runs for one task), [`sandbox`] (the
 //! files a supervisor leaves behind, and [`sandbox::inspect`] for recovery) and
 //! [`isolation::Isolation::detect`]; for what the agent offers, [`resources::discover`]; for status
-//! updates, [`status_updates::StatusUpdateManager`].
+//! updates, [`status_updates::StatusUpdateManager`]; for who tasks run as, [`task_user`] (the
+//! agent's rules) and [`privileges`] (the supervisor's switch to the task's user).
 
 pub mod daemon;
 pub mod isolation;
 pub mod limits;
 pub mod path_io;
+pub mod privileges;
 mod procfs;
 pub mod resources;
 pub mod sandbox;
 pub mod status_updates;
 pub mod supervisor;
+pub mod task_user;
 
 pub use isolation::{Isolation, IsolationKind, IsolationPolicy};
 pub use resources::{AgentResources, ResourceError, ResourceOverrides, discover};

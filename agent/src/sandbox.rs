@@ -1,19 +1,32 @@
-//! The task sandbox on disk and the records a supervisor leaves in it.
+//! The task sandbox on disk and the records a supervisor leaves next to it.
 //!
-//! Layout: `<work_dir>/sandboxes/<task_id>/<run_id>/` holding
-//! - `stdout`, `stderr`: the task's output (appended);
+//! Layout: the run directory `<work_dir>/sandboxes/<task_id>/<run_id>/` (root's, mode 0711: the
+//! task passes through it to its sandbox, but cannot list or read it) holding
 //! - `supervisor.json`: who supervises the run ([`SupervisorRecord`]), rewritten atomically once the
 //!   task has a pid;
 //! - `exit.json`: how the run ended ([`ExitRecord`]), written once, atomically (tmp file, fsync,
-//!   rename, fsync of the directory), before the supervisor exits.
+//!   rename, fsync of the directory), before the supervisor exits;
+//! - `sandbox/`: the task's own directory, its working directory and `$DROVER_SANDBOX`, owned by
+//!   the task's user and primary group with mode 0750, holding `stdout` and `stderr` (the task's
+//!   output, appended; owned by the task's user too, mode 0640).
+//!
+//! The records are the supervisor's and every record file is 0600: the task can neither read nor
+//! replace them (a forged `supervisor.json` would make the agent signal someone else's process).
+//! Runs from before the `sandbox/` directory kept `stdout`/`stderr` in the run directory itself;
+//! [`Sandbox::output_dir`] finds them either way.
 //!
 //! [`inspect`] turns those files into a [`TaskState`]; it is what re-adoption after an agent restart
 //! builds on. Invariant: once `exit.json` exists it is complete and never changes.
 
-use crate::path_io::{PathIoError, io_err};
+use crate::path_io::{
+    PASS_THROUGH_DIR_MODE, PRIVATE_FILE_MODE, PathIoError, ensure_dir_mode, io_err, set_mode,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -21,6 +34,13 @@ use serde::{Deserialize, Serialize};
 use crate::isolation::IsolationKind;
 use crate::limits::{RECORD_BYTES_MAX, RUN_ID_BYTES_MAX};
 use crate::procfs;
+
+/// Name of the task's own directory in a run directory.
+pub const TASK_DIR: &str = "sandbox";
+/// Mode of the task's own directory: its user writes, its group reads, nobody else enters.
+pub const TASK_DIR_MODE: u32 = 0o750;
+/// Mode of the task's `stdout` and `stderr`.
+const OUTPUT_FILE_MODE: u32 = 0o640;
 
 /// Errors about ids, sandbox paths and record files.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +159,7 @@ pub enum TaskState {
     Lost,
 }
 
-/// One run's sandbox directory.
+/// One run's directory: the supervisor's records and the task's own sandbox directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
     dir: PathBuf,
@@ -160,14 +180,31 @@ impl Sandbox {
         Sandbox { dir: dir.into() }
     }
 
+    /// The run directory (the records; root's).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// The task's own directory: its working directory and `$DROVER_SANDBOX`.
+    pub fn task_dir(&self) -> PathBuf {
+        self.dir.join(TASK_DIR)
+    }
+    /// Where this run's `stdout` and `stderr` are: [`Sandbox::task_dir`], or the run directory
+    /// itself for a run started before there was a task directory.
+    pub fn output_dir(&self) -> PathBuf {
+        let task_dir = self.task_dir();
+        let old_layout = fs::symlink_metadata(&task_dir).is_err()
+            && fs::symlink_metadata(self.dir.join("stdout")).is_ok();
+        if old_layout {
+            self.dir.clone()
+        } else {
+            task_dir
+        }
+    }
     pub fn stdout_path(&self) -> PathBuf {
-        self.dir.join("stdout")
+        self.task_dir().join("stdout")
     }
     pub fn stderr_path(&self) -> PathBuf {
-        self.dir.join("stderr")
+        self.task_dir().join("stderr")
     }
     pub fn supervisor_path(&self) -> PathBuf {
         self.dir.join("supervisor.json")
@@ -176,17 +213,45 @@ impl Sandbox {
         self.dir.join("exit.json")
     }
 
-    /// Creates the directory and opens `stdout`/`stderr` for appending.
-    pub fn create(&self) -> Result<(File, File), SandboxError> {
-        fs::create_dir_all(&self.dir).map_err(io_err("create sandbox", &self.dir))?;
-        let open = |p: PathBuf| {
-            OpenOptions::new()
+    /// Creates the run directory (mode 0711) and the task's directory in it (mode 0750), both
+    /// owned by `owner` (the task's uid and primary gid; `None`: whoever we are), and opens
+    /// `stdout`/`stderr` there for appending (mode 0640, same owner).
+    pub fn create(&self, owner: Option<(Uid, Gid)>) -> Result<(File, File), SandboxError> {
+        ensure_dir_mode(&self.dir, PASS_THROUGH_DIR_MODE)?;
+        let task_dir = self.task_dir();
+        match fs::create_dir(&task_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create sandbox", &task_dir)(e).into()),
+        }
+        // Checked before it is given away: a symlink here would hand the task someone else's
+        // directory.
+        let meta = fs::symlink_metadata(&task_dir).map_err(io_err("stat", &task_dir))?;
+        if !meta.is_dir() {
+            return Err(PathIoError::new(
+                "create sandbox",
+                task_dir,
+                io::Error::other("exists and is not a directory"),
+            )
+            .into());
+        }
+        chown(&task_dir, owner)?;
+        set_mode(&task_dir, TASK_DIR_MODE)?;
+        let open = |p: PathBuf| -> Result<File, SandboxError> {
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(OUTPUT_FILE_MODE)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&p)
-                .map_err(|source| {
-                    SandboxError::Io(PathIoError::new("open output", p.clone(), source))
-                })
+                .map_err(io_err("open output", &p))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid.as_raw()), Some(gid.as_raw()))
+                    .map_err(io_err("chown", &p))?;
+            }
+            file.set_permissions(fs::Permissions::from_mode(OUTPUT_FILE_MODE))
+                .map_err(io_err("chmod", &p))?;
+            Ok(file)
         };
         Ok((open(self.stdout_path())?, open(self.stderr_path())?))
     }
@@ -207,8 +272,17 @@ impl Sandbox {
     }
 }
 
+fn chown(path: &Path, owner: Option<(Uid, Gid)>) -> Result<(), PathIoError> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()))
+            .map_err(io_err("chown", path)),
+        None => Ok(()),
+    }
+}
+
 /// Writes `value` as JSON to `path` so that readers see the old file or the complete new one, and
 /// the new one survives a crash once this returns: tmp file, fsync, rename, fsync of the directory.
+/// The file is private (mode 0600): records are the agent's and the supervisor's, never a task's.
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), SandboxError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -218,7 +292,16 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
         path: path.to_path_buf(),
         source,
     })?;
-    let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    // A tmp file left by an interrupted write keeps its old mode through `open`.
+    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(io_err("chmod", &tmp))?;
     file.write_all(&bytes).map_err(io_err("write", &tmp))?;
     file.sync_all().map_err(io_err("fsync", &tmp))?;
     drop(file);
@@ -320,7 +403,7 @@ mod tests {
         // Proves the atomic writer produces a readable record under the final name and no leftover tmp file.
         let tmp = tempfile::tempdir().unwrap();
         let sb = Sandbox::new(tmp.path(), "t", "r").unwrap();
-        sb.create().unwrap();
+        sb.create(None).unwrap();
         assert_eq!(sb.read_exit().unwrap(), None);
         let rec = ExitRecord {
             status: ExitStatus::Exited(3),
@@ -333,7 +416,31 @@ mod tests {
         sb.write_exit(&rec).unwrap();
         assert_eq!(sb.read_exit().unwrap(), Some(rec.clone()));
         assert!(!sb.dir().join("exit.json.tmp").exists());
+        let mode = fs::metadata(sb.exit_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, PRIVATE_FILE_MODE, "records are private");
         assert_eq!(inspect(&sb).unwrap(), TaskState::Exited(rec));
+    }
+
+    #[test]
+    fn the_task_dir_is_the_tasks_and_the_run_dir_is_only_passed_through() {
+        // Proves the modes a sandbox is created with, whatever the umask: the run dir 0711 (the
+        // records stay unreadable), the task dir 0750, stdout/stderr 0640 in it; and that a run
+        // from before the task dir still has its output found where it was.
+        let tmp = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(tmp.path(), "t", "r").unwrap();
+        sb.create(None).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(sb.dir()), 0o711);
+        assert_eq!(mode(&sb.task_dir()), 0o750);
+        assert_eq!(mode(&sb.stdout_path()), 0o640);
+        assert_eq!(mode(&sb.stderr_path()), 0o640);
+        assert_eq!(sb.output_dir(), sb.task_dir());
+
+        let old = Sandbox::new(tmp.path(), "t", "old").unwrap();
+        fs::create_dir_all(old.dir()).unwrap();
+        assert_eq!(old.output_dir(), old.task_dir(), "nothing there yet");
+        fs::write(old.dir().join("stdout"), b"x").unwrap();
+        assert_eq!(old.output_dir(), old.dir());
     }
 
     #[test]
@@ -341,7 +448,7 @@ mod tests {
         // Proves a corrupt exit.json surfaces as BadRecord naming the path instead of being misread.
         let tmp = tempfile::tempdir().unwrap();
         let sb = Sandbox::new(tmp.path(), "t", "r").unwrap();
-        sb.create().unwrap();
+        sb.create(None).unwrap();
         fs::write(sb.exit_path(), b"{\"status\":").unwrap();
         match inspect(&sb) {
             Err(SandboxError::BadRecord { path, .. }) => assert_eq!(path, sb.exit_path()),

@@ -4,11 +4,16 @@
 //! 1. Validate the spec (errors name the field) before touching anything.
 //! 2. Block SIGTERM/SIGINT/SIGHUP/SIGCHLD and read them from a signalfd; become a child subreaper so
 //!    every descendant that loses its parent becomes ours to kill and reap.
-//! 3. Create the sandbox, write `supervisor.json`, detect isolation (logged once at start), create
-//!    the task cgroup with its limits.
+//! 3. Look up the task's user (`user`, see [`crate::privileges`]); create the sandbox, owned by
+//!    that user (a user that cannot be used is a [`ExitStatus::FailedToStart`] naming it); write
+//!    `supervisor.json`, detect isolation (logged once at start), create the task cgroup with its
+//!    limits.
 //! 4. Fork the task: in the child, before `exec`, `setsid` (own session and process group), join
-//!    the cgroup, apply rlimits when there is no cgroup, and ask for SIGKILL if the supervisor dies.
-//!    stdout/stderr go to the sandbox files; env gets `PORT0..`, `PORT`, `DROVER_TASK_ID`,
+//!    the cgroup, apply rlimits when there is no cgroup, become the task's user with its groups and
+//!    without capabilities ([`TaskIdentity::enter`]; the cgroup and rlimits need root, so they come
+//!    first), and only then ask for SIGKILL if the supervisor dies (a change of uid clears that
+//!    request). stdout/stderr go to the sandbox files; env gets `HOME`, `USER`, `LOGNAME` (of the
+//!    task's user; the spec's env may override them), `PORT0..`, `PORT`, `DROVER_TASK_ID`,
 //!    `DROVER_RUN_ID`, `DROVER_SANDBOX` and `DROVER_AGENT_ID` on top of the spec's env and `PATH`;
 //!    nothing else of the supervisor's environment leaks into the task.
 //! 5. Wait. SIGTERM/SIGINT to the supervisor means kill: SIGTERM to the task's group, then SIGKILL
@@ -44,6 +49,7 @@ use crate::limits::{
     ARGV_ENTRIES_MAX, CGROUP_PARENT_BYTES_MAX, CLEANUP_DEADLINE_MS, CPUS_MAX, ENV_VARS_MAX,
     GRACE_PERIOD_MS_MAX, MEM_BYTES_MIN, OOM_POLL_INTERVAL_MS_MAX, PORTS_PER_TASK_MAX,
 };
+use crate::privileges::TaskIdentity;
 use crate::procfs;
 use crate::sandbox::{
     ExitRecord, ExitStatus, Sandbox, SandboxError, SupervisorRecord, validate_component,
@@ -91,6 +97,11 @@ pub struct SupervisorSpec {
     /// Name of the cgroup below the agent's own that holds all task cgroups.
     #[serde(default = "default_cgroup_parent")]
     pub cgroup_parent: String,
+    /// The user the task runs as (the supervisor must be root to switch); `None`: the
+    /// supervisor's own user. Either way the task keeps no capabilities unless it runs as root.
+    /// Which users are allowed is the agent's decision ([`crate::task_user`]), made before.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn default_cgroup_parent() -> String {
@@ -219,6 +230,11 @@ impl SupervisorSpec {
         {
             return bad("agent_id", "must be non-empty without NUL".into());
         }
+        if let Some(user) = &self.user
+            && let Err(e) = drover_types::UserName::parse(user)
+        {
+            return bad("user", e.to_string());
+        }
         validate_component(
             "cgroup_parent",
             &self.cgroup_parent,
@@ -234,13 +250,19 @@ impl SupervisorSpec {
         Ok(sandbox)
     }
 
-    /// The variables the task sees: `PATH`, the spec's env, then the supervisor's own.
-    fn task_env(&self, sandbox: &Sandbox) -> BTreeMap<String, String> {
+    /// The variables the task sees: `PATH` and the user's (`user_env`), the spec's env, then
+    /// the supervisor's own.
+    fn task_env(
+        &self,
+        sandbox: &Sandbox,
+        user_env: Vec<(String, String)>,
+    ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         env.insert(
             "PATH".to_owned(),
             std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned()),
         );
+        env.extend(user_env);
         env.extend(self.env.clone());
         for (i, port) in self.ports.iter().enumerate() {
             env.insert(format!("PORT{i}"), port.to_string());
@@ -252,7 +274,7 @@ impl SupervisorSpec {
         env.insert("DROVER_RUN_ID".to_owned(), self.run_id.clone());
         env.insert(
             "DROVER_SANDBOX".to_owned(),
-            sandbox.dir().display().to_string(),
+            sandbox.task_dir().display().to_string(),
         );
         if let Some(agent) = &self.agent_id {
             env.insert("DROVER_AGENT_ID".to_owned(), agent.clone());
@@ -297,7 +319,9 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
         .map_err(os("signalfd"))?;
     prctl::set_child_subreaper(true).map_err(os("set child subreaper"))?;
 
-    let (stdout, stderr) = sandbox.create()?;
+    let identity = TaskIdentity::resolve(spec.user.as_deref());
+    let owner = identity.as_ref().ok().and_then(TaskIdentity::sandbox_owner);
+    let (stdout, stderr) = sandbox.create(owner)?;
     let isolation = Isolation::select(spec.isolation);
     tracing::info!(isolation = ?isolation.kind(), description = isolation.description(), "supervisor starting");
 
@@ -330,6 +354,13 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
         Ok(exit)
     };
 
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(reason) => return failed(reason),
+    };
+    let who = identity.to_string();
+    tracing::info!(user = %who, "the task runs as");
+
     let cgroup_name = format!("{}.{}", spec.task_id, spec.run_id);
     let cgroup = match isolation.create_task_cgroup(
         &spec.cgroup_parent,
@@ -355,8 +386,8 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
     };
     command
         .env_clear()
-        .envs(spec.task_env(&sandbox))
-        .current_dir(sandbox.dir())
+        .envs(spec.task_env(&sandbox, identity.env()))
+        .current_dir(sandbox.task_dir())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
@@ -366,7 +397,8 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
         .unwrap_or_default();
     let data_limit = cgroup.is_none().then_some(spec.mem_bytes);
     // SAFETY: runs in the forked child before exec; it only makes async-signal-safe syscalls
-    // (setsid, sigprocmask, signal, write, setrlimit, prctl, getppid) and allocates nothing (join_fds is moved in).
+    // (setsid, sigprocmask, signal, write, setrlimit, prctl, set*id, cap*, getppid) and allocates
+    // nothing (join_fds and identity, with its group list, are computed before and moved in).
     unsafe {
         command.pre_exec(move || {
             setsid()?;
@@ -389,6 +421,9 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
             if let Some(bytes) = data_limit {
                 setrlimit(Resource::RLIMIT_DATA, bytes, bytes)?;
             }
+            // Last of what needs privileges: after it the child is the task's user.
+            identity.enter()?;
+            // After the switch: a change of uid or gid clears the death signal.
             prctl::set_pdeathsig(Signal::SIGKILL)?;
             if getppid() != me {
                 // The supervisor died before the death signal was armed.
@@ -403,7 +438,7 @@ pub fn run_supervisor(spec: SupervisorSpec) -> Result<ExitRecord, SupervisorErro
             if let Some(cg) = &cgroup {
                 let _ = cg.kill_and_remove();
             }
-            return failed(e.to_string());
+            return failed(format!("start the task as {who}: {e}"));
         }
     };
     let task =
@@ -642,6 +677,7 @@ mod tests {
             agent_id: Some("a1".into()),
             isolation: IsolationPolicy::Auto,
             cgroup_parent: "drover".into(),
+            user: None,
         }
     }
 
@@ -650,12 +686,24 @@ mod tests {
         // Proves PORT0.., PORT, DROVER_* are set by the supervisor and a spec cannot spoof them.
         let s = spec();
         let sb = s.validate().unwrap();
-        let env = s.task_env(&sb);
+        let env = s.task_env(&sb, vec![("HOME".into(), "/home/u".into())]);
         assert_eq!(env["PORT0"], "31000");
         assert_eq!(env["PORT1"], "31001");
         assert_eq!(env["PORT"], "31000");
         assert_eq!(env["DROVER_TASK_ID"], "t1");
         assert_eq!(env["DROVER_AGENT_ID"], "a1");
+        assert_eq!(env["HOME"], "/home/u");
+        assert_eq!(env["DROVER_SANDBOX"], "/tmp/w/sandboxes/t1/r1/sandbox");
+        let mut own_home = spec();
+        own_home.env.insert("HOME".into(), "/data".into());
+        let env = own_home.task_env(&sb, vec![("HOME".into(), "/home/u".into())]);
+        assert_eq!(env["HOME"], "/data", "the spec's env wins over the user's");
+        let mut bad_user = spec();
+        bad_user.user = Some("a b".into());
+        assert!(matches!(
+            bad_user.validate(),
+            Err(SupervisorError::InvalidSpec { field: "user", .. })
+        ));
         for key in ["DROVER_TASK_ID", "PORT", "PORT3"] {
             let mut bad = spec();
             bad.env.insert(key.into(), "x".into());

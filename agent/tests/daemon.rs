@@ -370,7 +370,7 @@ async fn restart_re_adopts_running_tasks_and_reports_those_that_exited_meanwhile
     let conns_before = h.master.conns();
 
     // While the agent is down, "gated" exits 7.
-    fs::write(gated_box.dir().join("go"), b"").unwrap();
+    fs::write(gated_box.task_dir().join("go"), b"").unwrap();
     wait_until("gated's exit.json", || {
         gated_box.read_exit().ok().flatten().is_some()
     })
@@ -490,7 +490,7 @@ async fn a_re_adopted_task_that_ends_later_is_reported() {
     let before = h.master.conns();
     h.start_agent();
     h.master.wait_hello(before).await;
-    fs::write(sandbox.dir().join("go"), b"").unwrap();
+    fs::write(sandbox.task_dir().join("go"), b"").unwrap();
     let failed = h
         .master
         .wait_update("fw", "later", v1::TaskState::TaskFailed)

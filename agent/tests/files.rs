@@ -244,7 +244,7 @@ async fn follow_sees_appended_output_and_ends_when_the_task_ends() {
         seen.extend(chunk.data);
     }
     // Let the task write more, then end.
-    fs::write(h.task_dir("stepper").join(&run).join("go"), b"").unwrap();
+    fs::write(h.task_dir("stepper").join(&run).join("sandbox/go"), b"").unwrap();
     while let Some(chunk) = tokio::time::timeout(WAIT_DEADLINE, stream.message())
         .await
         .expect("a chunk or the end in time")
@@ -339,7 +339,7 @@ async fn ids_and_files_that_could_leave_the_sandbox_are_refused() {
     h.start_task(&id, "sneaky", &script).await;
     let sandbox = h.sandbox(FW, "sneaky").await;
     wait_until("the task to swap its stdout", || {
-        sandbox.dir().join("swapped").exists()
+        sandbox.task_dir().join("swapped").exists()
     })
     .await;
     let e = read_stream(&mut c, request("sneaky", v1::SandboxFile::Stdout, 0, false))

@@ -107,6 +107,7 @@ impl Harness {
             agent_id: Some("agent-1".into()),
             isolation: IsolationPolicy::Auto,
             cgroup_parent: self.cgroup_parent.clone(),
+            user: None,
         }
     }
 
@@ -167,10 +168,11 @@ impl Harness {
             .expect("supervisor.json")
     }
 
-    /// Waits until the task is running and `file` (relative to the sandbox) contains `text`.
+    /// Waits until the task is running and `file` (relative to the task's directory) contains
+    /// `text`.
     fn wait_for_output(&self, s: &Started, file: &str, text: &str) -> i32 {
         wait_until(&format!("{text:?} in {file}"), || {
-            fs::read_to_string(s.sandbox.dir().join(file)).is_ok_and(|c| c.contains(text))
+            fs::read_to_string(s.sandbox.task_dir().join(file)).is_ok_and(|c| c.contains(text))
                 && task_pid(s).is_some()
         });
         self.supervisor_record(s)
@@ -204,7 +206,11 @@ impl Drop for Harness {
             if !thread::panicking() {
                 continue;
             }
-            for entry in fs::read_dir(sandbox.dir()).into_iter().flatten().flatten() {
+            for entry in fs::read_dir(sandbox.task_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == "pid")
                     && let Some(pid) = read_pid(&path)
@@ -243,7 +249,7 @@ fn output_env_and_exit_code_are_recorded() {
     assert!(!exit.kill_escalated);
     assert!(exit.finished_at_unix_ms >= exit.started_at_unix_ms);
     let out = fs::read_to_string(s.sandbox.stdout_path()).unwrap();
-    let dir = s.sandbox.dir().display().to_string();
+    let dir = s.sandbox.task_dir().display().to_string();
     assert_eq!(
         out,
         format!("port=31000,31001,31000 task=out-1 agent=agent-1 leak=none\n{dir}\n")
@@ -348,8 +354,8 @@ const BACKGROUND: &str = "sleep 1000 & echo $! > bg.pid; \
     while [ ! -s escaped.pid ]; do sleep 0.01; done; echo ready;";
 
 fn assert_background_gone(s: &Started, task_pgid: Option<i32>) {
-    let bg = read_pid(&s.sandbox.dir().join("bg.pid")).expect("bg.pid");
-    let escaped = read_pid(&s.sandbox.dir().join("escaped.pid")).expect("escaped.pid");
+    let bg = read_pid(&s.sandbox.task_dir().join("bg.pid")).expect("bg.pid");
+    let escaped = read_pid(&s.sandbox.task_dir().join("escaped.pid")).expect("escaped.pid");
     if let Some(pgid) = task_pgid {
         assert_ne!(
             pgid_of(escaped),
@@ -367,7 +373,7 @@ fn kill_leaves_no_process_behind(policy: IsolationPolicy) {
     spec.isolation = policy;
     let s = h.start(&spec);
     let task = h.wait_for_output(&s, "stdout", "ready");
-    let escaped = read_pid(&s.sandbox.dir().join("escaped.pid")).unwrap();
+    let escaped = read_pid(&s.sandbox.task_dir().join("escaped.pid")).unwrap();
     assert_ne!(pgid_of(escaped), Some(task));
     kill(Pid::from_raw(s.pid), Signal::SIGTERM).unwrap();
     let exit = h.finish(&s);
@@ -543,7 +549,7 @@ fn inspect_tells_running_exited_and_lost_apart() {
 
     let sandbox = |task: &str| {
         let sb = Sandbox::new(h.tmp.path(), task, "r1").unwrap();
-        sb.create().unwrap();
+        sb.create(None).unwrap();
         sb
     };
     let empty = sandbox("lost-empty");
@@ -671,4 +677,144 @@ fn bad_input_is_rejected_naming_the_field() {
         fs::read_dir(h.tmp.path()).unwrap().next().is_none(),
         "nothing may be created"
     );
+}
+
+/// The `Cap*` and `NoNewPrivs` lines of a `/proc/PID/status`, as numbers.
+fn privileges_in(status: &str) -> BTreeMap<String, u64> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("Cap") || *k == "NoNewPrivs")
+        .map(|(k, v)| {
+            let v = v.trim();
+            let n = if k == "NoNewPrivs" {
+                v.parse().unwrap()
+            } else {
+                u64::from_str_radix(v, 16).unwrap()
+            };
+            (k.to_string(), n)
+        })
+        .collect()
+}
+
+/// The task prints its `/proc/self/status` privilege lines between these markers.
+const STATUS_SCRIPT: &str = "echo ---; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; echo ---";
+
+fn skip_unless_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("{test}: skipped, switching users needs root");
+    }
+    !root
+}
+
+#[test]
+fn a_task_run_as_nobody_has_its_ids_no_capabilities_and_owns_its_sandbox() {
+    // Proves the switch a root supervisor makes for a non-root user: uid, gid and groups are
+    // nobody's; every capability set (bounding and ambient included) is empty and no_new_privs
+    // is set; HOME/USER/LOGNAME are nobody's; the task owns its sandbox (0750) and its output
+    // files and can write there, but cannot read the supervisor's records next to it.
+    if skip_unless_root("a_task_run_as_nobody") {
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("nobody exists");
+    let mut h = Harness::new();
+    let mut spec = h.spec(
+        "as-nobody",
+        sh(&format!(
+            "id -u; id -g; id -G; echo \"$HOME $USER $LOGNAME\"; {STATUS_SCRIPT}; \
+             echo mine > mine && cat mine; \
+             cat ../supervisor.json >/dev/null 2>&1 && echo records-read || echo records-denied"
+        )),
+    );
+    spec.user = Some("nobody".into());
+    let s = h.start(&spec);
+    let exit = h.finish(&s);
+    let out = fs::read_to_string(s.sandbox.stdout_path()).unwrap();
+    assert_eq!(exit.status, ExitStatus::Exited(0), "{out}");
+    let (ids, rest) = out.split_once("---\n").unwrap();
+    let (status, after) = rest.split_once("---\n").unwrap();
+    let uid = nobody.uid.to_string();
+    let gid = nobody.gid.to_string();
+    let home = nobody.dir.display().to_string();
+    assert_eq!(
+        ids,
+        format!("{uid}\n{gid}\n{gid}\n{home} nobody nobody\n"),
+        "uid, gid, groups (only nobody's), HOME USER LOGNAME"
+    );
+    let privileges = privileges_in(status);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            privileges[set], 0,
+            "{set} of a task run as nobody: {status}"
+        );
+    }
+    assert_eq!(privileges["NoNewPrivs"], 1);
+    assert_eq!(after, "mine\nrecords-denied\n");
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let task_dir = fs::metadata(s.sandbox.task_dir()).unwrap();
+    assert_eq!(
+        (task_dir.uid(), task_dir.gid()),
+        (nobody.uid.as_raw(), nobody.gid.as_raw())
+    );
+    assert_eq!(task_dir.permissions().mode() & 0o7777, 0o750);
+    let stdout = fs::metadata(s.sandbox.stdout_path()).unwrap();
+    assert_eq!(stdout.uid(), nobody.uid.as_raw());
+    let record = fs::metadata(s.sandbox.exit_path()).unwrap();
+    assert_eq!(
+        (record.uid(), record.permissions().mode() & 0o777),
+        (0, 0o600)
+    );
+}
+
+#[test]
+fn a_root_task_keeps_only_dockers_default_capabilities() {
+    // Proves a task run as root (what --allow-root-tasks permits) is not all-powerful: its
+    // bounding, permitted and effective sets are Docker's default set (as far as the supervisor
+    // had them), nothing is inheritable or ambient, and no_new_privs is set.
+    if skip_unless_root("a_root_task_keeps_only_dockers_default_capabilities") {
+        return;
+    }
+    let mine = privileges_in(&fs::read_to_string("/proc/self/status").unwrap());
+    let mut h = Harness::new();
+    let mut spec = h.spec("as-root", sh(&format!("id -u; {STATUS_SCRIPT}")));
+    spec.user = Some("root".into());
+    let s = h.start(&spec);
+    let exit = h.finish(&s);
+    let out = fs::read_to_string(s.sandbox.stdout_path()).unwrap();
+    assert_eq!(exit.status, ExitStatus::Exited(0), "{out}");
+    let (uid, rest) = out.split_once("---\n").unwrap();
+    assert_eq!(uid, "0\n");
+    let privileges = privileges_in(rest.trim_end_matches("---\n"));
+    let docker = drover_agent::privileges::ROOT_TASK_CAPS & mine["CapBnd"];
+    assert_ne!(
+        docker, mine["CapBnd"],
+        "the supervisor had more than Docker's set"
+    );
+    for set in ["CapBnd", "CapPrm", "CapEff"] {
+        assert_eq!(privileges[set], docker, "{set}: {rest}");
+    }
+    assert_eq!(privileges["CapInh"], 0);
+    assert_eq!(privileges["CapAmb"], 0);
+    assert_eq!(privileges["NoNewPrivs"], 1);
+}
+
+#[test]
+fn a_task_user_that_does_not_exist_fails_the_start_naming_the_user() {
+    // Proves the supervisor records a user it cannot find as FailedToStart naming the user, and
+    // starts nothing.
+    let mut h = Harness::new();
+    let mut spec = h.spec("no-user", sh("echo ran"));
+    spec.user = Some("no-such-user-drover".into());
+    let s = h.start(&spec);
+    let exit = h.finish(&s);
+    assert_eq!(
+        exit.status,
+        ExitStatus::FailedToStart("user no-such-user-drover does not exist on this agent".into())
+    );
+    assert_eq!(exit.task_pid, None);
+    assert_eq!(fs::read_to_string(s.sandbox.stdout_path()).unwrap(), "");
 }

@@ -113,6 +113,7 @@ impl From<&TaskInfo> for v1::TaskInfo {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            user: t.user.clone().unwrap_or_default(),
         }
     }
 }
@@ -215,7 +216,8 @@ mod tests {
 
     #[test]
     fn task_info_to_proto() {
-        // Proves argv and shell commands, env, labels, resources and the grace period reach the wire.
+        // Proves argv and shell commands, env, labels, resources, the grace period and the user
+        // reach the wire (no user: empty, the agent's default).
         use crate::tasks::TaskSpec;
         let res = Resources::from_millicpus(250, 16 << 20, PortRanges::from_ports([31005]));
         let task = TaskSpec::new("t1", Command::argv(["sleep", "10"]))
@@ -223,6 +225,7 @@ mod tests {
             .env("K", "V")
             .label("service", "web")
             .kill_grace(Duration::from_millis(1500))
+            .user("www-data")
             .build(AgentId::from("a1"), res.clone())
             .expect("valid");
         let wire = v1::TaskInfo::from(&task);
@@ -240,6 +243,7 @@ mod tests {
         assert_eq!(command.env.get("K").map(String::as_str), Some("V"));
         assert_eq!(wire.labels.get("service").map(String::as_str), Some("web"));
         assert_eq!(wire.kill_grace_period_ms, 1500);
+        assert_eq!(wire.user, "www-data");
         assert_eq!(
             Resources::try_from(&wire.resources.expect("resources")),
             Ok(res.clone())
@@ -252,5 +256,6 @@ mod tests {
         assert!(command.argv.is_empty());
         assert_eq!(command.shell, "echo $PORT0");
         assert_eq!(wire.kill_grace_period_ms, 0);
+        assert_eq!(wire.user, "");
     }
 }

@@ -133,6 +133,9 @@ pub struct TaskInfo {
     /// Between SIGTERM and SIGKILL when the task is killed; `None`: the agent's default.
     pub kill_grace: Option<Duration>,
     pub labels: BTreeMap<String, String>,
+    /// The OS user the task runs as on its agent; `None`: the agent's `--task-user`. The agent
+    /// refuses (`TASK_ERROR`) a user it does not have, and root unless it allows root tasks.
+    pub user: Option<String>,
 }
 
 /// Builds a [`TaskInfo`]: everything but the placement, then one of the `build*` methods.
@@ -161,6 +164,7 @@ pub struct TaskSpec {
     env: BTreeMap<String, String>,
     kill_grace: Option<Duration>,
     labels: BTreeMap<String, String>,
+    user: Option<String>,
 }
 
 impl TaskSpec {
@@ -173,6 +177,7 @@ impl TaskSpec {
             env: BTreeMap::new(),
             kill_grace: None,
             labels: BTreeMap::new(),
+            user: None,
         }
     }
 
@@ -207,6 +212,14 @@ impl TaskSpec {
     /// Time between SIGTERM and SIGKILL when the task is killed (default: the agent's).
     pub fn kill_grace(mut self, grace: Duration) -> TaskSpec {
         self.kill_grace = Some(grace);
+        self
+    }
+
+    /// The OS user the task runs as (default: the agent's `--task-user`). Checked when built:
+    /// 1..=32 bytes of `[A-Za-z0-9._-]`, not starting with `-`; the agent checks that it exists
+    /// there (and refuses root unless it runs with `--allow-root-tasks`).
+    pub fn user(mut self, user: impl Into<String>) -> TaskSpec {
+        self.user = Some(user.into());
         self
     }
 
@@ -250,6 +263,9 @@ impl TaskSpec {
         if resources.millicpus() == 0 {
             return Err(err("resources", "a task needs some cpus".into()));
         }
+        if let Some(user) = &self.user {
+            drover_types::UserName::parse(user).map_err(|e| err("user", e.to_string()))?;
+        }
         let name = if self.name.is_empty() {
             self.task_id.0.clone()
         } else {
@@ -264,6 +280,7 @@ impl TaskSpec {
             env: self.env,
             kill_grace: self.kill_grace,
             labels: self.labels,
+            user: self.user,
         })
     }
 
@@ -415,6 +432,15 @@ mod tests {
             field(TaskSpec::new("t", ok.clone()).build(AgentId::from("a"), Resources::default())),
             "resources"
         );
+        assert_eq!(
+            field(build(TaskSpec::new("t", ok.clone()).user("a b"))),
+            "user"
+        );
+        assert_eq!(
+            field(build(TaskSpec::new("t", ok.clone()).user(""))),
+            "user"
+        );
+        assert!(build(TaskSpec::new("t", ok.clone()).user("nobody")).is_ok());
         let err = build(TaskSpec::new("a/b", ok)).expect_err("slash");
         assert_eq!(
             err.to_string(),

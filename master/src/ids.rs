@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-pub use drover_types::ids::{AgentId, FrameworkId, ID_BYTES_MAX, IdError, ROLE_BYTES_MAX, Role};
+pub use drover_types::ids::{
+    AgentId, FrameworkId, ID_BYTES_MAX, IdError, ROLE_BYTES_MAX, Role, UserName,
+};
 
 /// An offer. The allocator numbers offers from a counter; the networked master qualifies them
 /// with its leadership epoch on the wire so ids from an old leader are never reused.

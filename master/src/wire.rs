@@ -2,7 +2,7 @@
 //! master touches wire types. Input from the network is validated here; errors name the field.
 
 use crate::core::types::*;
-use crate::ids::{AgentId, FrameworkId, OfferId, Role};
+use crate::ids::{AgentId, FrameworkId, OfferId, Role, UserName};
 use crate::resources::Resources;
 use drover_proto::v1;
 use std::collections::BTreeMap;
@@ -225,6 +225,10 @@ pub fn task_from_wire(t: &v1::TaskInfo) -> Result<TaskLaunch, InvalidLaunch> {
             )));
         }
     }
+    let user = match t.user.as_str() {
+        "" => None,
+        name => Some(UserName::parse(name).map_err(|e| invalid(format!("task.{e}")))?),
+    };
     Ok(TaskLaunch {
         id,
         name: t.name.clone(),
@@ -234,6 +238,7 @@ pub fn task_from_wire(t: &v1::TaskInfo) -> Result<TaskLaunch, InvalidLaunch> {
         env: map_from_wire("task.command.env", &command.env).map_err(invalid)?,
         kill_grace_period_ms: t.kill_grace_period_ms,
         labels: map_from_wire("task.labels", &t.labels).map_err(invalid)?,
+        user,
     })
 }
 
@@ -254,6 +259,7 @@ pub fn task_to_wire(t: &TaskLaunch) -> v1::TaskInfo {
         }),
         kill_grace_period_ms: t.kill_grace_period_ms,
         labels: t.labels.clone().into_iter().collect(),
+        user: t.user.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 
@@ -292,7 +298,21 @@ mod tests {
             }),
             kill_grace_period_ms: 0,
             labels: Default::default(),
+            user: String::new(),
         }
+    }
+
+    #[test]
+    fn a_task_user_goes_to_the_agent_unchanged_and_empty_means_the_agents_default() {
+        // Proves `TaskInfo.user` survives the master (wire → launch → RunTask's TaskInfo), and
+        // that an empty user stays empty (the agent's --task-user applies).
+        let mut t = task();
+        assert_eq!(task_from_wire(&t).unwrap().user, None);
+        assert_eq!(task_to_wire(&task_from_wire(&t).unwrap()).user, "");
+        t.user = "www-data".into();
+        let launch = task_from_wire(&t).unwrap();
+        assert_eq!(launch.user.as_ref().map(UserName::as_str), Some("www-data"));
+        assert_eq!(task_to_wire(&launch).user, "www-data");
     }
 
     #[test]
@@ -332,6 +352,8 @@ mod tests {
                 }),
                 "task.command.env",
             ),
+            (Box::new(|t| t.user = "a b".into()), "task.user"),
+            (Box::new(|t| t.user = "-x".into()), "task.user"),
         ];
         for (mutate, field) in cases {
             let mut t = task();

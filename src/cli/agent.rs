@@ -85,6 +85,15 @@ pub struct AgentArgs {
     /// Cgroup (below the agent's own) that holds the task cgroups.
     #[arg(long, default_value = defaults::CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// The user tasks run as when they name none (`TaskInfo.user`); it must exist. Default:
+    /// `nobody` when the agent runs as root. An agent that is not root runs every task as its own
+    /// user and accepts no other.
+    #[arg(long, env = "DROVER_TASK_USER", value_name = "USER")]
+    pub task_user: Option<String>,
+    /// Let tasks run as root (uid 0), keeping only Docker's default capabilities. Without it a
+    /// task asking for root is refused (TASK_ERROR).
+    #[arg(long)]
+    pub allow_root_tasks: bool,
     /// Deadline of one connection attempt to a master.
     #[arg(long, default_value_t = defaults::CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
@@ -180,6 +189,8 @@ pub async fn run(
     config.cgroup_parent = args.cgroup_parent;
     config.tls = tls;
     config.insecure = args.insecure;
+    config.task_user = args.task_user;
+    config.allow_root_tasks = args.allow_root_tasks;
     config.timing = AgentTiming {
         connect_timeout: ms(args.connect_timeout_ms),
         registration_timeout: ms(args.registration_timeout_ms),

@@ -372,7 +372,7 @@ async fn a_sigkilled_agent_leaves_its_tasks_running_and_re_adopts_them() {
         .await;
     let sleeper = task_pid(&sleeper_run);
     util::wait_for("PORT0 in stdout", WAIT, || {
-        fs::read_to_string(sleeper_run.join("stdout"))
+        fs::read_to_string(sleeper_run.join("sandbox/stdout"))
             .ok()
             .filter(|s| s.contains("port=31001"))
     });
@@ -399,7 +399,7 @@ async fn a_sigkilled_agent_leaves_its_tasks_running_and_re_adopts_them() {
         alive(sleeper),
         "SIGKILL of the agent's group killed its task"
     );
-    fs::write(gated_run.join("go"), b"").unwrap();
+    fs::write(gated_run.join("sandbox/go"), b"").unwrap();
     util::wait_for("gated's exit record", WAIT, || {
         gated_run.join("exit.json").exists().then_some(())
     });
@@ -468,7 +468,7 @@ async fn an_agent_whose_binary_was_deleted_still_starts_supervisors() {
         .run_running(&work, "upgraded", 31001, "echo ran; sleep 300")
         .await;
     util::wait_for("the task's stdout", WAIT, || {
-        fs::read_to_string(run.join("stdout"))
+        fs::read_to_string(run.join("sandbox/stdout"))
             .ok()
             .filter(|s| s.contains("ran"))
     });

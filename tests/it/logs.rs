@@ -172,6 +172,7 @@ impl TestFramework {
             }),
             kill_grace_period_ms: 0,
             labels: Default::default(),
+            user: String::new(),
         };
         self.client
             .accept(v1::AcceptRequest {
@@ -398,7 +399,7 @@ async fn follow_prints_new_output_and_ends_when_the_task_ends() {
         "--follow ended early"
     );
     let run = run_dir(&cluster.work_dir(KEEPER), &fw.id, "stepper");
-    std::fs::write(run.join("go"), b"").expect("go");
+    std::fs::write(run.join("sandbox/go"), b"").expect("go");
     fw.wait_state("stepper", v1::TaskState::TaskFinished).await;
     let status = util::wait_for("drover logs --follow to exit", WAIT, || {
         child.try_wait().expect("wait")

@@ -20,4 +20,5 @@ mod local;
 mod logs;
 mod scheduler;
 mod services;
+mod task_users;
 mod tls;

@@ -18,11 +18,11 @@ use util::cluster::{
 };
 use util::{Proc, free_port, wait_listening};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 /// Generous: CI machines are slow and everything here runs real processes.
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
-const SMALL_AGENT: AgentSpec<'static> = AgentSpec {
+pub(crate) const SMALL_AGENT: AgentSpec<'static> = AgentSpec {
     cpus: "2",
     mem: "1GiB",
     ports: "31000-31099",
@@ -30,7 +30,7 @@ const SMALL_AGENT: AgentSpec<'static> = AgentSpec {
 
 /// A master with the timeouts these tests use (`master_flags` on top) and one agent per spec,
 /// named `agent0`, `agent1`, ...
-fn start_cluster(agents: &[AgentSpec<'_>], master_flags: &[&str]) -> TestCluster {
+pub(crate) fn start_cluster(agents: &[AgentSpec<'_>], master_flags: &[&str]) -> TestCluster {
     let mut flags = vec![
         "--agent-unreachable-after-ms",
         "1500",
@@ -46,9 +46,9 @@ fn start_cluster(agents: &[AgentSpec<'_>], master_flags: &[&str]) -> TestCluster
 }
 
 /// A framework that speaks the scheduler API directly. Its event stream is read in the
-/// background; agent updates are acknowledged as they arrive.
-struct TestFramework {
-    id: String,
+/// background; agent updates are acknowledged as they arrive. (Also used by `task_users`.)
+pub(crate) struct TestFramework {
+    pub(crate) id: String,
     client: SchedulerClient<Channel>,
     events: mpsc::UnboundedReceiver<v1::Event>,
     /// Every update seen, in order.
@@ -57,7 +57,7 @@ struct TestFramework {
 }
 
 impl TestFramework {
-    async fn subscribe(addr: &str, name: &str) -> TestFramework {
+    pub(crate) async fn subscribe(addr: &str, name: &str) -> TestFramework {
         TestFramework::subscribe_with_failover(addr, name, 60.0).await
     }
 
@@ -99,7 +99,7 @@ impl TestFramework {
     }
 
     /// The next offer (offers already received first).
-    async fn next_offer(&mut self) -> v1::Offer {
+    pub(crate) async fn next_offer(&mut self) -> v1::Offer {
         let deadline = Instant::now() + WAIT;
         loop {
             if !self.offers.is_empty() {
@@ -114,7 +114,7 @@ impl TestFramework {
     }
 
     /// Waits for an update of `task_id` that satisfies `pred` (earlier updates count too).
-    async fn wait_update(
+    pub(crate) async fn wait_update(
         &mut self,
         task_id: &str,
         pred: impl Fn(&v1::TaskStatus) -> bool,
@@ -141,7 +141,12 @@ impl TestFramework {
         }
     }
 
-    async fn accept(&mut self, offer: &v1::Offer, tasks: Vec<v1::TaskInfo>, refuse: Option<f64>) {
+    pub(crate) async fn accept(
+        &mut self,
+        offer: &v1::Offer,
+        tasks: Vec<v1::TaskInfo>,
+        refuse: Option<f64>,
+    ) {
         self.client
             .accept(v1::AcceptRequest {
                 framework_id: self.id.clone(),
@@ -183,7 +188,13 @@ impl TestFramework {
     }
 }
 
-fn shell_task(id: &str, offer: &v1::Offer, millicpus: u64, mem: u64, shell: &str) -> v1::TaskInfo {
+pub(crate) fn shell_task(
+    id: &str,
+    offer: &v1::Offer,
+    millicpus: u64,
+    mem: u64,
+    shell: &str,
+) -> v1::TaskInfo {
     v1::TaskInfo {
         task_id: id.into(),
         name: id.into(),
@@ -200,6 +211,7 @@ fn shell_task(id: &str, offer: &v1::Offer, millicpus: u64, mem: u64, shell: &str
         }),
         kill_grace_period_ms: 0,
         labels: Default::default(),
+        user: String::new(),
     }
 }
 
@@ -207,7 +219,7 @@ fn state_of(s: &v1::TaskStatus) -> v1::TaskState {
     v1::TaskState::try_from(s.state).unwrap_or(v1::TaskState::Unspecified)
 }
 
-fn is(state: v1::TaskState) -> impl Fn(&v1::TaskStatus) -> bool {
+pub(crate) fn is(state: v1::TaskState) -> impl Fn(&v1::TaskStatus) -> bool {
     move |s| state_of(s) == state
 }
 

@@ -10,6 +10,12 @@
 //! A [`Role`] is not an entity id and never becomes a path; it keeps the looser Mesos rule
 //! (1..=[`ROLE_BYTES_MAX`] bytes, no whitespace or control characters, so `*` is a role).
 //!
+//! A [`UserName`] is the operating-system account a task asks to run as (`TaskInfo.user`). It
+//! follows the POSIX portable user name rule, which every agent's `useradd` accepts:
+//! 1..=[`USER_NAME_BYTES_MAX`] bytes of `[A-Za-z0-9._-]`, not starting with `-`. Whether the
+//! account exists, and whether a task may use it, only the agent (and later the master's ACLs)
+//! can tell.
+//!
 //! Inside they are `Arc<str>`, so copying an id into offers, records and events does not allocate.
 //! Serde reads them through the same validation as [`TaskId::parse`] and friends.
 
@@ -25,6 +31,8 @@ pub const ID_BYTES_MAX: usize = 200;
 pub const ID_RULE: &str = "1..=200 bytes of [A-Za-z0-9._-], not '.', without '..'";
 /// Longest role name, in bytes.
 pub const ROLE_BYTES_MAX: usize = 255;
+/// Longest user name, in bytes (Linux `useradd`'s limit).
+pub const USER_NAME_BYTES_MAX: usize = 32;
 
 /// An id or role that breaks its rule; `field` names which input was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +51,8 @@ pub enum IdError {
     DotPath { field: &'static str },
     #[error("{field}: contains whitespace or a control character")]
     Whitespace { field: &'static str },
+    #[error("{field}: must not start with '-'")]
+    LeadingDash { field: &'static str },
 }
 
 fn check_length(field: &'static str, s: &str, max: usize) -> Result<(), IdError> {
@@ -78,6 +88,21 @@ fn validate_role(field: &'static str, s: &str) -> Result<(), IdError> {
     check_length(field, s, ROLE_BYTES_MAX)?;
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(IdError::Whitespace { field });
+    }
+    Ok(())
+}
+
+/// The POSIX portable user name rule; see the module docs.
+fn validate_user_name(field: &'static str, s: &str) -> Result<(), IdError> {
+    check_length(field, s, USER_NAME_BYTES_MAX)?;
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(IdError::BadCharacter { field, c });
+    }
+    if s.starts_with('-') {
+        return Err(IdError::LeadingDash { field });
     }
     Ok(())
 }
@@ -152,6 +177,12 @@ id_type!(
     "role",
     validate_role
 );
+id_type!(
+    /// The operating-system user a task runs as (`TaskInfo.user`).
+    UserName,
+    "user",
+    validate_user_name
+);
 
 #[cfg(test)]
 mod tests {
@@ -223,6 +254,47 @@ mod tests {
             Role::parse(&"r".repeat(ROLE_BYTES_MAX + 1)),
             Err(IdError::TooLong { field: "role", .. })
         ));
+    }
+
+    #[test]
+    fn user_names_follow_the_posix_portable_rule() {
+        // Proves the user rule: the usual account names pass; empty, too long, a leading '-',
+        // separators, whitespace and non-ASCII are refused naming the field `user`.
+        for ok in [
+            "nobody",
+            "www-data",
+            "svc_web.1",
+            "root",
+            "_apt",
+            &"u".repeat(32),
+        ] {
+            assert_eq!(
+                UserName::parse(ok).map(|u| u.to_string()).as_deref(),
+                Ok(ok)
+            );
+        }
+        assert_eq!(UserName::parse(""), Err(IdError::Empty { field: "user" }));
+        assert!(matches!(
+            UserName::parse(&"u".repeat(USER_NAME_BYTES_MAX + 1)),
+            Err(IdError::TooLong { field: "user", .. })
+        ));
+        assert_eq!(
+            UserName::parse("-rf"),
+            Err(IdError::LeadingDash { field: "user" })
+        );
+        for (bad, c) in [
+            ("a b", ' '),
+            ("a/b", '/'),
+            ("a:b", ':'),
+            ("é", 'é'),
+            ("a\0b", '\0'),
+        ] {
+            assert_eq!(
+                UserName::parse(bad),
+                Err(IdError::BadCharacter { field: "user", c }),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

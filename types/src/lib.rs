@@ -13,7 +13,7 @@ pub mod task_state;
 pub mod units;
 
 pub use convert::InvalidTaskState;
-pub use ids::{AgentId, FrameworkId, IdError, Role, TaskId};
+pub use ids::{AgentId, FrameworkId, IdError, Role, TaskId, UserName};
 pub use resources::{
     MILLICPUS_PER_CPU, PortRanges, Resources, ResourcesError, Scalars, cpus_from_millicpus,
     format_mem, millicpus_from_cpus,

@@ -20,7 +20,7 @@ use super::records::{self, WorkDir};
 use super::runs::{self, ProcessIdentity, RunEvent, Watch, WatchTiming, spawn_supervisor};
 use super::sandbox_gc::{Collected, GcReason, GcRound, select};
 use super::task_info::{
-    FrameworkDescription, LaunchContext, TaskDescription, validate, validate_ids,
+    FrameworkDescription, InvalidTask, LaunchContext, TaskDescription, validate, validate_ids,
 };
 use super::tasks::{
     KillDecision, REASON_INVALID_TASK, REASON_UNKNOWN_TASK, RunOutcome, StatusDraft, TaskEntry,
@@ -31,6 +31,7 @@ use crate::status_updates::{
     STATUS_MESSAGE_BYTES_MAX, StatusUpdate, StatusUpdateError, StatusUpdateManager, TaskState,
 };
 use crate::supervisor::SupervisorSpec;
+use crate::task_user::{SystemUsers, TaskUserPolicy};
 
 /// Run events (task started / ended) waiting for the driver.
 const RUN_EVENTS_MAX: usize = 1024;
@@ -119,6 +120,8 @@ enum Step {
 
 pub(super) struct Driver {
     config: AgentConfig,
+    /// Who tasks run as (from `--task-user` and `--allow-root-tasks`).
+    task_users: TaskUserPolicy,
     work: WorkDir,
     agent_id: Option<String>,
     table: TaskTable,
@@ -146,6 +149,7 @@ impl Driver {
     /// Opens the checkpoints, recovers the tasks of an earlier run and starts connecting.
     pub(super) fn start(
         config: AgentConfig,
+        task_users: TaskUserPolicy,
         work: WorkDir,
         queries_rx: mpsc::Receiver<Query>,
     ) -> Result<Driver, AgentError> {
@@ -159,6 +163,7 @@ impl Driver {
         let link_config = config.link_config();
         let mut driver = Driver {
             config,
+            task_users,
             work,
             agent_id,
             table: TaskTable::new(),
@@ -380,7 +385,9 @@ impl Driver {
             return out;
         }
         let trash_dir = records::gc_trash_dir(self.work.root());
-        if let Err(e) = std::fs::create_dir_all(&trash_dir) {
+        if let Err(e) =
+            crate::path_io::ensure_dir_mode(&trash_dir, crate::path_io::PRIVATE_DIR_MODE)
+        {
             tracing::error!(dir = %trash_dir.display(), error = %e, "cannot create the sandbox GC's trash directory");
             return out;
         }
@@ -722,6 +729,18 @@ impl Driver {
         };
         let validated = validate(&key.framework_id, &task, &ctx, |p| {
             self.table.port_holder(p)
+        })
+        .and_then(|valid| {
+            // After the master: it checks (with ACLs) that the framework may use this user; the
+            // agent checks that it has the user, and that root is allowed here.
+            let user = self
+                .task_users
+                .resolve(&task.user, &SystemUsers)
+                .map_err(|refusal| InvalidTask {
+                    field: "task.user",
+                    reason: refusal.to_string(),
+                })?;
+            Ok((valid, user))
         });
         let mut entry = TaskEntry {
             framework,
@@ -731,7 +750,7 @@ impl Driver {
             state: TaskState::Staging,
             kill: None,
         };
-        let valid = match validated {
+        let (valid, user) = match validated {
             Ok(v) => v,
             Err(invalid) => {
                 tracing::warn!(task_id = %key.task_id, framework_id = %key.framework_id, %invalid, "refusing task");
@@ -757,6 +776,7 @@ impl Driver {
             agent_id: Some(agent_id.clone()),
             isolation: self.config.isolation,
             cgroup_parent: self.config.cgroup_parent.clone(),
+            user,
         };
         let sandbox = match spec.validate() {
             Ok(sandbox) => sandbox,
@@ -772,8 +792,13 @@ impl Driver {
         entry.run_id = Some(run_id.clone());
         self.work.save_task(&entry)?;
         self.table.insert(entry);
-        tracing::info!(task_id = %key.task_id, framework_id = %key.framework_id, %run_id, sandbox = %sandbox.dir().display(), "launching task");
-        match spawn_supervisor(&self.config.supervisor, &spec, &sandbox) {
+        tracing::info!(task_id = %key.task_id, framework_id = %key.framework_id, %run_id, sandbox = %sandbox.dir().display(), user = spec.user.as_deref().unwrap_or("(the agent's)"), "launching task");
+        let spawned = self
+            .work
+            .create_task_path(&key)
+            .map_err(|e| crate::supervisor::error_chain(&e))
+            .and_then(|()| spawn_supervisor(&self.config.supervisor, &spec, &sandbox));
+        match spawned {
             Ok(spawned) => {
                 if let Some(e) = self.table.get_mut(&key) {
                     e.supervisor = Some(spawned.identity);

@@ -5,8 +5,8 @@
 //! Rules:
 //! - Ids are checked exactly as for a launch ([`validate_ids`], [`validate_run_id`]) before any
 //!   path is built, so a request never names a path outside the sandboxes; files are opened
-//!   with `O_NOFOLLOW | O_NONBLOCK` and must be regular files (a task may replace its own
-//!   `stdout` with a symlink or a FIFO).
+//!   with `O_NOFOLLOW | O_NONBLOCK` and must be regular files (the task owns its sandbox and may
+//!   replace its own `stdout` with a symlink or a FIFO; the agent reads as root).
 //! - Which run is the latest, and whether a run is over, comes from the driver's task table
 //!   ([`Query::Task`]) first and from the sandbox's files second: a run is over once `exit.json`
 //!   exists, or when the table no longer tracks it as going and no supervisor of it lives.
@@ -120,7 +120,7 @@ pub enum FileError {
     TooManyStreams { limit: usize },
     #[error("the agent is stopping")]
     Stopping,
-    #[error("{file} of the run is not a regular file")]
+    #[error("{file} of the run is not a regular file with a single link")]
     NotAFile { file: &'static str },
     #[error(transparent)]
     Io(#[from] PathIoError),
@@ -324,7 +324,8 @@ impl Inner {
                 })?;
         let view = self.task_view(&key).await?;
         let run = self.pick_run(&key, &req.run_id, &view).await?;
-        let path = run.dir.join(file);
+        // The task's own directory: the task may have replaced the files (see `open_regular`).
+        let path = Sandbox::at(&run.dir).output_dir().join(file);
         let mut opened = open_regular(&path, file).await?;
         let size = opened.as_ref().map_or(0, |(_, len)| *len);
         if req.offset > size {
@@ -371,8 +372,9 @@ impl Inner {
             runs: runs
                 .into_iter()
                 .map(|r| {
-                    let stdout_bytes = file_len(&r.dir.join("stdout"));
-                    let stderr_bytes = file_len(&r.dir.join("stderr"));
+                    let output = Sandbox::at(&r.dir).output_dir();
+                    let stdout_bytes = file_len(&output.join("stdout"));
+                    let stderr_bytes = file_len(&output.join("stderr"));
                     v1::RunInfo {
                         ended: r.finished_at_ms.is_some() || (r.ended && going != Some(&r.run_id)),
                         started_at_ms: r.started_at_ms,
@@ -588,7 +590,9 @@ async fn open_regular(
         let meta = f
             .metadata()
             .map_err(|source| FileError::Io(PathIoError::new("stat", p.clone(), source)))?;
-        if !meta.is_file() {
+        // A second link would be the task's hard link to a file it may not read itself (where
+        // `fs.protected_hardlinks` is off); the agent reads as root.
+        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
             return Err(FileError::NotAFile { file });
         }
         Ok(Some((f, meta.len())))
@@ -711,7 +715,7 @@ mod tests {
     #[tokio::test]
     async fn symlinks_and_fifos_are_not_read() {
         // Proves a task cannot make the agent read outside its sandbox by replacing stdout with
-        // a symlink, nor hang it with a FIFO.
+        // a symlink or a hard link, nor hang it with a FIFO.
         let tmp = tempfile::tempdir().unwrap();
         let secret = tmp.path().join("secret");
         std::fs::write(&secret, b"secret").unwrap();
@@ -735,5 +739,11 @@ mod tests {
         );
         let (_, len) = open_regular(&secret, "stdout").await.unwrap().unwrap();
         assert_eq!(len, 6);
+        let hard = tmp.path().join("hard");
+        std::fs::hard_link(&secret, &hard).unwrap();
+        assert!(matches!(
+            open_regular(&hard, "stdout").await,
+            Err(FileError::NotAFile { .. })
+        ));
     }
 }

@@ -52,6 +52,7 @@ use crate::isolation::{Isolation, IsolationKind, IsolationPolicy};
 use crate::resources::AgentResources;
 use crate::sandbox::SandboxError;
 use crate::status_updates::{StatusUpdateConfig, StatusUpdateError};
+use crate::task_user::{TaskUserError, TaskUserPolicy};
 
 /// Every timer of the agent; [`AgentTiming::default`] holds the production values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +177,11 @@ pub struct AgentConfig {
     pub tls: Option<drover_security::TlsConfig>,
     /// Serve plaintext on a non-loopback `listen` anyway.
     pub insecure: bool,
+    /// `--task-user`: who tasks that name no user run as; `None`: `nobody` when the agent is root,
+    /// else the agent's own user (see [`crate::task_user`]).
+    pub task_user: Option<String>,
+    /// `--allow-root-tasks`: tasks may run as root (with Docker's default capabilities).
+    pub allow_root_tasks: bool,
 }
 
 impl AgentConfig {
@@ -203,6 +209,8 @@ impl AgentConfig {
             files: FileApiConfig::default(),
             tls: None,
             insecure: false,
+            task_user: None,
+            allow_root_tasks: false,
         }
     }
 
@@ -313,6 +321,27 @@ fn looks_like_host_port(s: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
+/// Warns when a directory above the work dir is closed to others: tasks switched to another user
+/// then still start in their sandbox (their working directory is set while still root) but cannot
+/// reach it, or `$DROVER_SANDBOX`, by its path.
+fn warn_if_unreachable(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in root.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format_args!("{:o}", mode & 0o7777),
+                "tasks run as another user cannot pass through this directory above the work dir: their sandboxes are reachable only as their working directory, not by path"
+            );
+            return;
+        }
+    }
+}
+
 pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -330,6 +359,9 @@ pub enum AgentError {
     StatusUpdates(#[from] StatusUpdateError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// `--task-user` / `--allow-root-tasks` cannot be used on this machine.
+    #[error(transparent)]
+    TaskUser(#[from] TaskUserError),
     /// The file API cannot listen on `--listen`.
     #[error("cannot listen on {address} (--listen)")]
     Bind {
@@ -360,7 +392,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    let task_users =
+        TaskUserPolicy::for_this_process(config.task_user.as_deref(), config.allow_root_tasks)?;
     let work = WorkDir::open(&config.work_dir)?;
+    tracing::info!(policy = %task_users.describe(), "task users");
+    if matches!(task_users, TaskUserPolicy::Switch { .. }) {
+        warn_if_unreachable(work.root());
+    }
     let isolation = Isolation::select(config.isolation);
     match isolation.kind() {
         IsolationKind::Rlimits => tracing::warn!(
@@ -423,7 +461,7 @@ pub async fn run(
         stop_rx,
     ));
     let stop_grace = config.files.stop_grace;
-    let result = match driver::Driver::start(config, work, queries_rx) {
+    let result = match driver::Driver::start(config, task_users, work, queries_rx) {
         Ok(driver) => driver.run(shutdown).await,
         Err(e) => Err(e),
     };

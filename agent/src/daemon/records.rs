@@ -15,10 +15,22 @@
 //! - `sandbox-gc-trash/`: sandboxes the GC has taken out of the tree and is deleting.
 //!
 //! Every record is written atomically (tmp file, fsync, rename, fsync of the directory).
+//!
+//! Tasks run as other users than the agent, so nothing here is theirs to read except their own
+//! sandbox: the work dir and the directories on the path to a sandbox (`frameworks/`, `<fw>/`,
+//! `sandboxes/`, `<task>/`, the run directory) are mode 0711 (a task passes through to its
+//! sandbox but cannot list them and find its neighbours'); every other directory is 0700 and every
+//! file 0600 (`agent.lock`, `agent.json`, task records, checkpoints, a run's `spec.json`,
+//! `supervisor.json`, `exit.json`, `supervisor.log`). [`WorkDir::open`] sets these modes on what is
+//! already there, and anything added to the work dir must be created private as well.
 
-use crate::path_io::{PathIoError, io_err, sync_dir};
+use crate::path_io::{
+    PASS_THROUGH_DIR_MODE, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PathIoError, ensure_dir_mode,
+    io_err, set_mode, sync_dir,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -63,7 +75,8 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// Creates the directory if needed, makes its path absolute and locks it.
+    /// Creates the directory if needed, makes its path absolute, locks it, and gives it and what
+    /// is in it the modes listed in the module docs.
     pub fn open(path: &Path) -> Result<WorkDir, WorkDirError> {
         fs::create_dir_all(path).map_err(io_err("create work dir", path))?;
         let root = path
@@ -74,6 +87,7 @@ impl WorkDir {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(PRIVATE_FILE_MODE)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -89,7 +103,45 @@ impl WorkDir {
                 )));
             }
         };
-        Ok(WorkDir { root, _lock: lock })
+        let work = WorkDir { root, _lock: lock };
+        work.secure()?;
+        Ok(work)
+    }
+
+    /// Sets the modes of the work dir and its fixed entries (creating the directories), so a
+    /// work dir from before tasks ran as other users is as private as a new one. Sandboxes of
+    /// earlier runs are left as they are; their run ids are not guessable and the directories
+    /// above them can no longer be listed.
+    fn secure(&self) -> Result<(), WorkDirError> {
+        set_mode(&self.root, PASS_THROUGH_DIR_MODE)?;
+        set_mode(&self.root.join(LOCK_FILE), PRIVATE_FILE_MODE)?;
+        let agent_file = self.root.join(AGENT_FILE);
+        if agent_file.exists() {
+            set_mode(&agent_file, PRIVATE_FILE_MODE)?;
+        }
+        for dir in [STATUS_UPDATES_DIR, TASKS_DIR, GC_TRASH_DIR] {
+            ensure_dir_mode(&self.root.join(dir), PRIVATE_DIR_MODE)?;
+        }
+        ensure_dir_mode(&self.root.join(FRAMEWORKS_DIR), PASS_THROUGH_DIR_MODE)?;
+        Ok(())
+    }
+
+    /// Creates the directories down to the task's sandboxes directory
+    /// (`frameworks/<fw>/sandboxes/<task>/`), each mode 0711, also fixing ones an older agent
+    /// made 0755. The ids must be valid ([`super::task_info::validate_ids`]).
+    pub fn create_task_path(&self, key: &TaskKey) -> Result<(), WorkDirError> {
+        let fw_dir = self.framework_dir(&key.framework_id);
+        let sandboxes = fw_dir.join(SANDBOXES_DIR);
+        let task_dir = sandboxes.join(&key.task_id);
+        for dir in [
+            &self.root.join(FRAMEWORKS_DIR),
+            &fw_dir,
+            &sandboxes,
+            &task_dir,
+        ] {
+            ensure_dir_mode(dir, PASS_THROUGH_DIR_MODE)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -217,8 +269,9 @@ pub fn gc_trash_dir(root: &Path) -> PathBuf {
     root.join(GC_TRASH_DIR)
 }
 
+/// Creates a private directory (mode 0700) in an existing `parent` if needed.
 fn ensure_dir(dir: &Path, parent: &Path) -> Result<(), WorkDirError> {
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir) {
         Ok(()) => Ok(sync_dir(parent)?),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err("create dir", dir)(e).into()),
@@ -244,6 +297,7 @@ mod tests {
     use super::*;
     use crate::daemon::task_info::{FrameworkDescription, TaskDescription};
     use crate::status_updates::TaskState;
+    use std::os::unix::fs::PermissionsExt;
 
     fn entry(fw: &str, task: &str) -> TaskEntry {
         TaskEntry {
@@ -281,6 +335,42 @@ mod tests {
         let loaded = work.load_tasks().unwrap();
         assert_eq!(loaded, vec![a, entry("fw-b", "web.1")]);
         assert_eq!(work.read_agent_id().unwrap().as_deref(), Some("agent-7"));
+    }
+
+    #[test]
+    fn nothing_in_the_work_dir_but_the_path_to_a_sandbox_is_open_to_others() {
+        // Proves the modes `open` leaves, also on a work dir an older agent made world-readable:
+        // the root and the path to sandboxes 0711, private dirs 0700, records and the lock 0600.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("w");
+        fs::create_dir_all(root.join(STATUS_UPDATES_DIR)).unwrap();
+        fs::write(root.join(AGENT_FILE), b"{\"agent_id\":\"a\"}").unwrap();
+        for p in [
+            &root,
+            &root.join(STATUS_UPDATES_DIR),
+            &root.join(AGENT_FILE),
+        ] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let work = WorkDir::open(&root).unwrap();
+        work.save_task(&entry("fw", "t")).unwrap();
+        work.create_task_path(&TaskKey::new("fw", "t")).unwrap();
+        let mode = |rel: &str| fs::metadata(root.join(rel)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(""), 0o711);
+        for rel in [
+            "frameworks",
+            "frameworks/fw",
+            "frameworks/fw/sandboxes",
+            "frameworks/fw/sandboxes/t",
+        ] {
+            assert_eq!(mode(rel), 0o711, "{rel}");
+        }
+        for rel in [STATUS_UPDATES_DIR, TASKS_DIR, "tasks/fw", GC_TRASH_DIR] {
+            assert_eq!(mode(rel), 0o700, "{rel}");
+        }
+        for rel in [LOCK_FILE, AGENT_FILE, "tasks/fw/t.json"] {
+            assert_eq!(mode(rel), 0o600, "{rel}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! A supervisor is started as `<program> <args...> <run dir>/spec.json` in a session of its own
 //! (`setsid`), with stdin from `/dev/null` and stdout/stderr appended to `<run dir>/supervisor.log`,
 //! so it outlives the agent and a signal to the agent's process group or terminal never reaches it.
+//! Both files are private (0600): the spec holds the task's environment, which may hold secrets.
 //! A process is only ever signalled after checking its identity (pid *and* start time), so a reused
 //! pid is never hit.
 
@@ -11,6 +12,7 @@ use crate::supervisor::error_chain;
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tokio::time::{Instant, sleep, timeout_at};
 use super::tasks::{RunOutcome, TaskKey};
 use crate::isolation::TaskCgroup;
 use crate::limits::CLEANUP_DEADLINE_MS;
+use crate::path_io::{PASS_THROUGH_DIR_MODE, PRIVATE_FILE_MODE, ensure_dir_mode};
 use crate::procfs;
 use crate::sandbox::{Sandbox, SandboxError, TaskState as RunState, inspect, write_json_atomic};
 use crate::supervisor::SupervisorSpec;
@@ -117,21 +120,22 @@ pub struct Spawned {
     pub identity: ProcessIdentity,
 }
 
-/// Writes the spec into the run's sandbox (creating it) and starts the supervisor in its own
-/// session. The error says which step failed.
+/// Writes the spec into the run directory (creating it, mode 0711; the directories above it are
+/// the caller's) and starts the supervisor in its own session. The error says which step failed.
 pub fn spawn_supervisor(
     command: &SupervisorCommand,
     spec: &SupervisorSpec,
     sandbox: &Sandbox,
 ) -> Result<Spawned, String> {
     let dir = sandbox.dir();
-    fs::create_dir_all(dir).map_err(|e| format!("create sandbox {}: {e}", dir.display()))?;
+    ensure_dir_mode(dir, PASS_THROUGH_DIR_MODE).map_err(|e| error_chain(&e))?;
     let spec_path = dir.join(SPEC_FILE);
     write_json_atomic(&spec_path, spec).map_err(|e| error_chain(&e))?;
     let log_path = dir.join(SUPERVISOR_LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(PRIVATE_FILE_MODE)
         .open(&log_path)
         .map_err(|e| format!("open {}: {e}", log_path.display()))?;
     let log_err = log

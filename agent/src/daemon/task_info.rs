@@ -57,6 +57,10 @@ pub struct TaskDescription {
     pub command: Option<CommandDescription>,
     pub kill_grace_period_ms: u64,
     pub labels: BTreeMap<String, String>,
+    /// `TaskInfo.user`; empty: the agent's `--task-user`. Absent from records written before
+    /// tasks could name a user.
+    #[serde(default)]
+    pub user: String,
 }
 
 impl From<&v1::FrameworkInfo> for FrameworkDescription {
@@ -107,6 +111,7 @@ impl From<&v1::TaskInfo> for TaskDescription {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            user: t.user.clone(),
         }
     }
 }
@@ -137,6 +142,7 @@ impl From<&TaskDescription> for v1::TaskInfo {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            user: t.user.clone(),
         }
     }
 }
@@ -458,6 +464,7 @@ mod tests {
             }),
             kill_grace_period_ms: 0,
             labels: BTreeMap::from([("app".into(), "web".into())]),
+            user: "www-data".into(),
         }
     }
 

@@ -316,6 +316,7 @@ fn task(agent_id: &str, task_id: &str, command: v1::CommandInfo) -> v1::TaskInfo
         command: Some(command),
         kill_grace_period_ms: 0,
         labels: Default::default(),
+        user: String::new(),
     }
 }
 

@@ -913,6 +913,8 @@ mod tests {
             settle: Duration::from_secs(1),
             dir: None,
             master_args: vec![],
+            tls: false,
+            client_tls: None,
         };
         assert!(ok.check().is_ok());
         let with = |f: &dyn Fn(&mut CoordConfig)| {

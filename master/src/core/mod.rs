@@ -788,6 +788,10 @@ impl MasterCore {
                 }
             };
             let key = (fw_id.clone(), launch.id.clone());
+            // `launch.user` passes through unchecked for now: the agent refuses users it does not
+            // have and root (unless `--allow-root-tasks`). The check that this framework's
+            // principal may run tasks as that user belongs here, with the ACLs, as one more
+            // refusal (Mesos's `run_tasks` ACL).
             let refusal = if launch.agent != agent_id {
                 Some((
                     "unknown_agent",

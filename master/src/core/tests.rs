@@ -42,6 +42,7 @@ fn launch(id: &str, agent: &str, millicpus: u64, mem: u64) -> TaskLaunch {
         env: BTreeMap::new(),
         kill_grace_period_ms: 0,
         labels: BTreeMap::new(),
+        user: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The leading master's domain types: what the core reasons about, free of wire types. The
 //! driver converts between these and `drover_proto::v1` at its edge (`crate::wire`).
 
-use crate::ids::{AgentId, FrameworkId, Role};
+use crate::ids::{AgentId, FrameworkId, Role, UserName};
 use crate::resources::Resources;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -82,6 +82,10 @@ pub struct TaskLaunch {
     /// 0: the agent's default.
     pub kill_grace_period_ms: u64,
     pub labels: BTreeMap<String, String>,
+    /// The OS user the task asks to run as; `None`: the agent's `--task-user`. Only its syntax is
+    /// checked here; the agent refuses a user it does not have (or root, unless it allows root
+    /// tasks). Whether the framework may use this user is the ACL check in `on_accept`.
+    pub user: Option<UserName>,
 }
 
 /// A framework as registered (and stored in the registry).
