@@ -881,6 +881,7 @@ impl Coord for CoordService {
         &self,
         request: Request<Streaming<v1::ClientMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let identity = conn_identity(&request);
         let mut incoming = request.into_inner();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTBOUND_CAP);
@@ -890,7 +891,7 @@ impl Coord for CoordService {
             .map_err(|_| Status::unavailable("coord server is stopping"))?;
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            read_client(conn, &mut incoming, &inbox).await;
+            read_client(conn, identity, &mut incoming, &inbox).await;
             let _ = inbox
                 .send(CoreMsg::Input(Input::Client(server::Input::Disconnected {
                     conn,
@@ -902,9 +903,22 @@ impl Coord for CoordService {
     }
 }
 
+/// What the transport tells about a client, for the `ip` and `x509` ACL schemes: the peer
+/// address tonic saw (the `ip` id), and the principal of a verified TLS client certificate (the
+/// `x509` id). The TLS hook: once the gRPC server terminates TLS, set `x509_principal` here from
+/// the request's peer certificates (the subject, or the SAN the TLS configuration names); on a
+/// plain connection it stays `None`, so `x509` entries match nobody.
+pub fn conn_identity<T>(request: &Request<T>) -> server::ConnIdentity {
+    server::ConnIdentity {
+        addr: request.remote_addr().map(|a| a.ip()),
+        x509_principal: None,
+    }
+}
+
 /// Forwards one client's messages to the core until the stream ends.
 async fn read_client(
     conn: ConnId,
+    identity: server::ConnIdentity,
     incoming: &mut Streaming<v1::ClientMessage>,
     inbox: &mpsc::Sender<CoreMsg>,
 ) {
@@ -929,6 +943,7 @@ async fn read_client(
                     timeout_ms: c.timeout_ms,
                     last_zxid_seen: Zxid(c.last_zxid_seen),
                     new_password,
+                    identity: identity.clone(),
                 }
             }
             // Anything before Connect, or a second Connect, is a protocol error: drop the stream.

@@ -272,6 +272,7 @@ async fn multi_is_all_or_nothing_and_names_the_failing_op() {
                 path: "/m/a".into(),
                 data: "1".into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             },
             WriteOp::SetData {
                 path: "/m".into(),
@@ -305,6 +306,7 @@ async fn multi_is_all_or_nothing_and_names_the_failing_op() {
                 path: "/m/b".into(),
                 data: "".into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             },
             WriteOp::Check {
                 path: "/m".into(),

@@ -714,6 +714,7 @@ impl Leader<'_> {
                         path: path.to_string(),
                         data: data.to_vec().into(),
                         mode: CreateMode::Persistent,
+                        acl: drover_coord::acl::open_acl(),
                     },
                 ];
                 self.client.multi(create).await.map(drop)
@@ -737,6 +738,7 @@ impl Leader<'_> {
                     .expect("a record always serializes")
                     .into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             });
         }
         self.client.multi(ops).await.map(drop)
