@@ -732,6 +732,27 @@ mod tests {
                 persistent_recursive: vec!["/r".into()],
             })),
             Op::Read(ReadOp::Sync { path: "/".into() }),
+            Op::Write(WriteOp::Create {
+                path: "/locked".into(),
+                data: Bytes::new(),
+                mode: CreateMode::Persistent,
+                acl: crate::acl::parse_acl(
+                    "digest:bob:xQJmxLMiHGwaqBvst5y6rkB6HQs=:cdrwa,ip:::1/64:r",
+                )
+                .unwrap(),
+            }),
+            Op::Write(WriteOp::SetAcl {
+                path: "/locked".into(),
+                acl: crate::acl::parse_acl("world:anyone:r").unwrap(),
+                version: 2,
+            }),
+            Op::Read(ReadOp::GetAcl {
+                path: "/locked".into(),
+            }),
+            Op::Read(ReadOp::AddAuth {
+                scheme: "digest".into(),
+                auth: Bytes::from_static(b"bob:pw"),
+            }),
         ]
     }
 
@@ -843,6 +864,13 @@ mod tests {
                 },
                 None,
             ),
+            (
+                OpResult::Acl {
+                    acl: crate::acl::parse_acl("x509:CN=a:ra,world:anyone:r").unwrap(),
+                    stat: stat(),
+                },
+                None,
+            ),
             (OpResult::Stat(stat()), None),
             (OpResult::NoStat, None),
             (data.clone(), None),
@@ -913,6 +941,40 @@ mod tests {
     }
 
     #[test]
+    fn wire_acls_use_zookeepers_bits_and_a_missing_one_is_the_open_default() {
+        let create = |acl: Vec<v1::Acl>| v1::Request {
+            xid: 1,
+            op: Some(v1::request::Op::Create(v1::Create {
+                path: "/a".into(),
+                data: vec![],
+                mode: v1::CreateMode::Persistent as i32,
+                acl,
+            })),
+        };
+        let Ok((_, Op::Write(WriteOp::Create { acl, .. }))) = request_from_proto(create(vec![]))
+        else {
+            panic!()
+        };
+        assert_eq!(acl, crate::acl::open_acl());
+        let entry = |perms| v1::Acl {
+            perms,
+            scheme: "world".into(),
+            id: "anyone".into(),
+        };
+        let Ok((_, Op::Write(WriteOp::Create { acl, .. }))) =
+            request_from_proto(create(vec![entry(1 | 16)]))
+        else {
+            panic!()
+        };
+        assert_eq!(acl[0].perms.letters(), "ra");
+        let (_, err) = request_from_proto(create(vec![entry(64)])).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidAcl);
+        assert!(err.to_string().contains("create.acl[0]"), "{err}");
+        let (_, err) = request_from_proto(create(vec![entry(1); 65])).unwrap_err();
+        assert!(err.to_string().contains("limit is 64"), "{err}");
+    }
+
+    #[test]
     fn every_error_code_round_trips() {
         for code in [
             ErrorCode::NoNode,
@@ -932,6 +994,8 @@ mod tests {
             ErrorCode::AuthFailed,
             ErrorCode::TooManyRequests,
             ErrorCode::SystemError,
+            ErrorCode::NoAuth,
+            ErrorCode::InvalidAcl,
         ] {
             assert_eq!(
                 error_code_from_proto(error_code_to_proto(code) as i32),
