@@ -77,6 +77,8 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct CoordConfig {
     pub data_dir: PathBuf,
+    /// The client pipeline's settings, among them `super_ids`: the ACL super ids (ZooKeeper's
+    /// superDigest), which must be the same on every replica.
     pub server: ServerConfig,
     pub zab: ZabConfig,
     /// gRPC address of every peer but this one (where `Peer.Endpoint` tells where its peer
