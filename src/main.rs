@@ -64,11 +64,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::cluster::ClusterCmd,
     },
-    /// Read and write the coord store: ls, get, create, set, rm, watch.
-    Coord {
-        #[command(subcommand)]
-        command: cli::coord::CoordCmd,
-    },
+    /// Read and write the coord store: ls, get, create, set, rm, watch, getacl, setacl, digest.
+    Coord(cli::coord::CoordArgs),
     /// Supervise one task (started by the agent; not for interactive use): reads the
     /// `SupervisorSpec` JSON from SPEC, runs the task, records its exit in the sandbox.
     #[command(hide = true)]
@@ -153,7 +150,7 @@ fn main() {
             Command::Framework { command } => cli::framework::run(&ctx, command).await,
             Command::Cluster { command } => cli::cluster::run(&ctx, command).await,
             Command::Logs(args) => cli::logs::run(&ctx, args).await,
-            Command::Coord { command } => cli::coord::run(&ctx, command).await,
+            Command::Coord(args) => cli::coord::run(&ctx, args).await,
             Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Tls { command } => cli::tls::run(&ctx, command),

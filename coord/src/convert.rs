@@ -7,6 +7,7 @@
 //! error travels as a code plus its one-line message, so the client gets a `ServerError`, not the
 //! server's `OpError`. Paths are not validated here; the server does that with `path::validate`.
 
+use crate::acl::{self, AclEntry, Id, Perms};
 use crate::op::{
     CreateMode, ErrorCode, EventType, MULTI_OPS_MAX, Op, OpError, OpResult, ReadOp, SetWatches,
     Stat, WatchEvent, WriteOp,
@@ -69,8 +70,24 @@ fn op_from_proto(op: Option<v1::request::Op>) -> Result<Op, OpError> {
     Ok(match op {
         P::Create(c) => Op::Write(WriteOp::Create {
             mode: create_mode_from_proto(c.mode)?,
+            // No ACL on the wire: ZooKeeper's default (and what clients before ACLs meant).
+            acl: if c.acl.is_empty() {
+                acl::open_acl()
+            } else {
+                acl_from_proto("create.acl", &c.path, c.acl)?
+            },
             path: c.path,
             data: c.data.into(),
+        }),
+        P::SetAcl(a) => Op::Write(WriteOp::SetAcl {
+            acl: acl_from_proto("set_acl.acl", &a.path, a.acl)?,
+            path: a.path,
+            version: a.version,
+        }),
+        P::GetAcl(g) => Op::Read(ReadOp::GetAcl { path: g.path }),
+        P::AddAuth(a) => Op::Read(ReadOp::AddAuth {
+            scheme: a.scheme,
+            auth: a.auth.into(),
         }),
         P::Delete(d) => Op::Write(WriteOp::Delete {
             path: d.path,
@@ -165,7 +182,64 @@ fn request_op_name(op: &v1::request::Op) -> &'static str {
         P::AddWatch(_) => "add_watch",
         P::SetWatches(_) => "set_watches",
         P::RemoveWatches(_) => "remove_watches",
+        P::SetAcl(_) => "set_acl",
+        P::GetAcl(_) => "get_acl",
+        P::AddAuth(_) => "add_auth",
     }
+}
+
+/// Decodes an ACL; too many entries or perms outside ZooKeeper's bits are `InvalidAcl`, naming
+/// the field (the entries themselves are validated by the server, which names the entry).
+fn acl_from_proto(field: &str, path: &str, acl: Vec<v1::Acl>) -> Result<Vec<AclEntry>, OpError> {
+    let invalid = |reason: String| OpError::InvalidAcl {
+        path: path.to_string(),
+        reason,
+    };
+    if acl.len() > acl::ACL_ENTRIES_PER_NODE_MAX {
+        return Err(invalid(format!(
+            "{field} has {} entries; the limit is {}",
+            acl.len(),
+            acl::ACL_ENTRIES_PER_NODE_MAX
+        )));
+    }
+    acl.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Ok(AclEntry {
+                perms: Perms::from_bits(a.perms)
+                    .map_err(|why| invalid(format!("{field}[{i}]: {why}")))?,
+                id: Id {
+                    scheme: a.scheme,
+                    id: a.id,
+                },
+            })
+        })
+        .collect()
+}
+
+fn acl_to_proto(acl: &[AclEntry]) -> Vec<v1::Acl> {
+    acl.iter()
+        .map(|e| v1::Acl {
+            perms: e.perms.bits(),
+            scheme: e.id.scheme.clone(),
+            id: e.id.id.clone(),
+        })
+        .collect()
+}
+
+/// The client's decoding of an ACL: perms outside ZooKeeper's bits are a malformed reply.
+fn acl_from_reply(acl: Vec<v1::Acl>) -> Result<Vec<AclEntry>, String> {
+    acl.into_iter()
+        .map(|a| {
+            Ok(AclEntry {
+                perms: Perms::from_bits(a.perms)?,
+                id: Id {
+                    scheme: a.scheme,
+                    id: a.id,
+                },
+            })
+        })
+        .collect()
 }
 
 fn create_mode_from_proto(mode: i32) -> Result<CreateMode, OpError> {
@@ -242,6 +316,10 @@ fn result_to_proto(xid: i64, zxid: Zxid, result: &OpResult) -> Option<v1::reply:
             children: children.clone(),
             stat: Some(stat_to_proto(stat)),
         })),
+        OpResult::Acl { acl, stat } => Some(R::Acl(v1::AclResult {
+            acl: acl_to_proto(acl),
+            stat: Some(stat_to_proto(stat)),
+        })),
         OpResult::Multi(results) => Some(R::Multi(v1::MultiResult {
             results: results
                 .iter()
@@ -300,6 +378,8 @@ pub fn error_code_to_proto(code: ErrorCode) -> v1::ErrorCode {
         ErrorCode::AuthFailed => v1::ErrorCode::AuthFailed,
         ErrorCode::TooManyRequests => v1::ErrorCode::TooManyRequests,
         ErrorCode::SystemError => v1::ErrorCode::SystemError,
+        ErrorCode::NoAuth => v1::ErrorCode::NoAuth,
+        ErrorCode::InvalidAcl => v1::ErrorCode::InvalidAcl,
     }
 }
 
@@ -328,6 +408,8 @@ pub fn error_code_from_proto(code: i32) -> Option<ErrorCode> {
         v1::ErrorCode::AuthFailed => ErrorCode::AuthFailed,
         v1::ErrorCode::TooManyRequests => ErrorCode::TooManyRequests,
         v1::ErrorCode::SystemError => ErrorCode::SystemError,
+        v1::ErrorCode::NoAuth => ErrorCode::NoAuth,
+        v1::ErrorCode::InvalidAcl => ErrorCode::InvalidAcl,
     })
 }
 
@@ -376,6 +458,11 @@ pub fn op_to_proto(xid: i64, op: &Op) -> v1::Request {
                 persistent_recursive: s.persistent_recursive.clone(),
             }),
             ReadOp::Sync { path } => P::Sync(v1::Sync { path: path.clone() }),
+            ReadOp::GetAcl { path } => P::GetAcl(v1::GetAcl { path: path.clone() }),
+            ReadOp::AddAuth { scheme, auth } => P::AddAuth(v1::AddAuth {
+                scheme: scheme.clone(),
+                auth: auth.to_vec(),
+            }),
         },
     };
     v1::Request { xid, op: Some(op) }
@@ -384,10 +471,21 @@ pub fn op_to_proto(xid: i64, op: &Op) -> v1::Request {
 fn write_op_to_proto(op: &WriteOp) -> v1::request::Op {
     use v1::request::Op as P;
     match op {
-        WriteOp::Create { path, data, mode } => P::Create(v1::Create {
+        WriteOp::Create {
+            path,
+            data,
+            mode,
+            acl,
+        } => P::Create(v1::Create {
             path: path.clone(),
             data: data.to_vec(),
             mode: create_mode_to_proto(*mode) as i32,
+            acl: acl_to_proto(acl),
+        }),
+        WriteOp::SetAcl { path, acl, version } => P::SetAcl(v1::SetAcl {
+            path: path.clone(),
+            acl: acl_to_proto(acl),
+            version: *version,
         }),
         WriteOp::Delete { path, version } => P::Delete(v1::Delete {
             path: path.clone(),
@@ -488,6 +586,14 @@ fn result_from_proto(r: v1::reply::Result) -> Result<OpResult, ServerError> {
             }
             OpResult::Multi(results)
         }
+        R::Acl(a) => OpResult::Acl {
+            acl: acl_from_reply(a.acl).map_err(|why| ServerError {
+                code: ErrorCode::SystemError,
+                message: format!("malformed ACL in the reply: {why}"),
+                op_index: None,
+            })?,
+            stat: opt_stat(a.stat.as_ref()),
+        },
         R::Empty(_) => OpResult::Empty,
     })
 }
@@ -559,6 +665,7 @@ mod tests {
             path: "/a".into(),
             data: Bytes::from_static(b"x"),
             mode,
+            acl: crate::acl::open_acl(),
         };
         vec![
             Op::Write(create(CreateMode::Persistent)),
@@ -625,6 +732,27 @@ mod tests {
                 persistent_recursive: vec!["/r".into()],
             })),
             Op::Read(ReadOp::Sync { path: "/".into() }),
+            Op::Write(WriteOp::Create {
+                path: "/locked".into(),
+                data: Bytes::new(),
+                mode: CreateMode::Persistent,
+                acl: crate::acl::parse_acl(
+                    "digest:bob:xQJmxLMiHGwaqBvst5y6rkB6HQs=:cdrwa,ip:::1/64:r",
+                )
+                .unwrap(),
+            }),
+            Op::Write(WriteOp::SetAcl {
+                path: "/locked".into(),
+                acl: crate::acl::parse_acl("world:anyone:r").unwrap(),
+                version: 2,
+            }),
+            Op::Read(ReadOp::GetAcl {
+                path: "/locked".into(),
+            }),
+            Op::Read(ReadOp::AddAuth {
+                scheme: "digest".into(),
+                auth: Bytes::from_static(b"bob:pw"),
+            }),
         ]
     }
 
@@ -655,6 +783,7 @@ mod tests {
                 path: "/a".into(),
                 data: vec![],
                 mode: 9,
+                acl: vec![],
             })),
         };
         let (_, err) = request_from_proto(req).unwrap_err();
@@ -735,6 +864,13 @@ mod tests {
                 },
                 None,
             ),
+            (
+                OpResult::Acl {
+                    acl: crate::acl::parse_acl("x509:CN=a:ra,world:anyone:r").unwrap(),
+                    stat: stat(),
+                },
+                None,
+            ),
             (OpResult::Stat(stat()), None),
             (OpResult::NoStat, None),
             (data.clone(), None),
@@ -805,6 +941,40 @@ mod tests {
     }
 
     #[test]
+    fn wire_acls_use_zookeepers_bits_and_a_missing_one_is_the_open_default() {
+        let create = |acl: Vec<v1::Acl>| v1::Request {
+            xid: 1,
+            op: Some(v1::request::Op::Create(v1::Create {
+                path: "/a".into(),
+                data: vec![],
+                mode: v1::CreateMode::Persistent as i32,
+                acl,
+            })),
+        };
+        let Ok((_, Op::Write(WriteOp::Create { acl, .. }))) = request_from_proto(create(vec![]))
+        else {
+            panic!()
+        };
+        assert_eq!(acl, crate::acl::open_acl());
+        let entry = |perms| v1::Acl {
+            perms,
+            scheme: "world".into(),
+            id: "anyone".into(),
+        };
+        let Ok((_, Op::Write(WriteOp::Create { acl, .. }))) =
+            request_from_proto(create(vec![entry(1 | 16)]))
+        else {
+            panic!()
+        };
+        assert_eq!(acl[0].perms.letters(), "ra");
+        let (_, err) = request_from_proto(create(vec![entry(64)])).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidAcl);
+        assert!(err.to_string().contains("create.acl[0]"), "{err}");
+        let (_, err) = request_from_proto(create(vec![entry(1); 65])).unwrap_err();
+        assert!(err.to_string().contains("limit is 64"), "{err}");
+    }
+
+    #[test]
     fn every_error_code_round_trips() {
         for code in [
             ErrorCode::NoNode,
@@ -824,6 +994,8 @@ mod tests {
             ErrorCode::AuthFailed,
             ErrorCode::TooManyRequests,
             ErrorCode::SystemError,
+            ErrorCode::NoAuth,
+            ErrorCode::InvalidAcl,
         ] {
             assert_eq!(
                 error_code_from_proto(error_code_to_proto(code) as i32),

@@ -5,7 +5,11 @@
 //! The tree is built on persistent maps (`imbl`), so cloning it is O(1): a snapshot is a clone
 //! handed to the storage thread while new transactions keep applying, and a `multi` rolls back by
 //! restoring the clone taken before its first op.
+//!
+//! Each node holds its ACL. `apply` does not check ACLs: the leader did, before proposing
+//! (`prep`, through `apply_checked`), so every replica applies exactly what the leader allowed.
 
+use crate::acl::{self, Access, AclEntry, Perms};
 use crate::op::{
     ANY_VERSION, CreateMode, EventType, OpError, OpResult, Stat, WriteOp, ZNODE_BYTES_MAX,
 };
@@ -15,6 +19,7 @@ use crate::zxid::{SessionId, Zxid};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -23,6 +28,9 @@ pub struct Node {
     pub stat: Stat,
     /// Invariant: holds exactly the names of the nodes whose parent is this node.
     pub children: imbl::OrdSet<String>,
+    /// Never empty for a node created through a transaction (create and setACL refuse an empty
+    /// ACL). Shared: nodes with the same ACL usually hold one allocation.
+    pub acl: Arc<[AclEntry]>,
 }
 
 /// What the replicated state knows of a session: enough for any server to accept its reconnect.
@@ -63,6 +71,7 @@ impl DataTree {
                 data: Bytes::new(),
                 stat: Stat::default(),
                 children: imbl::OrdSet::new(),
+                acl: acl::open_acl().into(),
             },
         );
         DataTree {
@@ -118,6 +127,20 @@ impl DataTree {
         Ok((node.data.clone(), Self::stat_of(node)))
     }
 
+    /// The ACL of `path`, if the node exists.
+    pub fn acl(&self, path: &str) -> Option<&[AclEntry]> {
+        self.nodes.get(path).map(|n| &*n.acl)
+    }
+
+    pub fn get_acl(&self, path: &str) -> Result<(Vec<AclEntry>, Stat), OpError> {
+        path::validate(path, false)?;
+        let node = self
+            .nodes
+            .get(path)
+            .ok_or_else(|| OpError::NoNode(path.to_string()))?;
+        Ok((node.acl.to_vec(), Self::stat_of(node)))
+    }
+
     pub fn exists(&self, path: &str) -> Result<Option<Stat>, OpError> {
         path::validate(path, false)?;
         Ok(self.stat(path))
@@ -134,6 +157,17 @@ impl DataTree {
 
     /// Applies one committed transaction. Transactions must come in zxid order.
     pub fn apply(&mut self, txn: &Txn) -> Applied {
+        self.apply_as(txn, None)
+    }
+
+    /// `apply`, checking every ACL the write needs against `access` first: what the leader does
+    /// on its prepared tree before proposing (`prep`). An op refused fails with `NoAuth` (a multi
+    /// the way a failed multi does) and changes nothing.
+    pub fn apply_checked(&mut self, txn: &Txn, access: &Access<'_>) -> Applied {
+        self.apply_as(txn, Some(access))
+    }
+
+    fn apply_as(&mut self, txn: &Txn, access: Option<&Access<'_>>) -> Applied {
         assert!(
             txn.zxid > self.last_applied,
             "transactions apply in zxid order: {} after {}",
@@ -161,11 +195,13 @@ impl DataTree {
                 if !self.sessions.contains_key(&txn.session) {
                     Err(OpError::SessionExpired(txn.session))
                 } else if let WriteOp::Multi(ops) = op {
-                    self.apply_multi(txn, ops, &mut events)
+                    self.apply_multi(txn, ops, access, &mut events)
                 } else {
-                    self.apply_write(txn, op, &mut events)
+                    self.apply_write(txn, op, access, &mut events)
                 }
             }
+            // Decided by the leader; it changes nothing but the zxid.
+            TxnKind::Refused(result) => result.clone(),
         };
         Applied { result, events }
     }
@@ -196,6 +232,7 @@ impl DataTree {
         &mut self,
         txn: &Txn,
         ops: &[WriteOp],
+        access: Option<&Access<'_>>,
         events: &mut Vec<(EventType, String)>,
     ) -> Result<OpResult, OpError> {
         let checkpoint = self.clone();
@@ -206,7 +243,10 @@ impl DataTree {
                 WriteOp::Multi(_) => Err(OpError::BadArguments(
                     "a multi cannot contain a multi".into(),
                 )),
-                op => self.apply_write(txn, op, &mut multi_events),
+                WriteOp::SetAcl { .. } => Err(OpError::BadArguments(
+                    "a multi cannot contain a setACL".into(),
+                )),
+                op => self.apply_write(txn, op, access, &mut multi_events),
             };
             match outcome {
                 Ok(result) => results.push(Ok(result)),
@@ -232,10 +272,16 @@ impl DataTree {
         &mut self,
         txn: &Txn,
         op: &WriteOp,
+        access: Option<&Access<'_>>,
         events: &mut Vec<(EventType, String)>,
     ) -> Result<OpResult, OpError> {
         match op {
-            WriteOp::Create { path, data, mode } => self.create(txn, path, data, *mode, events),
+            WriteOp::Create {
+                path,
+                data,
+                mode,
+                acl,
+            } => self.create(txn, path, data, *mode, acl, access, events),
             WriteOp::Delete { path, version } => {
                 path::validate(path, false)?;
                 if path == "/" {
@@ -247,6 +293,10 @@ impl DataTree {
                     .nodes
                     .get(path)
                     .ok_or_else(|| OpError::NoNode(path.clone()))?;
+                let parent_path = path::parent(path);
+                if let Some(parent) = self.nodes.get(parent_path) {
+                    check_acl(access, &parent.acl, Perms::DELETE, parent_path)?;
+                }
                 check_version(path, *version, node.stat.version)?;
                 if !node.children.is_empty() {
                     return Err(OpError::NotEmpty(path.clone()));
@@ -265,6 +315,7 @@ impl DataTree {
                     .nodes
                     .get_mut(path)
                     .ok_or_else(|| OpError::NoNode(path.clone()))?;
+                check_acl(access, &node.acl, Perms::WRITE, path)?;
                 check_version(path, *version, node.stat.version)?;
                 node.data = data.clone();
                 node.stat.version = node.stat.version.wrapping_add(1);
@@ -280,8 +331,22 @@ impl DataTree {
                     .nodes
                     .get(path)
                     .ok_or_else(|| OpError::NoNode(path.clone()))?;
+                check_acl(access, &node.acl, Perms::READ, path)?;
                 check_version(path, *version, node.stat.version)?;
                 Ok(OpResult::Checked)
+            }
+            WriteOp::SetAcl { path, acl, version } => {
+                path::validate(path, false)?;
+                check_stored_acl(path, acl)?;
+                let node = self
+                    .nodes
+                    .get_mut(path)
+                    .ok_or_else(|| OpError::NoNode(path.clone()))?;
+                check_acl(access, &node.acl, Perms::ADMIN, path)?;
+                check_version(path, *version, node.stat.aversion)?;
+                node.acl = acl.clone().into();
+                node.stat.aversion = node.stat.aversion.wrapping_add(1);
+                Ok(OpResult::Stat(Self::stat_of(node)))
             }
             WriteOp::Multi(_) => Err(OpError::BadArguments(
                 "a multi cannot contain a multi".into(),
@@ -289,21 +354,26 @@ impl DataTree {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create(
         &mut self,
         txn: &Txn,
         path: &str,
         data: &Bytes,
         mode: CreateMode,
+        acl: &[AclEntry],
+        access: Option<&Access<'_>>,
         events: &mut Vec<(EventType, String)>,
     ) -> Result<OpResult, OpError> {
         path::validate(path, mode.is_sequential())?;
         check_size(path, data)?;
+        check_stored_acl(path, acl)?;
         let parent_path = path::parent(path).to_string();
         let parent = self
             .nodes
             .get(&parent_path)
             .ok_or_else(|| OpError::NoNode(parent_path.clone()))?;
+        check_acl(access, &parent.acl, Perms::CREATE, &parent_path)?;
         if parent.stat.ephemeral_owner != 0 {
             return Err(OpError::NoChildrenForEphemerals(parent_path));
         }
@@ -330,10 +400,17 @@ impl DataTree {
             ephemeral_owner,
             ..Stat::default()
         };
+        // Nodes created with the parent's ACL (or the open one) share its allocation.
+        let acl: Arc<[AclEntry]> = if *parent.acl == *acl {
+            Arc::clone(&parent.acl)
+        } else {
+            acl.into()
+        };
         let node = Node {
             data: data.clone(),
             stat,
             children: imbl::OrdSet::new(),
+            acl,
         };
         let result_stat = Self::stat_of(&node);
         self.nodes.insert(full_path.clone(), node);
@@ -394,15 +471,25 @@ impl DataTree {
     /// A digest of the whole replicated state, for comparing replicas in tests and simulation.
     pub fn digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.last_applied.hash(&mut h);
+        self.content_digest().hash(&mut h);
+        h.finish()
+    }
+
+    /// `digest` without `last_applied`: equal for trees that differ only by transactions that
+    /// changed nothing (a refusal, a failed write).
+    pub fn content_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
         let mut paths: Vec<&String> = self.nodes.keys().collect();
         paths.sort();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.last_applied.hash(&mut h);
         for p in paths {
             let n = &self.nodes[p];
             p.hash(&mut h);
             n.data.hash(&mut h);
             Self::stat_of(n).hash(&mut h);
+            n.acl.hash(&mut h);
         }
         let mut sessions: Vec<_> = self
             .sessions
@@ -414,16 +501,32 @@ impl DataTree {
         h.finish()
     }
 
-    /// Writes the whole state as a stream of length-prefixed records: a header, the sessions, then
-    /// every node. `self` is usually an O(1) clone taken at a zxid, so the stream is consistent.
+    /// Writes the whole state as a stream of length-prefixed records: a header, each distinct ACL
+    /// once, then every node (naming its ACL by index). `self` is usually an O(1) clone taken at
+    /// a zxid, so the stream is consistent.
     pub fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut acl_index: std::collections::HashMap<&[AclEntry], u32> =
+            std::collections::HashMap::new();
+        let mut acls: Vec<&[AclEntry]> = Vec::new();
+        for node in self.nodes.values() {
+            if !acl_index.contains_key(&*node.acl) {
+                let i = u32::try_from(acls.len())
+                    .map_err(|_| io::Error::other("more than 2^32 distinct ACLs"))?;
+                acl_index.insert(&node.acl, i);
+                acls.push(&node.acl);
+            }
+        }
         let header = SnapshotHeader {
             format: SNAPSHOT_FORMAT,
             last_applied: self.last_applied,
             sessions: self.sessions.iter().map(|(id, m)| (*id, *m)).collect(),
             node_count: self.nodes.len() as u64,
+            acl_count: acls.len() as u64,
         };
         write_record(w, &header)?;
+        for acl in &acls {
+            write_record(w, acl)?;
+        }
         for (path, node) in self.nodes.iter() {
             write_record(
                 w,
@@ -431,70 +534,138 @@ impl DataTree {
                     path: path.clone(),
                     data: node.data.clone(),
                     stat: node.stat,
+                    acl: acl_index[&*node.acl],
                 },
             )?;
         }
         Ok(())
     }
 
-    /// Rebuilds a tree from `write_snapshot`'s output; corrupt input is an error, never a panic.
+    /// Rebuilds a tree from `write_snapshot`'s output, or from a format-1 snapshot (written before
+    /// ACLs existed, whose nodes all get `world:anyone:cdrwa`); corrupt input is an error, never a
+    /// panic.
     pub fn read_snapshot(mut bytes: &[u8]) -> Result<DataTree, SnapshotDecodeError> {
-        let header: SnapshotHeader = read_record(&mut bytes)?;
-        if header.format != SNAPSHOT_FORMAT {
-            return Err(SnapshotDecodeError(format!(
-                "unknown snapshot format {}",
-                header.format
-            )));
-        }
-        let mut tree = DataTree::new();
-        tree.last_applied = header.last_applied;
-        for (id, meta) in header.sessions {
-            tree.sessions.insert(id, meta);
-        }
-        let mut nodes = Vec::new();
-        for _ in 0..header.node_count {
-            let n: SnapshotNode = read_record(&mut bytes)?;
-            nodes.push(n);
-        }
+        let header_bytes = take_record(&mut bytes)?;
+        let probe: FormatProbe = decode_record(header_bytes)?;
+        let mut nodes: Vec<(String, Bytes, Stat, Arc<[AclEntry]>)> = Vec::new();
+        let (last_applied, sessions) = match probe.format {
+            SNAPSHOT_FORMAT => {
+                let header: SnapshotHeader = decode_record(header_bytes)?;
+                let mut acls: Vec<Arc<[AclEntry]>> = Vec::new();
+                for _ in 0..header.acl_count {
+                    let acl: Vec<AclEntry> = read_record(&mut bytes)?;
+                    acls.push(acl.into());
+                }
+                for _ in 0..header.node_count {
+                    let n: SnapshotNode = read_record(&mut bytes)?;
+                    let acl = acls.get(n.acl as usize).cloned().ok_or_else(|| {
+                        SnapshotDecodeError(format!(
+                            "node {} names ACL {} of {}",
+                            n.path,
+                            n.acl,
+                            acls.len()
+                        ))
+                    })?;
+                    nodes.push((n.path, n.data, n.stat, acl));
+                }
+                (header.last_applied, header.sessions)
+            }
+            SNAPSHOT_FORMAT_V1 => {
+                let header: SnapshotHeaderV1 = decode_record(header_bytes)?;
+                let open: Arc<[AclEntry]> = acl::open_acl().into();
+                for _ in 0..header.node_count {
+                    let n: SnapshotNodeV1 = read_record(&mut bytes)?;
+                    nodes.push((n.path, n.data, n.stat, Arc::clone(&open)));
+                }
+                (header.last_applied, header.sessions)
+            }
+            other => {
+                return Err(SnapshotDecodeError(format!(
+                    "unknown snapshot format {other}"
+                )));
+            }
+        };
         if !bytes.is_empty() {
             return Err(SnapshotDecodeError(format!(
                 "{} trailing bytes after the last node",
                 bytes.len()
             )));
         }
-        for n in &nodes {
-            if path::validate(&n.path, false).is_err() {
+        let mut tree = DataTree::new();
+        tree.last_applied = last_applied;
+        for (id, meta) in sessions {
+            tree.sessions.insert(id, meta);
+        }
+        for (path, data, stat, acl) in &nodes {
+            if path::validate(path, false).is_err() {
                 return Err(SnapshotDecodeError(format!(
-                    "invalid path {:?} in snapshot",
-                    n.path
+                    "invalid path {path:?} in snapshot"
                 )));
             }
             tree.nodes.insert(
-                n.path.clone(),
+                path.clone(),
                 Node {
-                    data: n.data.clone(),
-                    stat: n.stat,
+                    data: data.clone(),
+                    stat: *stat,
                     children: imbl::OrdSet::new(),
+                    acl: Arc::clone(acl),
                 },
             );
-            if n.stat.ephemeral_owner != 0 {
+            if stat.ephemeral_owner != 0 {
                 tree.ephemerals
-                    .entry(SessionId(n.stat.ephemeral_owner))
+                    .entry(SessionId(stat.ephemeral_owner))
                     .or_default()
-                    .insert(n.path.clone());
+                    .insert(path.clone());
             }
         }
-        for n in &nodes {
-            if n.path == "/" {
+        for (path, ..) in &nodes {
+            if path == "/" {
                 continue;
             }
-            let parent = tree.nodes.get_mut(path::parent(&n.path)).ok_or_else(|| {
-                SnapshotDecodeError(format!("node {} has no parent in the snapshot", n.path))
+            let parent = tree.nodes.get_mut(path::parent(path)).ok_or_else(|| {
+                SnapshotDecodeError(format!("node {path} has no parent in the snapshot"))
             })?;
-            parent.children.insert(path::name(&n.path).to_string());
+            parent.children.insert(path::name(path).to_string());
         }
         Ok(tree)
     }
+}
+
+/// `Ok` when no check is asked for (applying a committed transaction), or when `access` may do
+/// `perm` on a node with `acl`.
+fn check_acl(
+    access: Option<&Access<'_>>,
+    acl: &[AclEntry],
+    perm: Perms,
+    path: &str,
+) -> Result<(), OpError> {
+    match access {
+        Some(a) if !a.allows(acl, perm) => Err(OpError::NoAuth {
+            path: path.to_string(),
+            perm,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An ACL as a transaction carries it: valid, and expanded (the leader replaces `auth` entries
+/// by the session's ids before proposing).
+fn check_stored_acl(path: &str, acl: &[AclEntry]) -> Result<(), OpError> {
+    let invalid = |reason: String| OpError::InvalidAcl {
+        path: path.to_string(),
+        reason,
+    };
+    acl::validate(acl).map_err(invalid)?;
+    if let Some((i, e)) = acl
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.id.scheme == acl::SCHEME_AUTH)
+    {
+        return Err(invalid(format!(
+            "entry {i} ({e}): the auth scheme must be expanded before a write is logged"
+        )));
+    }
+    Ok(())
 }
 
 fn check_version(path: &str, expected: i32, actual: i32) -> Result<(), OpError> {
@@ -520,7 +691,16 @@ fn check_size(path: &str, data: &Bytes) -> Result<(), OpError> {
     Ok(())
 }
 
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Format 2: ACLs (a table after the header, an index per node).
+const SNAPSHOT_FORMAT: u32 = 2;
+/// Format 1, written before ACLs existed: still read, never written.
+const SNAPSHOT_FORMAT_V1: u32 = 1;
+
+/// The first field of every header, read before the rest to pick the format.
+#[derive(Deserialize)]
+struct FormatProbe {
+    format: u32,
+}
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
@@ -528,10 +708,30 @@ struct SnapshotHeader {
     last_applied: Zxid,
     sessions: Vec<(SessionId, SessionMeta)>,
     node_count: u64,
+    /// Records of `Vec<AclEntry>` that follow the header, before the nodes.
+    acl_count: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotNode {
+    path: String,
+    data: Bytes,
+    stat: Stat,
+    /// Index into the ACL records.
+    acl: u32,
+}
+
+#[derive(Deserialize)]
+struct SnapshotHeaderV1 {
+    #[allow(dead_code, reason = "read to reach the fields after it")]
+    format: u32,
+    last_applied: Zxid,
+    sessions: Vec<(SessionId, SessionMeta)>,
+    node_count: u64,
+}
+
+#[derive(Deserialize)]
+struct SnapshotNodeV1 {
     path: String,
     data: Bytes,
     stat: Stat,
@@ -550,6 +750,11 @@ fn write_record<T: Serialize>(w: &mut impl Write, value: &T) -> io::Result<()> {
 }
 
 fn read_record<T: for<'de> Deserialize<'de>>(bytes: &mut &[u8]) -> Result<T, SnapshotDecodeError> {
+    decode_record(take_record(bytes)?)
+}
+
+/// The next record's bytes, without decoding them.
+fn take_record<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], SnapshotDecodeError> {
     if bytes.len() < 4 {
         return Err(SnapshotDecodeError("truncated record length".into()));
     }
@@ -560,10 +765,13 @@ fn read_record<T: for<'de> Deserialize<'de>>(bytes: &mut &[u8]) -> Result<T, Sna
             "record of {len} bytes runs past the end"
         )));
     }
-    let value =
-        postcard::from_bytes(&rest[..len]).map_err(|e| SnapshotDecodeError(e.to_string()))?;
-    *bytes = &rest[len..];
-    Ok(value)
+    let (record, rest) = rest.split_at(len);
+    *bytes = rest;
+    Ok(record)
+}
+
+fn decode_record<T: for<'de> Deserialize<'de>>(record: &[u8]) -> Result<T, SnapshotDecodeError> {
+    postcard::from_bytes(record).map_err(|e| SnapshotDecodeError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -606,6 +814,7 @@ mod tests {
             path: path.into(),
             data: Bytes::from_static(b"d"),
             mode,
+            acl: crate::acl::open_acl(),
         }
     }
 
@@ -911,9 +1120,36 @@ mod tests {
                 version: -1,
             },
         );
+        // ACLs, the shared open one and others, with an ACL version, are kept too.
+        let bob = acl::parse_acl("ip:10.0.0.0/8:rw,world:anyone:r").unwrap();
+        write(
+            &mut t,
+            &mut c,
+            S,
+            WriteOp::Create {
+                path: "/locked".into(),
+                data: Bytes::new(),
+                mode: CreateMode::Persistent,
+                acl: bob.clone(),
+            },
+        );
+        write(
+            &mut t,
+            &mut c,
+            S,
+            WriteOp::SetAcl {
+                path: "/a".into(),
+                acl: bob.clone(),
+                version: 0,
+            },
+        );
+        assert_eq!(t.stat("/a").unwrap().aversion, 1);
         let mut buf = Vec::new();
         t.write_snapshot(&mut buf).unwrap();
         let back = DataTree::read_snapshot(&buf).unwrap();
+        assert_eq!(back.acl("/locked").unwrap(), &bob[..]);
+        assert_eq!(back.acl("/a/b").unwrap(), &acl::open_acl()[..]);
+        assert_eq!(back.stat("/a").unwrap().aversion, 1);
         assert_eq!(back.digest(), t.digest());
         assert_eq!(back.ephemerals_of(S), vec!["/a/b".to_string()]);
         assert_eq!(back.session(S), t.session(S));
@@ -921,6 +1157,57 @@ mod tests {
         // Truncated or garbled input is an error, not a panic.
         assert!(DataTree::read_snapshot(&buf[..buf.len() - 3]).is_err());
         assert!(DataTree::read_snapshot(&[0xff; 64]).is_err());
+    }
+
+    #[test]
+    fn a_data_dir_from_before_acls_recovers_with_open_acls() {
+        // testdata/format-v1 was written by coord before ACLs (snapshot format 1 and format-1
+        // log records, a multi among them): it still loads, losing nothing, every node open to
+        // world:anyone:cdrwa, and the recovered tree accepts new transactions.
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/format-v1");
+        let dir = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        let (_log, recovered) =
+            crate::storage::TxnLog::open(dir.path(), crate::storage::LogOptions::default())
+                .unwrap();
+        let (zxid, bytes) = recovered.snapshot.expect("the fixture holds a snapshot");
+        let mut t = DataTree::read_snapshot(&bytes).unwrap();
+        assert_eq!(t.last_applied(), Zxid(zxid));
+        assert_eq!(recovered.records.len(), 3);
+        for (_, bytes) in &recovered.records {
+            t.apply(&Txn::decode(bytes).unwrap());
+        }
+        let data = |t: &DataTree, p: &str| t.get_data(p).map(|(d, s)| (d.to_vec(), s.version));
+        assert_eq!(data(&t, "/app"), Ok((b"world".to_vec(), 1)));
+        assert_eq!(data(&t, "/app/cfg"), Ok((b"v2".to_vec(), 1)));
+        assert_eq!(data(&t, "/app/job-0000000001"), Ok((b"j".to_vec(), 0)));
+        assert_eq!(data(&t, "/m"), Ok((b"m".to_vec(), 0)));
+        assert_eq!(data(&t, "/tail"), Ok((b"t".to_vec(), 0)));
+        assert!(t.stat("/gone").is_none());
+        assert_eq!(t.node_count(), 6);
+        assert_eq!(t.sessions().count(), 1);
+        for p in ["/", "/app", "/app/cfg", "/m", "/tail"] {
+            assert_eq!(t.acl(p).unwrap(), &acl::open_acl()[..], "{p}");
+            assert_eq!(t.stat(p).unwrap().aversion, 0);
+        }
+        let (session, _) = t.sessions().next().unwrap();
+        let next = Zxid(t.last_applied().0 + 1);
+        let applied = t.apply(&Txn {
+            zxid: next,
+            time_ms: 0,
+            origin: 1,
+            session,
+            xid: 100,
+            kind: TxnKind::Write(WriteOp::SetAcl {
+                path: "/app".into(),
+                acl: acl::parse_acl("world:anyone:r").unwrap(),
+                version: 0,
+            }),
+        });
+        assert!(applied.result.is_ok(), "{:?}", applied.result);
     }
 
     mod model {
@@ -935,7 +1222,8 @@ mod tests {
                 (path.clone(), any::<u8>()).prop_map(|(p, d)| WriteOp::Create {
                     path: p.into(),
                     data: Bytes::from(vec![d]),
-                    mode: CreateMode::Persistent
+                    mode: CreateMode::Persistent,
+                    acl: crate::acl::open_acl(),
                 }),
                 (path.clone(), -1..2i32).prop_map(|(p, v)| WriteOp::Delete {
                     path: p.into(),

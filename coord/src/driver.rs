@@ -77,6 +77,8 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct CoordConfig {
     pub data_dir: PathBuf,
+    /// The client pipeline's settings, among them `super_ids`: the ACL super ids (ZooKeeper's
+    /// superDigest), which must be the same on every replica.
     pub server: ServerConfig,
     pub zab: ZabConfig,
     /// gRPC address of every peer but this one (where `Peer.Endpoint` tells where its peer
@@ -895,6 +897,7 @@ impl Coord for CoordService {
         &self,
         request: Request<Streaming<v1::ClientMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let identity = conn_identity(&request);
         let mut incoming = request.into_inner();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTBOUND_CAP);
@@ -904,7 +907,7 @@ impl Coord for CoordService {
             .map_err(|_| Status::unavailable("coord server is stopping"))?;
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            read_client(conn, &mut incoming, &inbox).await;
+            read_client(conn, identity, &mut incoming, &inbox).await;
             let _ = inbox
                 .send(CoreMsg::Input(Input::Client(server::Input::Disconnected {
                     conn,
@@ -916,9 +919,28 @@ impl Coord for CoordService {
     }
 }
 
+/// What the transport tells about a client, for the `ip` and `x509` ACL schemes: the peer
+/// address tonic saw (the `ip` id), and the principal of a verified TLS client certificate (the
+/// `x509` id): its common name (`operator`, `framework`, `master-2`), the name
+/// `drover tls init` gives each certificate. On a plain connection, or over TLS without a client
+/// certificate, it is `None`, so `x509` entries match nobody.
+pub fn conn_identity<T>(request: &Request<T>) -> server::ConnIdentity {
+    let x509_principal = request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .and_then(|leaf| drover_security::CertIdentity::of(&leaf).ok())
+        .map(|id| id.name)
+        .filter(|name| !name.is_empty());
+    server::ConnIdentity {
+        addr: request.remote_addr().map(|a| a.ip()),
+        x509_principal,
+    }
+}
+
 /// Forwards one client's messages to the core until the stream ends.
 async fn read_client(
     conn: ConnId,
+    identity: server::ConnIdentity,
     incoming: &mut Streaming<v1::ClientMessage>,
     inbox: &mpsc::Sender<CoreMsg>,
 ) {
@@ -943,6 +965,7 @@ async fn read_client(
                     timeout_ms: c.timeout_ms,
                     last_zxid_seen: Zxid(c.last_zxid_seen),
                     new_password,
+                    identity: identity.clone(),
                 }
             }
             // Anything before Connect, or a second Connect, is a protocol error: drop the stream.

@@ -22,8 +22,10 @@
 //! - `durable [ID...] [upto=E.C]`: fsyncs appended transactions and reports `Durable`, which the
 //!   driver normally does (with an install count, after a snapshot install).
 //! - `tick [ID...] [ms=N]`: time moves on `ms` (default 10), then the peers tick.
-//! - `connect ID c=N`, `create c=N PATH [DATA]`, `set c=N PATH DATA`, `read c=N PATH`,
-//!   `sync c=N`: a client's new session and requests.
+//! - `connect ID c=N`, `create c=N PATH [DATA] [acl=ACL]`, `set c=N PATH DATA`, `read c=N PATH`,
+//!   `sync c=N`, `add-auth c=N USER:PASSWORD` (digest), `getacl c=N PATH`,
+//!   `setacl c=N PATH acl=ACL [version=N]`: a client's new session and requests (ACLs in zkCli's
+//!   `scheme:id:perms` form).
 //! - `stabilize [ID...]`: fsync and deliver (among these peers) until nothing moves.
 //! - `status [ID...]`: each peer's ZAB state and disk.
 
@@ -167,6 +169,7 @@ pub(crate) fn txn_desc(t: &Txn) -> String {
         TxnKind::CreateSession { .. } => format!("create-session {}", sess(t.session)),
         TxnKind::CloseSession => format!("close-session {}", sess(t.session)),
         TxnKind::Write(w) => write_desc(w),
+        TxnKind::Refused(r) => format!("refused ({})", result_desc(r)),
     };
     format!("{} {what}", z(t.zxid))
 }
@@ -174,7 +177,17 @@ pub(crate) fn txn_desc(t: &Txn) -> String {
 fn write_desc(w: &WriteOp) -> String {
     let data = |d: &bytes::Bytes| String::from_utf8_lossy(d).into_owned();
     match w {
+        WriteOp::Create {
+            path, data: d, acl, ..
+        } if *acl != crate::acl::open_acl() => format!(
+            "create {path} {} acl={}",
+            data(d),
+            crate::acl::format_acl(acl)
+        ),
         WriteOp::Create { path, data: d, .. } => format!("create {path} {}", data(d)),
+        WriteOp::SetAcl { path, acl, .. } => {
+            format!("setacl {path} {}", crate::acl::format_acl(acl))
+        }
         WriteOp::Delete { path, .. } => format!("delete {path}"),
         WriteOp::SetData { path, data: d, .. } => format!("set {path} {}", data(d)),
         WriteOp::Check { path, .. } => format!("check {path}"),
@@ -270,6 +283,7 @@ fn submission_desc(sub: &server::Submission) -> String {
         SubmitKind::Txn(TxnKind::CreateSession { .. }) => "create-session".to_string(),
         SubmitKind::Txn(TxnKind::CloseSession) => "close-session".to_string(),
         SubmitKind::Txn(TxnKind::Write(w)) => write_desc(w),
+        SubmitKind::Txn(TxnKind::Refused(r)) => format!("refused ({})", result_desc(r)),
     };
     format!(
         "{what} (from {} {} xid={})",
@@ -292,6 +306,11 @@ fn result_desc(r: &Result<OpResult, OpError>) -> String {
             stat.version
         ),
         Ok(OpResult::Children { children, .. }) => format!("children={children:?}"),
+        Ok(OpResult::Acl { acl, stat }) => format!(
+            "acl={} aversion={}",
+            crate::acl::format_acl(acl),
+            stat.aversion
+        ),
         Ok(OpResult::Multi(rs)) => format!("multi of {}", rs.len()),
         Ok(OpResult::Empty) => "ok".into(),
         Err(e) => format!("error: {e}"),
@@ -450,11 +469,14 @@ impl Env {
                     timeout_ms: SESSION_TIMEOUT_MS,
                     last_zxid_seen: Zxid::ZERO,
                     new_password: [conn as u8; 16],
+                    identity: Default::default(),
                 };
                 let acts = self.step(id, Input::Client(input))?;
                 self.print(0, &acts);
             }
-            "create" | "set" | "read" | "sync" => self.request(name, &mut args)?,
+            "create" | "set" | "read" | "sync" | "add-auth" | "getacl" | "setacl" => {
+                self.request(name, &mut args)?
+            }
             "stabilize" => self.stabilize(&mut args)?,
             "status" => {
                 let mut ids = args.ids()?;
@@ -801,11 +823,27 @@ impl Env {
                 .ok_or_else(|| format!("{name} needs a path"))
         };
         let data = bytes::Bytes::from(words.get(1).cloned().unwrap_or_default());
+        let acl = args
+            .take("acl")
+            .map(|a| crate::acl::parse_acl(&a))
+            .transpose()?;
+        let version = args.take_num("version")?.unwrap_or(-1);
         let op = match name {
             "create" => Op::Write(WriteOp::Create {
                 path: path()?,
                 data,
                 mode: CreateMode::Persistent,
+                acl: acl.unwrap_or_else(crate::acl::open_acl),
+            }),
+            "setacl" => Op::Write(WriteOp::SetAcl {
+                path: path()?,
+                acl: acl.ok_or("setacl needs acl=")?,
+                version,
+            }),
+            "getacl" => Op::Read(ReadOp::GetAcl { path: path()? }),
+            "add-auth" => Op::Read(ReadOp::AddAuth {
+                scheme: "digest".into(),
+                auth: path()?.into_bytes().into(),
             }),
             "set" => Op::Write(WriteOp::SetData {
                 path: path()?,
@@ -1034,6 +1072,7 @@ mod tests {
         commit,
         durable_acknowledgement,
         sync_before_broadcast,
+        acl,
     );
 
     #[test]

@@ -6,8 +6,10 @@
 //! randomness come in as arguments, and it answers with actions that `driver` carries out (and
 //! that the deterministic simulation in `sim` carries out under faults). Start at
 //! `replica::Replica`, then `server::ServerCore` (the client pipeline), `zab::ZabPeer` (ordering
-//! and durability across replicas), `data_tree::DataTree` (what a transaction does), then `driver`.
+//! and durability across replicas), `prep::Prep` (the leader's ACL checks before it proposes),
+//! `data_tree::DataTree` (what a transaction does), `acl` (ZooKeeper's ACL model), then `driver`.
 
+pub mod acl;
 pub mod client;
 pub mod convert;
 pub mod data_tree;
@@ -16,6 +18,7 @@ pub mod driver;
 mod interaction;
 pub mod op;
 pub mod path;
+pub mod prep;
 pub mod replica;
 pub mod server;
 pub mod sessions;

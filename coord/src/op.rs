@@ -1,6 +1,7 @@
 //! The operations clients ask of coord, their results and their errors, as domain types. The
 //! gRPC edge (`convert`) maps them to and from `drover_proto`; nothing here knows about the wire.
 
+use crate::acl::{AclEntry, Perms};
 use crate::zxid::{SessionId, Zxid};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ pub struct Stat {
     pub version: i32,
     /// Number of changes to the children.
     pub cversion: i32,
-    /// Number of changes to the ACL (always 0 until ACLs arrive).
+    /// Number of changes to the ACL.
     pub aversion: i32,
     /// Owning session of an ephemeral node, 0 otherwise.
     pub ephemeral_owner: u64,
@@ -64,43 +65,64 @@ pub struct Stat {
 /// A write: the part of a request that becomes a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
+    /// Needs CREATE on the parent. `acl` is the new node's (see `acl::open_acl` for
+    /// ZooKeeper's default); its `auth` entries are expanded by the leader before it is logged.
     Create {
         path: String,
         data: Bytes,
         mode: CreateMode,
+        acl: Vec<AclEntry>,
     },
-    Delete {
-        path: String,
-        version: i32,
-    },
+    /// Needs DELETE on the parent.
+    Delete { path: String, version: i32 },
+    /// Needs WRITE.
     SetData {
         path: String,
         data: Bytes,
         version: i32,
     },
-    Check {
-        path: String,
-        version: i32,
-    },
+    /// Needs READ (as in ZooKeeper, since the check tells the version).
+    Check { path: String, version: i32 },
     /// All or nothing. Holds only `Create`, `Delete`, `SetData` and `Check`.
     Multi(Vec<WriteOp>),
+    /// Replaces the ACL if the node's ACL version (`aversion`) is `version`, and bumps it. Needs
+    /// ADMIN. Fires no watch, as in ZooKeeper.
+    SetAcl {
+        path: String,
+        acl: Vec<AclEntry>,
+        version: i32,
+    },
 }
 
-/// A read, served by the server the client is connected to.
+/// A read, or a request about the session itself, served by the server the client is connected
+/// to. ACLs are checked there, with the connection's ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadOp {
+    /// Needs READ, also for the watch.
     GetData {
         path: String,
         watch: bool,
     },
+    /// Not ACL-checked, as in ZooKeeper.
     Exists {
         path: String,
         watch: bool,
     },
+    /// Needs READ, also for the watch.
     GetChildren {
         path: String,
         watch: bool,
     },
+    /// Needs READ or ADMIN; without ADMIN, digest ids come back without their hash.
+    GetAcl {
+        path: String,
+    },
+    /// Adds an id to this connection's auth (`acl::authenticate`): `digest` with `user:password`.
+    AddAuth {
+        scheme: String,
+        auth: Bytes,
+    },
+    /// Needs READ on the node if it exists.
     AddWatch {
         path: String,
         recursive: bool,
@@ -151,6 +173,10 @@ pub enum OpResult {
         children: Vec<String>,
         stat: Stat,
     },
+    Acl {
+        acl: Vec<AclEntry>,
+        stat: Stat,
+    },
     /// One entry per op, in order. When any op fails, every entry is an error: the failing op's
     /// own, and `RuntimeInconsistency` for the others.
     Multi(Vec<Result<OpResult, OpError>>),
@@ -198,6 +224,19 @@ pub enum OpError {
     AuthFailed(SessionId),
     #[error("this server is not serving: {0}")]
     NotServing(String),
+    /// ZooKeeper's NOAUTH: no entry of `path`'s ACL grants `perm` to any id of the session.
+    #[error(
+        "not authorized: the ACL of {path} grants {} to none of this session's ids \
+         (addAuth the credentials it names)",
+        perm.names()
+    )]
+    NoAuth { path: String, perm: Perms },
+    /// ZooKeeper's INVALIDACL: the ACL given for `path` cannot be stored; `reason` names the entry.
+    #[error("invalid ACL for {path}: {reason}")]
+    InvalidAcl { path: String, reason: String },
+    /// `addAuth` refused: unknown scheme, malformed credentials, or the session's id limit.
+    #[error("addAuth {scheme}: {reason}")]
+    BadAuth { scheme: String, reason: String },
 }
 
 /// Kinds of watch events, as in ZooKeeper.
@@ -237,6 +276,8 @@ pub enum ErrorCode {
     AuthFailed,
     TooManyRequests,
     SystemError,
+    NoAuth,
+    InvalidAcl,
 }
 
 impl OpError {
@@ -256,6 +297,14 @@ impl OpError {
             OpError::TooManyRequests(_) => ErrorCode::TooManyRequests,
             OpError::AuthFailed(_) => ErrorCode::AuthFailed,
             OpError::NotServing(_) => ErrorCode::NoQuorum,
+            OpError::NoAuth { .. } => ErrorCode::NoAuth,
+            OpError::InvalidAcl { .. } => ErrorCode::InvalidAcl,
+            OpError::BadAuth { .. } => ErrorCode::AuthFailed,
         }
+    }
+
+    /// Failures that depend on who asks: the leader answers these itself (`prep`).
+    pub fn is_access_error(&self) -> bool {
+        matches!(self, OpError::NoAuth { .. } | OpError::InvalidAcl { .. })
     }
 }

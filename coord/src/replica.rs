@@ -1,11 +1,16 @@
 //! One coord replica, sans IO: the client pipeline (`ServerCore`) and its ZAB peer (`ZabPeer`)
 //! wired together. Both the async driver and the deterministic simulation drive this one type,
 //! so what the simulation checks is what runs.
+//!
+//! Between the two sits the leader's `Prep` (its ACL checks before proposing): ZAB hands it every
+//! transaction it is about to propose, and the replica keeps it in step with leadership — started
+//! on the committed tree when this replica starts leading, dropped when it stops.
 
 use crate::data_tree::DataTree;
-use crate::server::{self, ConnId, Now, ServerConfig, ServerCore, ServerMsg};
+use crate::prep::Prep;
 #[cfg(test)]
-use crate::server::{Role, Submission};
+use crate::server::Submission;
+use crate::server::{self, ConnId, Now, Role, ServerConfig, ServerCore, ServerMsg};
 use crate::txn::Txn;
 use crate::zab::{self, PeerId, PeerMsg, ZabAction, ZabConfig, ZabInput, ZabPeer};
 #[cfg(test)]
@@ -78,6 +83,8 @@ pub(crate) enum Note {
 pub struct Replica {
     server: ServerCore,
     zab: ZabPeer,
+    /// Leading: the state after every proposal, for ACL checks (see `prep`).
+    prep: Prep,
     work: VecDeque<Work>,
     /// Test builds, when enabled: each note with the number of actions handed out before it.
     #[cfg(test)]
@@ -99,12 +106,14 @@ impl Replica {
             durable.snapshot_zxid,
             "the tree is the snapshot the log follows"
         );
+        let prep = Prep::new(server_config.super_ids.clone().into());
         let server = ServerCore::new(server_config, tree);
         let mut zab_out = Vec::new();
         let zab = ZabPeer::new(zab_config, durable, now, &mut zab_out);
         let mut replica = Replica {
             server,
             zab,
+            prep,
             work: VecDeque::new(),
             #[cfg(test)]
             notes: None,
@@ -133,12 +142,31 @@ impl Replica {
 
     /// The part of `check_invariants` that neither core can check alone.
     pub fn check_cores_agree(&self) {
+        let id = self.zab.id();
         assert_eq!(
             self.server.tree().last_applied(),
             self.zab.committed(),
-            "replica {}: the server applied up to exactly what ZAB committed",
-            self.zab.id()
+            "replica {id}: the server applied up to exactly what ZAB committed"
         );
+        assert_eq!(
+            self.prep.is_leading(),
+            self.server.role() == Role::Leading,
+            "replica {id}: the leader prepares its proposals, and only the leader"
+        );
+        if let Some(prepared) = self.prep.tree() {
+            assert_eq!(
+                prepared.last_applied(),
+                self.zab.last_logged(),
+                "replica {id}: every proposal went through the leader's preparation"
+            );
+            if prepared.last_applied() == self.server.tree().last_applied() {
+                assert_eq!(
+                    prepared.digest(),
+                    self.server.tree().digest(),
+                    "replica {id}: with nothing in flight, the prepared state is the committed one"
+                );
+            }
+        }
     }
 
     /// Starts recording notes (see `Note`); a replica built with notes off records nothing.
@@ -181,7 +209,7 @@ impl Replica {
                 Work::Server(input) => self.run_server(now, input, out),
                 Work::Zab(input) => {
                     let mut zab_out = Vec::new();
-                    self.zab.step(now, input, &mut zab_out);
+                    self.zab.step(now, input, &mut self.prep, &mut zab_out);
                     self.carry_out_zab(now, zab_out, out);
                 }
             }
@@ -241,7 +269,8 @@ impl Replica {
                 ZabAction::Commit(txn) => {
                     #[cfg(test)]
                     self.note(out.len(), || Note::Commit(txn.clone()));
-                    self.run_server(now, server::Input::Committed(txn), out)
+                    self.run_server(now, server::Input::Committed(txn), out);
+                    self.prep.caught_up(self.server.tree());
                 }
                 ZabAction::Synced { session, xid } => {
                     #[cfg(test)]
@@ -251,7 +280,19 @@ impl Replica {
                 ZabAction::SetRole(role) => {
                     #[cfg(test)]
                     self.note(out.len(), || Note::Role(role));
-                    self.run_server(now, server::Input::SetRole(role), out)
+                    self.run_server(now, server::Input::SetRole(role), out);
+                    if role == Role::Leading {
+                        // ZAB commits its whole history before it starts leading (the commits
+                        // came first in this step), so this is the state proposals build on.
+                        assert_eq!(
+                            self.server.tree().last_applied(),
+                            self.zab.last_logged(),
+                            "a new leader has applied its whole history"
+                        );
+                        self.prep.lead(self.server.tree().clone());
+                    } else {
+                        self.prep.stop();
+                    }
                 }
                 ZabAction::Touches(t) => {
                     #[cfg(test)]

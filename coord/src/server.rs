@@ -14,7 +14,14 @@
 //! Every server applies every committed transaction; only the server a transaction came through
 //! (its `origin`) answers it. Only the leader expires sessions; followers report which sessions
 //! they heard from (`Action::Touches`).
+//!
+//! ACLs: each connection holds its session's ids here (`Conn::auth`: what the transport saw,
+//! `ConnIdentity`, plus what `addAuth` added), as ZooKeeper keeps them on the server connection;
+//! a client that reconnects elsewhere authenticates again. Reads are checked here, by the server
+//! that serves them; writes carry the ids in their `Submission` to the leader, which checks them
+//! before proposing (`prep`), so a follower and the leader answer alike.
 
+use crate::acl::{self, AUTH_IDS_PER_SESSION_MAX, Access, Id, Perms};
 use crate::data_tree::{Applied, DataTree};
 use crate::op::{
     EventType, MULTI_OPS_MAX, Op, OpError, OpResult, ReadOp, WatchEvent, WriteOp, ZNODE_BYTES_MAX,
@@ -26,6 +33,8 @@ use crate::watches::{WatchKind, WatchManager};
 use crate::zxid::{SessionId, Zxid};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
 use tracing::{debug, info};
 
 /// A client connection, numbered by the driver.
@@ -51,6 +60,10 @@ pub struct ServerConfig {
     pub requests_queued_per_connection_max: usize,
     /// Submissions handed to the leader and not yet answered; past it, writes wait.
     pub submissions_in_flight_max: usize,
+    /// Ids that pass every ACL check (ZooKeeper's superDigest), e.g. `digest:super:HASH`; see
+    /// `acl::parse_super_id`. Every server of an ensemble must have the same list: reads are
+    /// checked by each server, writes by the leader.
+    pub super_ids: Vec<Id>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +77,7 @@ impl Default for ServerConfig {
             watches_per_session_max: 65_536,
             requests_queued_per_connection_max: 4_096,
             submissions_in_flight_max: 16_384,
+            super_ids: Vec::new(),
         }
     }
 }
@@ -95,6 +109,35 @@ pub struct Submission {
     /// The client's xid; for `CreateSession`, the origin's connection id.
     pub xid: i64,
     pub kind: SubmitKind,
+    /// The session's ids on the origin's connection, for the leader's ACL checks (`prep`); empty
+    /// for what no client asked (expiry).
+    pub auth: Arc<[Id]>,
+}
+
+/// What the transport knows about a client connection, for the ACL schemes that come from the
+/// connection rather than from `addAuth`. The driver fills it in when the stream opens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnIdentity {
+    /// The client's address as this server saw it: the `ip` scheme's id.
+    pub addr: Option<IpAddr>,
+    /// The principal name of the client's TLS certificate: the `x509` scheme's id. The hook for
+    /// TLS: the driver sets it from the verified peer certificate (`driver::conn_identity`); it is
+    /// `None` on plain connections.
+    pub x509_principal: Option<String>,
+}
+
+impl ConnIdentity {
+    /// The ids a connection starts with.
+    pub fn ids(&self) -> Vec<Id> {
+        let mut ids = Vec::new();
+        if let Some(addr) = self.addr {
+            ids.push(Id::new(acl::SCHEME_IP, &addr.to_canonical().to_string()));
+        }
+        if let Some(p) = &self.x509_principal {
+            ids.push(Id::new(acl::SCHEME_X509, p));
+        }
+        ids
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +158,7 @@ pub enum Input {
         last_zxid_seen: Zxid,
         /// Random bytes from the driver, the password if a new session is created.
         new_password: [u8; PASSWORD_BYTES],
+        identity: ConnIdentity,
     },
     /// A request; `Err` when the driver could not decode it (answered in order, like any other).
     Request {
@@ -200,6 +244,9 @@ struct Conn {
     /// This connection's submissions not yet answered; reads wait while it is not zero.
     writes_in_flight: usize,
     closed: bool,
+    /// The session's ids on this connection: `ConnIdentity::ids`, then each `addAuth`'s, without
+    /// duplicates. Invariant: at most `AUTH_IDS_PER_SESSION_MAX`.
+    auth: Arc<[Id]>,
 }
 
 pub struct ServerCore {
@@ -222,12 +269,15 @@ pub struct ServerCore {
     txns_since_snapshot: u64,
     /// Connections that stopped processing their queue because too many submissions were out.
     blocked: Vec<ConnId>,
+    /// `config.super_ids`, shared with each check.
+    super_ids: Arc<[Id]>,
 }
 
 impl ServerCore {
     /// A server over a recovered tree; it serves nobody until replication gives it a role.
     pub fn new(config: ServerConfig, tree: DataTree) -> ServerCore {
         info!(nodes = tree.node_count(), last_zxid = %tree.last_applied(), "coord server ready");
+        let super_ids = config.super_ids.clone().into();
         ServerCore {
             watches: WatchManager::new(config.watches_per_session_max),
             tracker: SessionTracker::new(config.session_expiry_bucket_ms),
@@ -241,6 +291,7 @@ impl ServerCore {
             in_flight: HashMap::new(),
             txns_since_snapshot: 0,
             blocked: Vec::new(),
+            super_ids,
         }
     }
 
@@ -328,6 +379,7 @@ impl ServerCore {
                 timeout_ms,
                 last_zxid_seen,
                 new_password,
+                identity,
             } => self.connect(
                 now,
                 conn,
@@ -336,6 +388,7 @@ impl ServerCore {
                 timeout_ms,
                 last_zxid_seen,
                 new_password,
+                &identity,
                 out,
             ),
             Input::Request { conn, xid, op } => {
@@ -454,6 +507,7 @@ impl ServerCore {
         timeout_ms: u32,
         last_zxid_seen: Zxid,
         new_password: [u8; PASSWORD_BYTES],
+        identity: &ConnIdentity,
         out: &mut Vec<Action>,
     ) {
         let refuse = |err: OpError, out: &mut Vec<Action>| {
@@ -488,6 +542,7 @@ impl ServerCore {
                 queue: VecDeque::new(),
                 writes_in_flight: 0,
                 closed: false,
+                auth: identity.ids().into(),
             },
         );
         if session == SessionId(0) {
@@ -499,7 +554,14 @@ impl ServerCore {
                 timeout_ms,
                 password: new_password,
             };
-            self.submit(SessionId(0), conn as i64, SubmitKind::Txn(kind), conn, out);
+            self.submit(
+                SessionId(0),
+                conn as i64,
+                SubmitKind::Txn(kind),
+                no_ids(),
+                conn,
+                out,
+            );
             return;
         }
         let Some(meta) = self.tree.session(session).copied() else {
@@ -587,6 +649,7 @@ impl ServerCore {
         session: SessionId,
         xid: i64,
         kind: SubmitKind,
+        auth: Arc<[Id]>,
         conn: ConnId,
         out: &mut Vec<Action>,
     ) {
@@ -599,6 +662,7 @@ impl ServerCore {
             session,
             xid,
             kind,
+            auth,
         }));
     }
 
@@ -644,6 +708,7 @@ impl ServerCore {
                     return;
                 }
                 let item = c.queue.pop_front().expect("front checked above");
+                let auth = Arc::clone(&c.auth);
                 let (xid, kind) = match item {
                     Queued::Op {
                         xid,
@@ -660,7 +725,7 @@ impl ServerCore {
                     }
                     Queued::Op { .. } => unreachable!("classified as a submission above"),
                 };
-                self.submit(session, xid, kind, conn, out);
+                self.submit(session, xid, kind, auth, conn, out);
                 continue;
             }
             if c.writes_in_flight > 0 {
@@ -694,9 +759,42 @@ impl ServerCore {
         out: &mut Vec<Action>,
         conn: ConnId,
     ) -> Result<OpResult, OpError> {
+        let auth = self
+            .conns
+            .get(&conn)
+            .map_or_else(no_ids, |c| Arc::clone(&c.auth));
+        let super_ids = Arc::clone(&self.super_ids);
+        let access = Access {
+            ids: &auth,
+            super_ids: &super_ids,
+        };
+        self.read_as(session, read, &access, out, conn)
+    }
+
+    /// Fails with `NoAuth` unless `access` may do `perm` on `path` (which exists).
+    fn require(&self, access: &Access<'_>, path: &str, perm: Perms) -> Result<(), OpError> {
+        match self.tree.acl(path) {
+            Some(acl) if !access.allows(acl, perm) => Err(OpError::NoAuth {
+                path: path.to_string(),
+                perm,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_as(
+        &mut self,
+        session: SessionId,
+        read: ReadOp,
+        access: &Access<'_>,
+        out: &mut Vec<Action>,
+        conn: ConnId,
+    ) -> Result<OpResult, OpError> {
         match read {
             ReadOp::GetData { path, watch } => {
                 let (data, stat) = self.tree.get_data(&path)?;
+                // ZooKeeper's order: NoNode, then NoAuth; a refused read leaves no watch.
+                self.require(access, &path, Perms::READ)?;
                 if watch {
                     self.watches.add(session, WatchKind::Data, &path)?;
                 }
@@ -711,13 +809,52 @@ impl ServerCore {
             }
             ReadOp::GetChildren { path, watch } => {
                 let (children, stat) = self.tree.children(&path)?;
+                self.require(access, &path, Perms::READ)?;
                 if watch {
                     self.watches.add(session, WatchKind::Child, &path)?;
                 }
                 Ok(OpResult::Children { children, stat })
             }
+            ReadOp::GetAcl { path } => {
+                let (acl, stat) = self.tree.get_acl(&path)?;
+                let wanted = Perms::READ.union(Perms::ADMIN);
+                if !access.allows(&acl, wanted) {
+                    return Err(OpError::NoAuth { path, perm: wanted });
+                }
+                let acl = if access.allows(&acl, Perms::ADMIN) {
+                    acl
+                } else {
+                    acl::redacted(&acl)
+                };
+                Ok(OpResult::Acl { acl, stat })
+            }
+            ReadOp::AddAuth { scheme, auth } => {
+                let bad = |reason: String| OpError::BadAuth {
+                    scheme: scheme.clone(),
+                    reason,
+                };
+                let id = acl::authenticate(&scheme, &auth).map_err(bad)?;
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return Ok(OpResult::Empty);
+                };
+                if !c.auth.contains(&id) {
+                    if c.auth.len() >= AUTH_IDS_PER_SESSION_MAX {
+                        return Err(bad(format!(
+                            "this session already holds {AUTH_IDS_PER_SESSION_MAX} ids, the \
+                             limit (AUTH_IDS_PER_SESSION_MAX)"
+                        )));
+                    }
+                    let mut ids = c.auth.to_vec();
+                    ids.push(id);
+                    c.auth = ids.into();
+                }
+                Ok(OpResult::Empty)
+            }
             ReadOp::AddWatch { path, recursive } => {
                 path::validate(&path, false)?;
+                // A persistent watch reports every change; it needs READ where there is a node
+                // to read (none is needed to wait for a node to appear, as with `exists`).
+                self.require(access, &path, Perms::READ)?;
                 let kind = if recursive {
                     WatchKind::PersistentRecursive
                 } else {
@@ -766,12 +903,18 @@ impl ServerCore {
                         Some(_) => self.watches.add(session, WatchKind::Child, p)?,
                     }
                 }
+                // Persistent watches are re-registered only where the session may still READ (it
+                // could when it added them; the ACL may have changed since).
                 for p in &sw.persistent {
-                    self.watches.add(session, WatchKind::Persistent, p)?;
+                    if self.require(access, p, Perms::READ).is_ok() {
+                        self.watches.add(session, WatchKind::Persistent, p)?;
+                    }
                 }
                 for p in &sw.persistent_recursive {
-                    self.watches
-                        .add(session, WatchKind::PersistentRecursive, p)?;
+                    if self.require(access, p, Perms::READ).is_ok() {
+                        self.watches
+                            .add(session, WatchKind::PersistentRecursive, p)?;
+                    }
                 }
                 Ok(OpResult::Empty)
             }
@@ -868,7 +1011,7 @@ impl ServerCore {
                     }
                 }
             }
-            TxnKind::Write(_) => {
+            TxnKind::Write(_) | TxnKind::Refused(_) => {
                 let waiting = if mine {
                     self.in_flight.remove(&(txn.session, txn.xid))
                 } else {
@@ -904,6 +1047,7 @@ impl ServerCore {
                         session,
                         xid: EXPIRE_XID,
                         kind: SubmitKind::Txn(TxnKind::CloseSession),
+                        auth: no_ids(),
                     }));
                 }
             }
@@ -919,9 +1063,20 @@ impl ServerCore {
     }
 }
 
-/// Checks a write needs no state for: path syntax, data size, multi shape. A write failing them
-/// never becomes a transaction.
+fn no_ids() -> Arc<[Id]> {
+    Arc::from(Vec::new())
+}
+
+/// Checks a write needs no state for: path syntax, data size, multi shape, ACL syntax. A write
+/// failing them never becomes a transaction. (Expanding `auth` needs the session's ids and is
+/// the leader's, in `prep`.)
 fn precheck_write(op: &WriteOp) -> Result<(), OpError> {
+    let acl_syntax = |path: &str, acl: &[acl::AclEntry]| {
+        acl::validate(acl).map_err(|reason| OpError::InvalidAcl {
+            path: path.to_string(),
+            reason,
+        })
+    };
     let size = |path: &str, data: &bytes::Bytes| {
         if data.len() > ZNODE_BYTES_MAX {
             Err(OpError::DataTooLarge {
@@ -934,9 +1089,19 @@ fn precheck_write(op: &WriteOp) -> Result<(), OpError> {
         }
     };
     match op {
-        WriteOp::Create { path, data, mode } => {
+        WriteOp::Create {
+            path,
+            data,
+            mode,
+            acl,
+        } => {
             path::validate(path, mode.is_sequential())?;
-            size(path, data)
+            size(path, data)?;
+            acl_syntax(path, acl)
+        }
+        WriteOp::SetAcl { path, acl, .. } => {
+            path::validate(path, false)?;
+            acl_syntax(path, acl)
         }
         WriteOp::Delete { path, .. } | WriteOp::Check { path, .. } => path::validate(path, false),
         WriteOp::SetData { path, data, .. } => {
@@ -951,12 +1116,19 @@ fn precheck_write(op: &WriteOp) -> Result<(), OpError> {
                 )));
             }
             for op in ops {
-                if let WriteOp::Multi(_) = op {
-                    return Err(OpError::BadArguments(
-                        "a multi cannot contain a multi".into(),
-                    ));
+                match op {
+                    WriteOp::Multi(_) => {
+                        return Err(OpError::BadArguments(
+                            "a multi cannot contain a multi".into(),
+                        ));
+                    }
+                    WriteOp::SetAcl { .. } => {
+                        return Err(OpError::BadArguments(
+                            "a multi cannot contain a setACL".into(),
+                        ));
+                    }
+                    op => precheck_write(op)?,
                 }
-                precheck_write(op)?;
             }
             Ok(())
         }
@@ -977,10 +1149,15 @@ mod tests {
 
     impl Harness {
         fn new() -> Harness {
+            Harness::with_super_ids(Vec::new())
+        }
+
+        fn with_super_ids(super_ids: Vec<Id>) -> Harness {
             let config = ServerConfig {
                 session_timeout_min_ms: 1000,
                 session_timeout_max_ms: 10_000,
                 session_expiry_bucket_ms: 100,
+                super_ids,
                 ..ServerConfig::default()
             };
             let now = Now {
@@ -1036,6 +1213,11 @@ mod tests {
 
         /// Opens a new session on `conn` and returns its id.
         fn connect(&mut self, conn: ConnId) -> SessionId {
+            self.connect_as(conn, ConnIdentity::default())
+        }
+
+        /// `connect` from a client the transport identified as `identity`.
+        fn connect_as(&mut self, conn: ConnId, identity: ConnIdentity) -> SessionId {
             let a = self.step(Input::Connect {
                 conn,
                 session: SessionId(0),
@@ -1043,6 +1225,7 @@ mod tests {
                 timeout_ms: 2000,
                 last_zxid_seen: Zxid::ZERO,
                 new_password: [conn as u8; 16],
+                identity,
             });
             let out = self.commit_all(&a);
             match &out[..] {
@@ -1083,6 +1266,7 @@ mod tests {
             path: path.into(),
             data: Bytes::from_static(b"v"),
             mode: CreateMode::Persistent,
+            acl: crate::acl::open_acl(),
         })
     }
 
@@ -1217,6 +1401,7 @@ mod tests {
                 path: "/e".into(),
                 data: Bytes::new(),
                 mode: CreateMode::Ephemeral,
+                acl: crate::acl::open_acl(),
             }),
         );
         h.commit_all(&a);
@@ -1264,6 +1449,7 @@ mod tests {
             timeout_ms: 2000,
             last_zxid_seen: Zxid::ZERO,
             new_password: [0; 16],
+            identity: Default::default(),
         });
         assert_eq!(
             sends(&a),
@@ -1283,6 +1469,7 @@ mod tests {
             timeout_ms: 0,
             last_zxid_seen: Zxid::ZERO,
             new_password: [0; 16],
+            identity: Default::default(),
         });
         assert_eq!(
             sends(&a),
@@ -1295,6 +1482,7 @@ mod tests {
             timeout_ms: 0,
             last_zxid_seen: Zxid::ZERO,
             new_password: [0; 16],
+            identity: Default::default(),
         });
         assert!(
             matches!(&sends(&a)[..], [(3, ServerMsg::Connected { session, .. })] if *session == s1)
@@ -1307,6 +1495,7 @@ mod tests {
             timeout_ms: 0,
             last_zxid_seen: Zxid::new(99, 1),
             new_password: [0; 16],
+            identity: Default::default(),
         });
         assert!(matches!(
             &sends(&a)[..],
@@ -1395,6 +1584,7 @@ mod tests {
                 path: "/e".into(),
                 data: Bytes::new(),
                 mode: CreateMode::Ephemeral,
+                acl: crate::acl::open_acl(),
             }),
         );
         a.extend(h.step(Input::CloseSession { conn: 1 }));
@@ -1418,5 +1608,246 @@ mod tests {
         assert_eq!(s[1], (1, ServerMsg::Ended(None)));
         assert!(h.core.tree().session(s1).is_none());
         assert!(h.core.tree().stat("/e").is_none());
+    }
+
+    fn from_ip(ip: &str) -> ConnIdentity {
+        ConnIdentity {
+            addr: Some(ip.parse().unwrap()),
+            x509_principal: None,
+        }
+    }
+
+    fn create_with(path: &str, acl: &str) -> Op {
+        Op::Write(WriteOp::Create {
+            path: path.into(),
+            data: Bytes::from_static(b"v"),
+            mode: CreateMode::Persistent,
+            acl: acl::parse_acl(acl).unwrap(),
+        })
+    }
+
+    /// The one reply in `actions`.
+    fn reply(actions: &[Action]) -> Result<OpResult, OpError> {
+        let replies: Vec<_> = sends(actions)
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                ServerMsg::Reply { result, .. } => Some(result),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 1, "{actions:?}");
+        replies.into_iter().next().unwrap()
+    }
+
+    fn no_auth(path: &str, perm: Perms) -> Result<OpResult, OpError> {
+        Err(OpError::NoAuth {
+            path: path.into(),
+            perm,
+        })
+    }
+
+    #[test]
+    fn reads_are_checked_by_the_serving_server_and_exists_is_not() {
+        // ZooKeeper: getData and getChildren need READ (a refused read sets no watch), getACL
+        // READ or ADMIN, exists nothing.
+        let mut h = Harness::new();
+        h.connect_as(1, from_ip("10.0.0.1"));
+        h.connect_as(2, from_ip("10.0.0.2"));
+        let a = h.request(1, 1, create_with("/s", "ip:10.0.0.1:cdrwa"));
+        h.commit_all(&a);
+        assert!(matches!(
+            reply(&h.request(1, 2, get("/s", false))),
+            Ok(OpResult::Data { .. })
+        ));
+        assert_eq!(
+            reply(&h.request(2, 1, get("/s", true))),
+            no_auth("/s", Perms::READ)
+        );
+        let children = Op::Read(ReadOp::GetChildren {
+            path: "/s".into(),
+            watch: true,
+        });
+        assert_eq!(
+            reply(&h.request(2, 2, children)),
+            no_auth("/s", Perms::READ)
+        );
+        let exists = Op::Read(ReadOp::Exists {
+            path: "/s".into(),
+            watch: false,
+        });
+        assert!(matches!(
+            reply(&h.request(2, 3, exists)),
+            Ok(OpResult::Stat(_))
+        ));
+        let getacl = Op::Read(ReadOp::GetAcl { path: "/s".into() });
+        assert_eq!(
+            reply(&h.request(2, 4, getacl.clone())),
+            no_auth("/s", Perms::READ.union(Perms::ADMIN))
+        );
+        let add_watch = Op::Read(ReadOp::AddWatch {
+            path: "/s".into(),
+            recursive: true,
+        });
+        assert_eq!(
+            reply(&h.request(2, 5, add_watch)),
+            no_auth("/s", Perms::READ)
+        );
+        // A missing node is still NoNode, before any ACL.
+        assert_eq!(
+            reply(&h.request(2, 6, get("/none", false))),
+            Err(OpError::NoNode("/none".into()))
+        );
+        // None of the refused reads left a watch: a change reaches nobody on connection 2.
+        let a = h.request(1, 3, set("/s"));
+        let out = h.commit_all(&a);
+        assert!(sends(&out).iter().all(|(c, _)| *c == 1), "{out:?}");
+        let Ok(OpResult::Acl { acl, stat }) = reply(&h.request(1, 4, getacl)) else {
+            panic!()
+        };
+        assert_eq!(acl::format_acl(&acl), "ip:10.0.0.1:cdrwa");
+        assert_eq!(stat.aversion, 0);
+    }
+
+    #[test]
+    fn get_acl_without_admin_hides_digest_hashes() {
+        let bob = acl::digest_id("bob:pw").unwrap();
+        let mut h = Harness::new();
+        h.connect_as(1, from_ip("10.0.0.1"));
+        h.connect_as(2, from_ip("10.0.0.2"));
+        let a = h.request(
+            1,
+            1,
+            create_with("/n", &format!("digest:{bob}:cdrwa,ip:10.0.0.2:r")),
+        );
+        h.commit_all(&a);
+        let getacl = || Op::Read(ReadOp::GetAcl { path: "/n".into() });
+        let Ok(OpResult::Acl { acl, .. }) = reply(&h.request(2, 1, getacl())) else {
+            panic!()
+        };
+        assert_eq!(acl::format_acl(&acl), "digest:bob:x:cdrwa,ip:10.0.0.2:r");
+        let auth = Op::Read(ReadOp::AddAuth {
+            scheme: "digest".into(),
+            auth: Bytes::from_static(b"bob:pw"),
+        });
+        assert_eq!(reply(&h.request(2, 2, auth)), Ok(OpResult::Empty));
+        let Ok(OpResult::Acl { acl, .. }) = reply(&h.request(2, 3, getacl())) else {
+            panic!()
+        };
+        assert_eq!(
+            acl::format_acl(&acl),
+            format!("digest:{bob}:cdrwa,ip:10.0.0.2:r")
+        );
+    }
+
+    #[test]
+    fn add_auth_gives_the_connection_an_id_that_its_writes_carry() {
+        // The session's ids live on its connection; each write's submission carries them to the
+        // leader. Bad credentials and too many ids are refused naming the reason and the limit.
+        let mut h = Harness::new();
+        h.connect_as(1, from_ip("127.0.0.1"));
+        let auth = |cred: &str| {
+            Op::Read(ReadOp::AddAuth {
+                scheme: "digest".into(),
+                auth: Bytes::from(cred.to_string()),
+            })
+        };
+        assert_eq!(reply(&h.request(1, 1, auth("bob:pw"))), Ok(OpResult::Empty));
+        let a = h.request(1, 2, create("/x"));
+        let [Action::Submit(sub)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            &sub.auth[..],
+            &[
+                Id::new("ip", "127.0.0.1"),
+                Id::new("digest", &acl::digest_id("bob:pw").unwrap())
+            ]
+        );
+        h.commit_all(&a);
+        let bad = |scheme: &str, cred: &'static [u8]| {
+            Op::Read(ReadOp::AddAuth {
+                scheme: scheme.into(),
+                auth: Bytes::from_static(cred),
+            })
+        };
+        for (xid, (op, want)) in [
+            (bad("digest", b"nocolon"), "user:password"),
+            (bad("ip", b"1.2.3.4"), "from the connection"),
+            (bad("sasl", b"x"), "unknown auth scheme"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Err(e @ OpError::BadAuth { .. }) = reply(&h.request(1, 10 + xid as i64, op)) else {
+                panic!("{want}")
+            };
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        // The same id twice counts once; the limit counts the connection's own ip id.
+        assert_eq!(
+            reply(&h.request(1, 20, auth("bob:pw"))),
+            Ok(OpResult::Empty)
+        );
+        for i in 0..AUTH_IDS_PER_SESSION_MAX - 2 {
+            assert_eq!(
+                reply(&h.request(1, 100 + i as i64, auth(&format!("u{i}:pw")))),
+                Ok(OpResult::Empty)
+            );
+        }
+        let Err(e) = reply(&h.request(1, 999, auth("one:more"))) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("64"), "{e}");
+    }
+
+    #[test]
+    fn super_ids_read_everything() {
+        let admin = Id::new("digest", &acl::digest_id("super:admin").unwrap());
+        let mut h = Harness::with_super_ids(vec![admin]);
+        h.connect_as(1, from_ip("10.0.0.1"));
+        h.connect_as(2, from_ip("10.0.0.2"));
+        let a = h.request(1, 1, create_with("/s", "ip:10.0.0.1:cdrwa"));
+        h.commit_all(&a);
+        assert_eq!(
+            reply(&h.request(2, 1, get("/s", false))),
+            no_auth("/s", Perms::READ)
+        );
+        let auth = Op::Read(ReadOp::AddAuth {
+            scheme: "digest".into(),
+            auth: Bytes::from_static(b"super:admin"),
+        });
+        assert_eq!(reply(&h.request(2, 2, auth)), Ok(OpResult::Empty));
+        assert!(matches!(
+            reply(&h.request(2, 3, get("/s", false))),
+            Ok(OpResult::Data { .. })
+        ));
+    }
+
+    #[test]
+    fn statically_invalid_acls_never_become_transactions() {
+        let mut h = Harness::new();
+        h.connect(1);
+        for (xid, text) in ["world:nobody:r", "digest:bob:r", "ip:300.0.0.1:r"]
+            .iter()
+            .enumerate()
+        {
+            let a = h.request(1, xid as i64 + 1, create_with("/a", text));
+            assert!(!a.iter().any(|a| matches!(a, Action::Submit(_))), "{text}");
+            let Err(OpError::InvalidAcl { path, reason }) = reply(&a) else {
+                panic!("{text}")
+            };
+            assert_eq!(path, "/a");
+            assert!(reason.contains("entry 0"), "{reason}");
+        }
+        let a = h.request(
+            1,
+            9,
+            Op::Write(WriteOp::SetAcl {
+                path: "/".into(),
+                acl: Vec::new(),
+                version: -1,
+            }),
+        );
+        assert!(matches!(reply(&a), Err(OpError::InvalidAcl { .. })));
     }
 }

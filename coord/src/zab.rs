@@ -34,6 +34,7 @@
 //! step; `check_invariants` asserts what holds between any two steps.
 
 use crate::data_tree::DataTree;
+use crate::prep::Prep;
 use crate::server::{Now, Role, Submission, SubmitKind};
 use crate::txn::{Txn, TxnKind};
 use crate::zxid::{SessionId, Zxid};
@@ -645,15 +646,17 @@ impl ZabPeer {
         }
     }
 
-    pub fn step(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
-        self.step_input(now, input, out);
+    /// `prep` is the leader's preparation of writes (`prep::Prep`): while leading, every
+    /// transaction passes through it, in zxid order, between getting its zxid and being proposed.
+    pub fn step(&mut self, now: Now, input: ZabInput, prep: &mut Prep, out: &mut Vec<ZabAction>) {
+        self.step_input(now, input, prep, out);
         // Every step of a debug build proves the state still makes sense (the simulation also
         // checks after every event); release builds skip the walk over the history.
         #[cfg(debug_assertions)]
         self.check_invariants();
     }
 
-    fn step_input(&mut self, now: Now, input: ZabInput, out: &mut Vec<ZabAction>) {
+    fn step_input(&mut self, now: Now, input: ZabInput, prep: &mut Prep, out: &mut Vec<ZabAction>) {
         match input {
             ZabInput::Message { from, msg } => {
                 if !self.config.voters.contains(&from) || from == self.config.id {
@@ -663,7 +666,7 @@ impl ZabPeer {
                     );
                     return;
                 }
-                self.on_message(now, from, msg, out);
+                self.on_message(now, from, msg, prep, out);
             }
             ZabInput::Durable { upto, installs } => {
                 if installs == self.installs && upto > self.durable {
@@ -671,7 +674,7 @@ impl ZabPeer {
                     self.on_durable(now, out);
                 }
             }
-            ZabInput::Submit(sub) => self.on_submit(now, sub, out),
+            ZabInput::Submit(sub) => self.on_submit(now, sub, prep, out),
             ZabInput::LocalTouches(sessions) => match &mut self.state {
                 State::Following(f) => f.touches.extend(sessions),
                 State::Leading(_) => out.push(ZabAction::Touches(sessions)),
@@ -693,7 +696,14 @@ impl ZabPeer {
         }
     }
 
-    fn on_message(&mut self, now: Now, from: PeerId, msg: PeerMsg, out: &mut Vec<ZabAction>) {
+    fn on_message(
+        &mut self,
+        now: Now,
+        from: PeerId,
+        msg: PeerMsg,
+        prep: &mut Prep,
+        out: &mut Vec<ZabAction>,
+    ) {
         match msg {
             PeerMsg::Vote {
                 round,
@@ -848,7 +858,7 @@ impl ZabPeer {
             }
             PeerMsg::Forward { epoch, sub } => {
                 if self.my_follower(now, from, epoch).is_some() {
-                    self.on_submit(now, sub, out);
+                    self.on_submit(now, sub, prep, out);
                 }
             }
         }
@@ -1601,7 +1611,7 @@ impl ZabPeer {
         }
     }
 
-    fn on_submit(&mut self, now: Now, sub: Submission, out: &mut Vec<ZabAction>) {
+    fn on_submit(&mut self, now: Now, sub: Submission, prep: &mut Prep, out: &mut Vec<ZabAction>) {
         match &mut self.state {
             State::Following(f) if f.phase == FollowerPhase::Broadcast => {
                 let epoch = f.epoch.expect("broadcast comes after NEWEPOCH");
@@ -1656,6 +1666,8 @@ impl ZabPeer {
                     xid: sub.xid,
                     kind,
                 };
+                // ACLs are checked here, at the leader, before the write becomes a proposal.
+                let txn = prep.prepare(txn, &sub.auth);
                 let prev = self.last_logged;
                 let epoch = l.epoch;
                 for (&to, v) in &l.followers {
@@ -2006,7 +2018,10 @@ mod tests {
     /// Steps `peer` with `input` at `ms` and asserts exactly `expected` comes out.
     fn check(peer: &mut ZabPeer, ms: u64, input: ZabInput, expected: &[&str]) {
         let mut out = Vec::new();
-        peer.step(at(ms), input, &mut out);
+        // A fresh preparation per step: these tests are about ordering, not ACLs.
+        let mut prep = Prep::new(Vec::new().into());
+        prep.lead(DataTree::new());
+        peer.step(at(ms), input, &mut prep, &mut out);
         let got: Vec<String> = out.iter().map(show).collect();
         assert_eq!(got, expected, "peer {}: actions differ", peer.id());
     }
@@ -2038,6 +2053,7 @@ mod tests {
                 path: format!("/t{}", zxid.counter()),
                 data: bytes::Bytes::new(),
                 mode: CreateMode::Persistent,
+                acl: crate::acl::open_acl(),
             }),
         }
     }
@@ -2307,7 +2323,9 @@ mod tests {
                 path: path.into(),
                 data: bytes::Bytes::new(),
                 mode: CreateMode::Persistent,
+                acl: crate::acl::open_acl(),
             })),
+            auth: Vec::new().into(),
         })
     }
 

@@ -272,6 +272,7 @@ async fn multi_is_all_or_nothing_and_names_the_failing_op() {
                 path: "/m/a".into(),
                 data: "1".into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             },
             WriteOp::SetData {
                 path: "/m".into(),
@@ -305,6 +306,7 @@ async fn multi_is_all_or_nothing_and_names_the_failing_op() {
                 path: "/m/b".into(),
                 data: "".into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             },
             WriteOp::Check {
                 path: "/m".into(),
@@ -682,4 +684,74 @@ async fn a_silent_server_is_detected_and_in_flight_calls_fail_with_connection_lo
     assert_eq!(a.session_id(), session);
     a.get("/").await.unwrap();
     a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_through_the_driver_and_auth_survives_a_reconnect() {
+    // The driver gives each connection its client's address (the ip scheme), add_auth adds a
+    // digest id, get_acl / set_acl round trip with the aversion, and after a reconnect the client
+    // authenticates again by itself, so what it could read it still can.
+    use drover_coord::acl::{digest_id, parse_acl};
+    let server = start_server().await;
+    let p1 = Proxy::start(&server.addr).await;
+    let p2 = Proxy::start(&server.addr).await;
+    let a = client(&[&p1.addr, &p2.addr]).await;
+    let other = client(&[&server.addr]).await;
+
+    // Loopback clients match ip:127.0.0.1, not ip:10.0.0.0/8.
+    let acl = parse_acl("ip:127.0.0.0/8:cdrwa").unwrap();
+    a.create_with_acl("/local", "l", CreateMode::Persistent, acl.clone())
+        .await
+        .unwrap();
+    assert_eq!(other.get("/local").await.unwrap().0, "l");
+    let elsewhere = parse_acl("ip:10.0.0.0/8:cdrwa").unwrap();
+    a.create_with_acl("/far", "f", CreateMode::Persistent, elsewhere)
+        .await
+        .unwrap();
+    assert_eq!(code(other.get("/far").await), Some(ErrorCode::NoAuth));
+
+    a.add_auth("digest", "alice:pw").await.unwrap();
+    let alice = parse_acl(&format!("digest:{}:cdrwa", digest_id("alice:pw").unwrap())).unwrap();
+    a.create_with_acl("/mine", "m", CreateMode::Persistent, alice.clone())
+        .await
+        .unwrap();
+    let err = other.get("/mine").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NoAuth));
+    assert!(err.to_string().contains("/mine"), "{err}");
+    let (got, stat) = a.get_acl("/mine").await.unwrap();
+    assert_eq!((got, stat.aversion), (alice.clone(), 0));
+    assert_eq!(
+        code(a.add_auth("digest", "no-colon").await),
+        Some(ErrorCode::AuthFailed)
+    );
+    // An empty ACL is refused by the client before it is sent (on the wire it would read as
+    // "none given").
+    assert_eq!(
+        code(a.set_acl("/mine", Vec::new(), None).await),
+        Some(ErrorCode::InvalidAcl)
+    );
+    assert_eq!(
+        code(a.set_acl("/mine", alice.clone(), Some(5)).await),
+        Some(ErrorCode::BadVersion)
+    );
+
+    let mut events = a.session_events();
+    assert_eq!(events.next().await, Some(SessionEvent::Connected));
+    p1.set_up(false);
+    assert_eq!(
+        within("Disconnected", events.next()).await,
+        Some(SessionEvent::Disconnected)
+    );
+    assert_eq!(
+        within("Reconnected", events.next()).await,
+        Some(SessionEvent::Reconnected)
+    );
+    assert_eq!(a.get("/mine").await.unwrap().0, "m");
+    let mut opened = alice.clone();
+    opened.extend(parse_acl("world:anyone:r").unwrap());
+    let stat = a.set_acl("/mine", opened, Some(0)).await.unwrap();
+    assert_eq!(stat.aversion, 1);
+    assert_eq!(other.get("/mine").await.unwrap().0, "m");
+    a.close().await.unwrap();
+    other.close().await.unwrap();
 }

@@ -195,6 +195,7 @@ impl Registry {
                 path: LEADER.into(),
                 data: record.into(),
                 mode: CreateMode::Ephemeral,
+                acl: drover_coord::acl::open_acl(),
             }])
             .await?;
         let mut loaded = Loaded {
@@ -276,6 +277,7 @@ impl Registry {
                     path,
                     data: data.into(),
                     mode: CreateMode::Persistent,
+                    acl: drover_coord::acl::open_acl(),
                 }])
                 .await
             }

@@ -1,18 +1,31 @@
-//! `drover coord ls|get|create|set|rm|watch`: read and write the coord store by hand.
+//! `drover coord ls|get|create|set|rm|watch|getacl|setacl|digest`: read and write the coord store
+//! by hand.
 //!
 //! Each command opens its own short session on the first master that answers and closes it at
 //! the end, so nothing lingers: in particular an `--ephemeral` node dies when the command exits,
-//! unless `--hold` keeps the session (and the node) until Ctrl-C.
+//! unless `--hold` keeps the session (and the node) until Ctrl-C. `--auth scheme:credentials`
+//! authenticates that session before the command runs. ACLs use zkCli's text form.
 
 use super::render;
 use super::{Context, Output};
 use anyhow::{Context as _, bail};
+use drover_coord::acl::{self, AclEntry};
 use drover_coord::client::{Client, ClientError, ClientOptions, SessionState};
 use drover_coord::op::{CreateMode, ErrorCode, EventType, Stat};
 use futures::StreamExt;
 use serde_json::json;
 use std::io::Read;
 use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct CoordArgs {
+    /// Authenticate the session first, as scheme:credentials (e.g. digest:bob:secret);
+    /// repeatable.
+    #[arg(long = "auth", global = true, value_name = "SCHEME:CREDENTIALS")]
+    pub auth: Vec<String>,
+    #[command(subcommand)]
+    pub command: CoordCmd,
+}
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CoordCmd {
@@ -43,6 +56,26 @@ pub enum CoordCmd {
         /// Keep the session (and so an ephemeral node) until Ctrl-C.
         #[arg(long)]
         hold: bool,
+        /// The node's ACL, zkCli's scheme:id:perms comma-separated (e.g.
+        /// digest:bob:HASH:cdrwa,world:anyone:r). Default world:anyone:cdrwa.
+        #[arg(long, value_parser = parse_acl_arg)]
+        acl: Option<AclArg>,
+    },
+    /// Print the ACL of PATH, one scheme:id:perms entry a line.
+    Getacl { path: String },
+    /// Replace the ACL of PATH (zkCli's scheme:id:perms, comma-separated).
+    Setacl {
+        path: String,
+        #[arg(value_parser = parse_acl_arg)]
+        acl: AclArg,
+        /// Only if the node's ACL is at this version (its aversion).
+        #[arg(long)]
+        aversion: Option<i32>,
+    },
+    /// Print the digest id of USER:PASSWORD, for a digest ACL entry (digest:ID:perms).
+    Digest {
+        #[arg(value_name = "USER:PASSWORD")]
+        user_password: String,
     },
     /// Replace the data of PATH.
     Set {
@@ -85,9 +118,48 @@ const CLI_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most nodes `rm --recursive` deletes, so a typo at `/` cannot run for ever.
 const RM_RECURSIVE_NODES_MAX: usize = 100_000;
 
-pub async fn run(ctx: &Context, cmd: CoordCmd) -> anyhow::Result<()> {
+/// An ACL flag, parsed and validated (one value, not clap's list of many).
+#[derive(Clone, Debug)]
+pub struct AclArg(Vec<AclEntry>);
+
+fn parse_acl_arg(text: &str) -> Result<AclArg, String> {
+    let acl = acl::parse_acl(text)?;
+    acl::validate(&acl)?;
+    Ok(AclArg(acl))
+}
+
+pub async fn run(ctx: &Context, args: CoordArgs) -> anyhow::Result<()> {
+    let CoordArgs { auth, command: cmd } = args;
+    if let CoordCmd::Digest { user_password } = &cmd {
+        // Nothing to ask a master: the digest is computed here.
+        let id = acl::digest_id(user_password).map_err(|e| anyhow::anyhow!("digest: {e}"))?;
+        if ctx.output == Output::Json {
+            render::outln!("{}", json!({ "scheme": "digest", "id": id }))?;
+        } else {
+            render::outln!("{id}")?;
+        }
+        return Ok(());
+    }
+    let mut creds = Vec::with_capacity(auth.len());
+    for a in &auth {
+        // Never echo the credentials in an error.
+        let Some((scheme, secret)) = a.split_once(':') else {
+            bail!("--auth takes scheme:credentials (e.g. digest:user:password)");
+        };
+        creds.push((scheme.to_string(), secret.to_string()));
+    }
     let client = connect(ctx, cli_options()).await?;
-    let result = execute(ctx, &client, cmd).await;
+    let mut result = Ok(());
+    for (scheme, secret) in creds {
+        if let Err(e) = client.add_auth(&scheme, secret.into_bytes()).await {
+            result = Err(anyhow::Error::new(e).context(format!("--auth {scheme}:… refused")));
+            break;
+        }
+    }
+    let result = match result {
+        Ok(()) => execute(ctx, &client, cmd).await,
+        Err(e) => Err(e),
+    };
     // Always end the session, even after a failure, so its ephemerals and watches go now rather
     // than a session timeout later. A failure to close matters less than the command's own.
     let closed = client.close().await;
@@ -164,6 +236,7 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
             ephemeral,
             sequential,
             hold,
+            acl,
         } => {
             let data = match data {
                 Some(d) => read_data(&d)?,
@@ -176,7 +249,7 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
                 (true, true) => CreateMode::EphemeralSequential,
             };
             let (created, st) = client
-                .create_with_stat(&path, data, mode)
+                .create_with_acl(&path, data, mode, acl.map_or_else(acl::open_acl, |a| a.0))
                 .await
                 .map_err(cli_error)?;
             if json {
@@ -219,6 +292,37 @@ async fn execute(ctx: &Context, client: &Client, cmd: CoordCmd) -> anyhow::Resul
             recursive,
             count,
         } => watch(client, &path, recursive, count, json).await?,
+        CoordCmd::Getacl { path } => {
+            let (entries, st) = client.get_acl(&path).await.map_err(cli_error)?;
+            if json {
+                let entries: Vec<serde_json::Value> = entries.iter().map(acl_entry_json).collect();
+                render::outln!(
+                    "{}",
+                    json!({ "path": path, "acl": entries, "stat": stat_json(&st) })
+                )?;
+            } else {
+                let mut lines = String::new();
+                for e in &entries {
+                    lines.push_str(&e.to_string());
+                    lines.push('\n');
+                }
+                render::write_stdout(lines.as_bytes())?;
+            }
+        }
+        CoordCmd::Setacl {
+            path,
+            acl,
+            aversion,
+        } => {
+            let st = client
+                .set_acl(&path, acl.0, aversion)
+                .await
+                .map_err(cli_error)?;
+            if json {
+                render::outln!("{}", json!({ "path": path, "stat": stat_json(&st) }))?;
+            }
+        }
+        CoordCmd::Digest { .. } => unreachable!("answered before connecting"),
     }
     Ok(())
 }
@@ -338,6 +442,15 @@ fn event_name(kind: EventType) -> &'static str {
     }
 }
 
+fn acl_entry_json(e: &AclEntry) -> serde_json::Value {
+    json!({
+        "scheme": e.id.scheme,
+        "id": e.id.id,
+        "perms": e.perms.letters(),
+        "perms_bits": e.perms.bits(),
+    })
+}
+
 fn stat_json(s: &Stat) -> serde_json::Value {
     json!({
         "czxid": s.czxid.0,
@@ -380,26 +493,10 @@ fn data_json(data: &[u8]) -> serde_json::Value {
     }
 }
 
-/// Standard base64 with padding (RFC 4648); a dependency for twenty lines is not worth it.
+/// Standard base64 with padding (RFC 4648), from the `base64` crate coord's digests use too.
 fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]

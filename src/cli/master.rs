@@ -84,6 +84,15 @@ pub struct MasterArgs {
     /// reaches the port can then run commands on every agent.
     #[arg(long, env = "DROVER_INSECURE")]
     pub insecure: bool,
+    /// A coord id that passes every ACL check (ZooKeeper's superDigest), as scheme:id, e.g.
+    /// digest:super:HASH (`drover coord digest super:PASSWORD` prints it); repeatable. Give every
+    /// master the same list.
+    #[arg(long = "coord-super-id", env = "DROVER_COORD_SUPER_IDS", value_delimiter = ',', value_parser = parse_super_id)]
+    pub coord_super_ids: Vec<drover_coord::acl::Id>,
+}
+
+fn parse_super_id(text: &str) -> Result<drover_coord::acl::Id, String> {
+    drover_coord::acl::parse_super_id(text)
 }
 
 /// Who may call each gRPC service of a master when it serves TLS (`Cluster.Status` is open to
@@ -148,6 +157,7 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
     config.server.session_timeout_min_ms = args.session_timeout_min_ms;
     config.server.session_timeout_max_ms = args.session_timeout_max_ms;
     config.server.snapshot_every_txns = args.snapshot_every_txns;
+    config.server.super_ids = args.coord_super_ids.clone();
     config.tick_interval = Duration::from_millis(args.tick_ms);
     config.snapshots_to_keep = args.snapshots_to_keep as usize;
     config.tls = tls.clone();

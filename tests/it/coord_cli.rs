@@ -242,3 +242,143 @@ fn bench_coord_measures_its_own_ensemble_and_a_leader_kill_then_removes_it() {
         "{failover}"
     );
 }
+
+#[test]
+fn a_digest_acl_keeps_a_znode_from_sessions_without_its_credentials() {
+    // Created with a digest ACL, /secret cannot be read or changed without the credentials (NoAuth
+    // naming the path and the permission), the refusal changes nothing, `--auth digest:user:pass`
+    // reads it, the ACL survives a restart, and a super id (a master flag) passes every check.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin = drover_coord::acl::digest_id("super:admin-pw").unwrap();
+    let super_flag = format!("digest:{admin}");
+    let extra = ["--coord-super-id", super_flag.as_str()];
+    let master = start_master(dir.path(), port, "master", &extra);
+    let addr = format!("127.0.0.1:{port}");
+
+    let out = drover(&addr, &["coord", "digest", "alice:s3cret"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id, drover_coord::acl::digest_id("alice:s3cret").unwrap());
+    assert!(id.starts_with("alice:"), "{id}");
+
+    let acl = format!("digest:{id}:cdrwa");
+    let out = drover(
+        &addr,
+        &["coord", "create", "/secret", "the data", "--acl", &acl],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "/secret");
+
+    let alice = ["--auth", "digest:alice:s3cret"];
+    let refused = |args: &[&str], perm: &str| {
+        let out = drover(&addr, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains("not authorized") && err.contains("/secret") && err.contains(perm),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(!err.contains("s3cret"), "credentials echoed: {err}");
+    };
+    refused(&["coord", "get", "/secret"], "READ");
+    refused(
+        &["coord", "get", "/secret", "--auth", "digest:alice:wrong"],
+        "READ",
+    );
+    refused(&["coord", "set", "/secret", "overwritten"], "WRITE");
+    // ZooKeeper's rule: creating (and deleting) a child needs CREATE (DELETE) on the parent.
+    refused(&["coord", "create", "/secret/child"], "CREATE");
+    refused(&["coord", "getacl", "/secret"], "READ or ADMIN");
+
+    // Nothing changed, as alice can see.
+    let out = drover(&addr, &["coord", "get", "/secret", alice[0], alice[1]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "the data");
+    let out = drover(
+        &addr,
+        &[
+            "coord",
+            "--auth",
+            "digest:alice:s3cret",
+            "get",
+            "/secret",
+            "--stat",
+        ],
+    );
+    assert!(stdout(&out).contains("version = 0"), "{}", stdout(&out));
+    let out = drover(&addr, &["coord", "getacl", "/secret", alice[0], alice[1]]);
+    assert_eq!(stdout(&out), format!("{acl}\n"), "{}", stderr(&out));
+
+    // Bad ACLs are refused naming the entry, and create nothing.
+    for (bad, why) in [
+        ("digest:alice:r", "entry 0"),
+        ("world:anyone:r,ip:10.0.0.300:r", "entry 1"),
+        ("world:anyone:q", "entry 0"),
+    ] {
+        let out = drover(&addr, &["coord", "create", "/bad", "--acl", bad]);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(stderr(&out).contains(why), "{bad}: {}", stderr(&out));
+    }
+    let out = drover(&addr, &["coord", "get", "/bad"]);
+    assert!(stderr(&out).contains("no node at /bad"), "{}", stderr(&out));
+
+    // The ACL is durable: after a restart it still holds.
+    drop(master);
+    let master = start_master(dir.path(), port, "master-restarted", &extra);
+    refused(&["coord", "get", "/secret"], "READ");
+    // A super id reads anything.
+    let out = drover(
+        &addr,
+        &["coord", "get", "/secret", "--auth", "digest:super:admin-pw"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "the data");
+
+    // setacl checks the ACL version; then everyone may read.
+    let open_read = format!("{acl},world:anyone:r");
+    let out = drover(
+        &addr,
+        &[
+            "coord",
+            "setacl",
+            "/secret",
+            &open_read,
+            "--aversion",
+            "3",
+            alice[0],
+            alice[1],
+        ],
+    );
+    assert!(stderr(&out).contains("bad version"), "{}", stderr(&out));
+    let out = drover(
+        &addr,
+        &[
+            "coord",
+            "setacl",
+            "/secret",
+            &open_read,
+            "--aversion",
+            "0",
+            alice[0],
+            alice[1],
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = drover(&addr, &["coord", "get", "/secret"]);
+    assert_eq!(stdout(&out), "the data", "{}", stderr(&out));
+    // Without ADMIN, getacl hides the digest's hash.
+    let out = drover(&addr, &["coord", "getacl", "/secret"]);
+    assert_eq!(
+        stdout(&out),
+        "digest:alice:x:cdrwa\nworld:anyone:r\n",
+        "{}",
+        stderr(&out)
+    );
+    drop(master);
+}

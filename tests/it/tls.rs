@@ -246,6 +246,39 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
     let (code, body) = https_get(&http, "/metrics", &ca_only).await;
     assert_eq!(code, 401, "{body}");
 
+    // coord's x509 ACL scheme names the client certificate: the operator's node is the
+    // operator's alone (ACLs are checked before this test's final comparison, so clean up).
+    let made = drover_as(
+        &certs,
+        "operator",
+        &addr,
+        &[
+            "coord",
+            "create",
+            "/x509-only",
+            "mine",
+            "--acl",
+            "x509:operator:cdrwa",
+        ],
+    );
+    assert!(made.status.success(), "{}", util::stderr(&made));
+    let theirs = drover_as(&certs, "framework", &addr, &["coord", "get", "/x509-only"]);
+    assert!(!theirs.status.success(), "{}", util::stdout(&theirs));
+    assert!(
+        util::stderr(&theirs).contains("/x509-only"),
+        "{}",
+        util::stderr(&theirs)
+    );
+    let mine = drover_as(&certs, "operator", &addr, &["coord", "get", "/x509-only"]);
+    assert_eq!(
+        util::stdout(&mine).trim(),
+        "mine",
+        "{}",
+        util::stderr(&mine)
+    );
+    let removed = drover_as(&certs, "operator", &addr, &["coord", "rm", "/x509-only"]);
+    assert!(removed.status.success(), "{}", util::stderr(&removed));
+
     // Nothing of it cost the master anything.
     assert!(!tc.master_exited(), "the master exited");
     assert_eq!(coord_listing(&certs, &addr), before);

@@ -10,7 +10,9 @@
 //!    event after that reply can be missed.
 //! 4. On a broken connection: fail the requests in flight with `ConnectionLoss`, reconnect to the
 //!    next address (round robin, capped backoff, all within one session timeout) with the same
-//!    session id, password and last zxid seen, then send `SetWatches` before any new request.
+//!    session id, password and last zxid seen, then send the `AddAuth`s the session was granted
+//!    (a server keeps auth per connection, as ZooKeeper's does) and `SetWatches`, before any new
+//!    request.
 //! 5. On expiry or close: fail everything that waits, end every watch, and stop.
 
 use super::watchers::{OneShotKind, Watchers};
@@ -18,6 +20,7 @@ use super::{ClientError, ClientOptions, Command, NewWatch, SessionEvent, Session
 use crate::convert::{event_from_proto, op_to_proto, reply_from_proto};
 use crate::op::{ErrorCode, Op, OpResult, ReadOp};
 use crate::zxid::{SessionId, Zxid};
+use bytes::Bytes;
 use drover_client::error_reason;
 use drover_proto::MESSAGE_BYTES_MAX;
 use drover_proto::v1::{self, client_message, coord_client::CoordClient, server_message};
@@ -110,6 +113,9 @@ struct Session {
     next_xid: i64,
     pending: BTreeMap<i64, Waiter>,
     watchers: Watchers,
+    /// `(scheme, auth)` the server accepted, in order, sent again on every new connection.
+    /// Invariant: no duplicates, at most `acl::AUTH_IDS_PER_SESSION_MAX`.
+    auths: Vec<(String, Bytes)>,
     commands: mpsc::Receiver<Command>,
     /// False once every handle is gone.
     commands_open: bool,
@@ -180,6 +186,7 @@ pub(super) async fn spawn(
         next_xid: 1,
         pending: BTreeMap::new(),
         watchers: Watchers::default(),
+        auths: Vec::new(),
         commands,
         commands_open: true,
         closing: None,
@@ -576,6 +583,14 @@ impl Session {
                 if let (Ok(r), Some(watch)) = (&result, watch) {
                     self.register(&op, r, watch);
                 }
+                if let (Ok(_), Op::Read(ReadOp::AddAuth { scheme, auth })) = (&result, &op) {
+                    let granted = (scheme.clone(), auth.clone());
+                    if !self.auths.contains(&granted)
+                        && self.auths.len() < crate::acl::AUTH_IDS_PER_SESSION_MAX
+                    {
+                        self.auths.push(granted);
+                    }
+                }
                 let _ = reply.send(result);
             }
         }
@@ -672,6 +687,11 @@ impl Session {
     /// First messages on a new connection: the watches to re-register, then the close that
     /// was under way.
     fn resume(&mut self, conn: &mut Conn) -> Result<(), Lost> {
+        // Auth first: the watches and every later request are checked with it.
+        for (scheme, auth) in self.auths.clone() {
+            let op = Op::Read(ReadOp::AddAuth { scheme, auth });
+            self.request(conn, op, |_| Waiter::Internal("add auth"))?;
+        }
         let relative = Zxid(
             self.shared
                 .last_zxid_seen

@@ -18,6 +18,7 @@ mod connection;
 mod watchers;
 
 use crate::Op;
+use crate::acl::{self, AclEntry};
 use crate::convert::ServerError;
 use crate::op::{
     ANY_VERSION, CreateMode, ErrorCode, OpResult, ReadOp, Stat, WatchEvent, WriteOp,
@@ -317,18 +318,34 @@ impl Client {
         }
     }
 
+    /// `create` with the ZooKeeper default ACL, `world:anyone:cdrwa`.
     pub async fn create_with_stat(
         &self,
         path: &str,
         data: impl Into<Bytes>,
         mode: CreateMode,
     ) -> Result<(String, Stat)> {
+        self.create_with_acl(path, data, mode, acl::open_acl())
+            .await
+    }
+
+    /// Creates `path` with `acl` (`acl::parse_acl` reads zkCli's text form; `auth::cdrwa` gives
+    /// the node to this session's authenticated ids). Needs CREATE on the parent.
+    pub async fn create_with_acl(
+        &self,
+        path: &str,
+        data: impl Into<Bytes>,
+        mode: CreateMode,
+        acl: Vec<AclEntry>,
+    ) -> Result<(String, Stat)> {
         let data = data.into();
         check_size(path, &data)?;
+        check_acl(path, &acl)?;
         let op = Op::Write(WriteOp::Create {
             path: path.into(),
             data,
             mode,
+            acl,
         });
         match self.call(op, None).await? {
             OpResult::Created { path, stat } => Ok((path, stat)),
@@ -381,6 +398,49 @@ impl Client {
         match self.call(op, None).await? {
             OpResult::Stat(stat) => Ok(stat),
             other => Err(unexpected("set", path, &other)),
+        }
+    }
+
+    /// The ACL of `path` and its stat (`aversion` is the ACL's version). Needs READ or ADMIN;
+    /// without ADMIN, digest ids come back as `user:x`.
+    pub async fn get_acl(&self, path: &str) -> Result<(Vec<AclEntry>, Stat)> {
+        let op = Op::Read(ReadOp::GetAcl { path: path.into() });
+        match self.call(op, None).await? {
+            OpResult::Acl { acl, stat } => Ok((acl, stat)),
+            other => Err(unexpected("get_acl", path, &other)),
+        }
+    }
+
+    /// Replaces the ACL of `path` if its ACL version is `version` (any for `None`). Needs ADMIN.
+    pub async fn set_acl(
+        &self,
+        path: &str,
+        acl: Vec<AclEntry>,
+        version: Option<i32>,
+    ) -> Result<Stat> {
+        check_acl(path, &acl)?;
+        let op = Op::Write(WriteOp::SetAcl {
+            path: path.into(),
+            acl,
+            version: version.unwrap_or(ANY_VERSION),
+        });
+        match self.call(op, None).await? {
+            OpResult::Stat(stat) => Ok(stat),
+            other => Err(unexpected("set_acl", path, &other)),
+        }
+    }
+
+    /// Authenticates this session as `scheme`/`auth` (`"digest"`, `b"user:password"`) on its
+    /// connection. Like ZooKeeper's client, it keeps what was accepted and sends it again after
+    /// every reconnect, before anything else.
+    pub async fn add_auth(&self, scheme: &str, auth: impl Into<Bytes>) -> Result<()> {
+        let op = Op::Read(ReadOp::AddAuth {
+            scheme: scheme.into(),
+            auth: auth.into(),
+        });
+        match self.call(op, None).await? {
+            OpResult::Empty => Ok(()),
+            other => Err(unexpected("add_auth", scheme, &other)),
         }
     }
 
@@ -591,6 +651,22 @@ fn terminal_error(shared: &Shared, session: SessionId) -> ClientError {
     }
 }
 
+/// Refuses an ACL the server would refuse (and, above all, an empty one, which on the wire would
+/// read as "no ACL given", the open default).
+fn check_acl(path: &str, acl: &[AclEntry]) -> Result<()> {
+    acl::validate(acl).map_err(|reason| {
+        let err = crate::op::OpError::InvalidAcl {
+            path: path.into(),
+            reason,
+        };
+        ClientError::Server(ServerError {
+            code: err.code(),
+            message: err.to_string(),
+            op_index: None,
+        })
+    })
+}
+
 /// Refuses oversized data here rather than letting the server do it, so one oversized call
 /// cannot push a message past the transport limit and break the connection for everyone.
 fn check_size(path: &str, data: &Bytes) -> Result<()> {
@@ -646,6 +722,9 @@ fn describe(op: &Op) -> String {
         Op::Write(WriteOp::SetData { path, .. }) => format!("set {path}"),
         Op::Write(WriteOp::Check { path, .. }) => format!("check {path}"),
         Op::Write(WriteOp::Multi(ops)) => format!("multi of {} ops", ops.len()),
+        Op::Write(WriteOp::SetAcl { path, .. }) => format!("set_acl {path}"),
+        Op::Read(ReadOp::GetAcl { path }) => format!("get_acl {path}"),
+        Op::Read(ReadOp::AddAuth { scheme, .. }) => format!("add_auth {scheme}"),
         Op::Read(ReadOp::GetData { path, .. }) => format!("get {path}"),
         Op::Read(ReadOp::Exists { path, .. }) => format!("exists {path}"),
         Op::Read(ReadOp::GetChildren { path, .. }) => format!("children {path}"),

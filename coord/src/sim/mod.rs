@@ -767,6 +767,7 @@ impl Sim {
             timeout_ms: SESSION_TIMEOUT_MS,
             last_zxid_seen: c.last_zxid,
             new_password,
+            identity: Default::default(),
         };
         self.send_to_server(client, input);
     }
@@ -866,6 +867,7 @@ impl Sim {
                 path: key.into(),
                 data: Bytes::from_static(b"0"),
                 mode: CreateMode::Persistent,
+                acl: crate::acl::open_acl(),
             });
             return self.send_op(client, op, PendingKind::Setup(idx));
         }
@@ -896,6 +898,7 @@ impl Sim {
                     path: key.into(),
                     data: Bytes::from(value.to_string()),
                     mode: CreateMode::Persistent,
+                    acl: crate::acl::open_acl(),
                 });
                 self.send_op(client, op, PendingKind::Recorded(idx));
             }

@@ -716,6 +716,7 @@ impl Leader<'_> {
                         path: path.to_string(),
                         data: data.to_vec().into(),
                         mode: CreateMode::Persistent,
+                        acl: drover_coord::acl::open_acl(),
                     },
                 ];
                 self.client.multi(create).await.map(drop)
@@ -739,6 +740,7 @@ impl Leader<'_> {
                     .expect("a record always serializes")
                     .into(),
                 mode: CreateMode::Persistent,
+                acl: drover_coord::acl::open_acl(),
             });
         }
         self.client.multi(ops).await.map(drop)
