@@ -40,6 +40,10 @@ pub struct SchedulerBenchArgs {
     /// A flag for the bench's own master, e.g. `--master-arg=--allocation-interval-ms=20`.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     pub master_args: Vec<String>,
+    /// TLS on the bench's own master, its simulated agents and frameworks: off, on, or both (two
+    /// runs, plaintext first, and what TLS costs).
+    #[arg(long, value_enum, default_value_t = super::bench::TlsMode::Off)]
+    pub tls: super::bench::TlsMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +77,7 @@ pub async fn sim_agents(ctx: &Context, args: SimAgentsArgs) -> anyhow::Result<()
         millicpus: millicpus as u64,
         mem_bytes: mem,
         connections: args.connections,
+        tls: ctx.tls.clone(),
     };
     scheduler::sim_agents(&config, Arc::new(|line| eprintln!("{line}"))).await
 }
@@ -112,17 +117,48 @@ pub async fn bench_scheduler(
     } else {
         None
     };
-    let config = SchedulerConfig {
-        master,
-        agents: args.agents,
-        frameworks: args.frameworks,
-        tasks: args.tasks,
-        agent,
-        task,
-        timeout: args.timeout,
-        master_args: args.master_args.clone(),
+    let modes: &[bool] = match args.tls {
+        super::bench::TlsMode::Off => &[false],
+        super::bench::TlsMode::On => &[true],
+        super::bench::TlsMode::Both => &[false, true],
     };
-    let report = scheduler::run(&config, &|line| eprintln!("{line}")).await?;
+    let mut rates = Vec::new();
+    for &tls in modes {
+        if modes.len() > 1 && ctx.output == super::Output::Human {
+            println!("TLS {}:", if tls { "on" } else { "off" });
+        }
+        let config = SchedulerConfig {
+            master: master.clone(),
+            agents: args.agents,
+            frameworks: args.frameworks,
+            tasks: args.tasks,
+            agent: agent.clone(),
+            task: task.clone(),
+            timeout: args.timeout,
+            master_args: args.master_args.clone(),
+            tls,
+        };
+        let report = scheduler::run(&config, &|line| eprintln!("{line}")).await?;
+        rates.push(report.placements_per_s);
+        print_report(ctx, &args, &report, tls);
+    }
+    if let [off, on] = rates.as_slice()
+        && ctx.output == super::Output::Human
+    {
+        println!(
+            "TLS cost: {off:.0} placements/s off, {on:.0} on ({:+.1}%)",
+            (on - off) / off * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn print_report(
+    ctx: &Context,
+    args: &SchedulerBenchArgs,
+    report: &scheduler::SchedulerReport,
+    tls: bool,
+) {
     let (h, placements, elapsed) = (
         &report.offer_to_launch_us,
         report.placements_per_s,
@@ -134,7 +170,7 @@ pub async fn bench_scheduler(
         println!(
             "{}",
             serde_json::json!({
-                "agents": args.agents, "frameworks": args.frameworks, "tasks": args.tasks,
+                "agents": args.agents, "tls": tls, "frameworks": args.frameworks, "tasks": args.tasks,
                 "seconds": elapsed, "placements_per_s": placements,
                 "offer_to_launch_ms": {"p50": ms(h.value_at_quantile(0.5)), "p99": ms(h.value_at_quantile(0.99))},
                 "allocation_cycle_ms": {"p50": ms(report.allocation_cycle_p50_us), "p99": ms(report.allocation_cycle_p99_us), "max": ms(report.allocation_cycle_max_us), "cycles": report.allocation_cycles},
@@ -169,5 +205,4 @@ pub async fn bench_scheduler(
             None => println!("master RSS: not measured (the master is not the bench's own)"),
         }
     }
-    Ok(())
 }

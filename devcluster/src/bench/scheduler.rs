@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Messages queued towards the master per simulated agent.
 const SIM_AGENT_QUEUE: usize = 256;
@@ -56,6 +56,8 @@ pub struct SimAgentsConfig {
     pub mem_bytes: u64,
     /// HTTP/2 connections the agent links share (at least 1).
     pub connections: u64,
+    /// An agent certificate, when the master serves TLS.
+    pub tls: Option<drover_security::TlsConfig>,
 }
 
 /// What to measure (`drover bench scheduler`'s flags).
@@ -77,6 +79,9 @@ pub struct SchedulerConfig {
     pub timeout: Duration,
     /// Flags appended to the own master's command line.
     pub master_args: Vec<String>,
+    /// The own master serves TLS; the simulated agents, the frameworks and the bench's operator
+    /// calls each use their role's certificate.
+    pub tls: bool,
 }
 
 /// The run's figures.
@@ -99,11 +104,12 @@ pub fn capacity(agent: &Resources, task: &Resources, agents: u64) -> u64 {
     fits(agent, task).saturating_mul(agents)
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_lazy())
+fn channel(addr: &str, tls: Option<&drover_security::TlsConfig>) -> anyhow::Result<Channel> {
+    let transport = drover_client::Transport {
+        tls: tls.cloned(),
+        ..drover_client::Transport::plaintext(CONNECT_TIMEOUT, CONNECT_TIMEOUT)
+    };
+    Ok(transport.connect_lazy(addr)?)
 }
 
 /// `--count` agents over `--connections` HTTP/2 connections, until they fail or the caller
@@ -116,7 +122,7 @@ pub async fn sim_agents(
         bail!("--connections must be at least 1");
     }
     let channels: Vec<Channel> = (0..config.connections)
-        .map(|_| channel(&config.master))
+        .map(|_| channel(&config.master, config.tls.as_ref()))
         .collect::<anyhow::Result<_>>()?;
     let registered = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -284,7 +290,7 @@ struct Shared {
 
 /// One SDK framework launching `quota` tasks from its offers.
 async fn bench_framework(
-    addr: String,
+    (addr, tls): (String, Option<drover_security::TlsConfig>),
     index: u64,
     quota: u64,
     task: Resources,
@@ -293,6 +299,7 @@ async fn bench_framework(
     let (fw, mut events) = Framework::builder()
         .name(format!("bench-{index}"))
         .masters([addr])
+        .tls(tls)
         .failover_timeout(Duration::from_secs(600))
         .connect()
         .await
@@ -452,6 +459,24 @@ pub async fn run(
         .tempdir()
         .context("cannot make a temp dir")?;
     let given = config.master.is_some();
+    if given && config.tls {
+        bail!("--tls sets up the bench's own master; with --masters there is none");
+    }
+    let certs = if config.tls {
+        Some(crate::tls::throwaway(&dir.path().join("tls"), 1, 1)?)
+    } else {
+        None
+    };
+    let role_tls = |name: &str| {
+        certs.as_ref().map(|c| {
+            drover_security::TlsConfig::load(
+                &c.dir.join("ca.pem"),
+                Some(&c.dir.join(format!("{name}.pem"))),
+                Some(&c.dir.join(format!("{name}-key.pem"))),
+            )
+        })
+    };
+    let framework_tls = role_tls("framework").transpose()?;
     let (addr, master) = if let Some(addr) = &config.master {
         (addr.clone(), None)
     } else {
@@ -460,6 +485,9 @@ pub async fn run(
             .port();
         let addr = format!("127.0.0.1:{port}");
         let mut margs = process::master_args(1, &addr, &dir.path().join("master"));
+        if let Some(certs) = &certs {
+            margs.extend(certs.args("master-1").into_iter().map(Into::into));
+        }
         margs.extend(config.master_args.iter().map(Into::into));
         let child = spawn(margs, &dir.path().join("master.log"))?;
         (addr, Some(child))
@@ -469,7 +497,7 @@ pub async fn run(
         if given { " (given)" } else { " (own)" },
         dir.path().display()
     ));
-    let operator = OperatorClient::new(channel(&addr)?);
+    let operator = OperatorClient::new(channel(&addr, certs.as_ref().map(|c| &c.operator))?);
     // Wait for the master to lead.
     let deadline = Instant::now() + MASTER_LEAD_TIMEOUT;
     loop {
@@ -503,6 +531,10 @@ pub async fn run(
         "--mem".into(),
         config.agent.mem_bytes().to_string(),
     ];
+    let sim_args: Vec<String> = match &certs {
+        Some(c) => sim_args.into_iter().chain(c.args("agent-1")).collect(),
+        None => sim_args,
+    };
     let _agents = spawn(
         sim_args.iter().map(Into::into).collect(),
         &dir.path().join("sim-agents.log"),
@@ -543,7 +575,7 @@ pub async fn run(
         let quota =
             config.tasks / config.frameworks + u64::from(i < config.tasks % config.frameworks);
         frameworks.spawn(bench_framework(
-            addr.clone(),
+            (addr.clone(), framework_tls.clone()),
             i,
             quota,
             task.clone(),
