@@ -23,4 +23,4 @@ pub use redirect::{LEADER_METADATA_KEY, Redirect, leader_hint, redirect};
 pub use search::{
     Backoff, JITTER_FLOOR, LeaderSearch, LimitsError, REDIRECTS_MAX_DEFAULT, SearchLimits, Step,
 };
-pub use transport::{Keepalive, Transport, TransportError, error_reason};
+pub use transport::{Keepalive, Transport, TransportError, error_reason, status_text};

@@ -125,7 +125,13 @@ impl Transport {
 pub fn error_reason(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current: &(dyn std::error::Error + 'static) = e;
     loop {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return tls_reason(tls);
+        }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return tls_reason(tls);
+            }
             return match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
                 std::io::ErrorKind::ConnectionReset => "connection reset".into(),
@@ -137,6 +143,57 @@ pub fn error_reason(e: &(dyn std::error::Error + 'static)) -> String {
             Some(next) => current = next,
             None => return current.to_string(),
         }
+    }
+}
+
+/// One line for a failed call: the status message and its deepest cause ("Connection refused
+/// (os error 111)"), or for a TLS failure anywhere in the chain the words of [`error_reason`].
+pub fn status_text(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = if status.message().is_empty() {
+        status.code().description().to_string()
+    } else {
+        status.message().to_string()
+    };
+    let mut cause = status.source();
+    let mut deepest = None;
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+        }) {
+            deepest = Some(tls_reason(tls));
+            break;
+        }
+        deepest = Some(c.to_string());
+        cause = c.source();
+    }
+    // Some layers (h2 after the handshake) keep a TLS alert only as text.
+    let deepest = deepest.map(|d| match d.strip_prefix("received fatal alert: ") {
+        Some(alert) => format!(
+            "the server refused the TLS session ({alert}): is --tls-cert (DROVER_TLS_CERT) signed by this cluster's CA?"
+        ),
+        None => d,
+    });
+    if let Some(d) = deepest
+        && !text.contains(&d)
+    {
+        text = format!("{text}: {d}");
+    }
+    text.replace('\n', " ")
+}
+
+/// A TLS failure in words that say which side to fix.
+fn tls_reason(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(why) => format!(
+            "the server's certificate is not trusted ({why:?}): is --tls-ca (DROVER_TLS_CA) this cluster's CA?"
+        ),
+        rustls::Error::AlertReceived(alert) => format!(
+            "the server refused the TLS handshake ({alert:?}): is --tls-cert (DROVER_TLS_CERT) signed by this cluster's CA?"
+        ),
+        other => format!("TLS: {other}"),
     }
 }
 

@@ -11,6 +11,7 @@
 //! Every failure is one line: no such task, an agent that cannot be reached, a sandbox the
 //! agent's GC removed.
 
+use drover_client::status_text;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -298,23 +299,6 @@ fn read_error(status: &tonic::Status, task_id: &str, at: &Located) -> anyhow::Er
 fn is_transport(status: &tonic::Status) -> bool {
     use std::error::Error as _;
     status.source().is_some()
-}
-
-/// A status as one line: its message (or code), with the deepest transport cause.
-fn status_text(status: &tonic::Status) -> String {
-    use std::error::Error as _;
-    let mut text = if status.message().is_empty() {
-        status.code().description().to_string()
-    } else {
-        status.message().to_string()
-    };
-    if let Some(cause) = status.source() {
-        let deepest = error_chain(cause);
-        if !text.contains(&deepest) {
-            text = format!("{text}: {deepest}");
-        }
-    }
-    text.replace('\n', " ")
 }
 
 /// The deepest cause of an error chain ("Connection refused (os error 111)" says most).

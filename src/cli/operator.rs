@@ -15,6 +15,7 @@
 //!
 //! Other errors (a leader that refuses the request) end the command at once.
 
+use drover_client::status_text;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -243,29 +244,6 @@ fn is_refusal(status: &tonic::Status) -> bool {
             | Code::Unimplemented
             | Code::OutOfRange
     )
-}
-
-/// A status as one line: its message, or its code, with the transport cause when there is one.
-fn status_text(status: &tonic::Status) -> String {
-    use std::error::Error as _;
-    let mut text = if status.message().is_empty() {
-        status.code().description().to_string()
-    } else {
-        status.message().to_string()
-    };
-    // The deepest cause says most ("Connection refused (os error 111)").
-    let mut cause = status.source();
-    let mut deepest = None;
-    while let Some(c) = cause {
-        deepest = Some(c.to_string());
-        cause = c.source();
-    }
-    if let Some(d) = deepest
-        && !text.contains(&d)
-    {
-        text = format!("{text}: {d}");
-    }
-    text.replace('\n', " ")
 }
 
 /// The one-line failure when no master answered as leader.

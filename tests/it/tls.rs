@@ -185,7 +185,7 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
     let theirs = drover_as(&other, "operator", &addr, &["agent", "ls"]);
     assert!(!theirs.status.success());
     assert!(
-        util::stderr(&theirs).contains("invalid peer certificate"),
+        util::stderr(&theirs).contains("is --tls-ca (DROVER_TLS_CA) this cluster's CA?"),
         "{}",
         util::stderr(&theirs)
     );
@@ -202,6 +202,12 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
         .output()
         .expect("run");
     assert!(!mixed.status.success());
+    assert!(
+        util::stderr(&mixed)
+            .contains("is --tls-cert (DROVER_TLS_CERT) signed by this cluster's CA?"),
+        "{}",
+        util::stderr(&mixed)
+    );
 
     // No certificate: unauthenticated, naming what the API needs.
     let anonymous = drover_as(
