@@ -400,3 +400,83 @@ async fn three_masters_replicate_over_tls_and_an_agent_certificate_cannot_join_t
     let _ = writer.close().await;
     drop(ensemble);
 }
+
+#[test]
+fn plaintext_off_loopback_is_refused_before_anything_listens() {
+    // Proves secure by default on the real binaries: a master (gRPC and --http) and an agent
+    // without TLS refuse a non-loopback address in one line naming the flag and the way out,
+    // exit non-zero, and (checked before binding) never listen there. A master also refuses to
+    // run on an agent's certificate.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(util::drover_bin())
+            .env_remove("DROVER_TLS_CA")
+            .env_remove("DROVER_TLS_CERT")
+            .env_remove("DROVER_TLS_KEY")
+            .env_remove("DROVER_INSECURE")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run drover")
+    };
+    let data = tmp.path().join("m");
+    let data = data.to_str().expect("utf-8");
+    let work = tmp.path().join("a");
+    let work = work.to_str().expect("utf-8");
+    for (args, flag) in [
+        (
+            vec!["master", "--listen", "0.0.0.0:1", "--data-dir", data],
+            "--listen 0.0.0.0:1",
+        ),
+        (
+            vec![
+                "master",
+                "--listen",
+                "127.0.0.1:1",
+                "--http",
+                "0.0.0.0:1",
+                "--data-dir",
+                data,
+            ],
+            "--http 0.0.0.0:1",
+        ),
+        (
+            vec!["agent", "--listen", "0.0.0.0:1", "--work-dir", work],
+            "--listen 0.0.0.0:1",
+        ),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} started");
+        let err = util::stderr(&out);
+        assert!(
+            err.contains(&format!("{flag} is not a loopback address and TLS is off"))
+                && err.contains("--insecure"),
+            "{args:?}: {err}"
+        );
+    }
+    let certs = tmp.path().join("certs");
+    tls_init(&certs, 1);
+    let ca = certs.join("ca.pem");
+    let cert = certs.join("agent-1.pem");
+    let key = certs.join("agent-1-key.pem");
+    let out = run(&[
+        "master",
+        "--listen",
+        "127.0.0.1:1",
+        "--data-dir",
+        data,
+        "--tls-ca",
+        ca.to_str().expect("utf-8"),
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        util::stderr(&out)
+            .contains("is a certificate agent-1 (role agent), not a master certificate"),
+        "{}",
+        util::stderr(&out)
+    );
+}

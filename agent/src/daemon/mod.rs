@@ -384,6 +384,15 @@ impl From<SandboxError> for AgentError {
     }
 }
 
+/// A plaintext file API only on loopback, unless `--insecure`.
+fn check_listen(config: &AgentConfig, addr: std::net::SocketAddr) -> Result<(), AgentError> {
+    drover_security::check_plaintext_listen("--listen", addr, config.tls.is_some(), config.insecure)
+        .map_err(|reason| AgentError::Config {
+            field: "listen",
+            reason,
+        })
+}
+
 /// Runs the agent until `shutdown` completes (then returns `Ok`, leaving its tasks running for
 /// the next start to re-adopt) or a fatal error: the master refused the agent, or its work
 /// directory or checkpoints cannot be written.
@@ -421,24 +430,18 @@ pub async fn run(
         work_dir = %work.root().display(),
         "agent resources"
     );
+    // Secure by default, checked before anything listens (a host name is checked once bound).
+    if let Ok(addr) = config.listen.parse::<std::net::SocketAddr>() {
+        check_listen(&config, addr)?;
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| AgentError::Bind {
             address: config.listen.clone(),
             source,
         })?;
-    if let Ok(local) = listener.local_addr()
-        && let Err(reason) = drover_security::check_plaintext_listen(
-            "--listen",
-            local,
-            config.tls.is_some(),
-            config.insecure,
-        )
-    {
-        return Err(AgentError::Config {
-            field: "listen",
-            reason,
-        });
+    if let Ok(local) = listener.local_addr() {
+        check_listen(&config, local)?;
     }
     let root = work.root().to_path_buf();
     let (queries_tx, queries_rx) = tokio::sync::mpsc::channel(driver::QUERIES_MAX);
