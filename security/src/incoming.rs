@@ -197,6 +197,25 @@ async fn refuse_plaintext(
     let _ = stream.shutdown().await;
 }
 
+/// A gRPC listener's incoming TLS connections for tonic: `accept_tls` with this process's
+/// certificate, client certificates optional (each service's `RoleGuard` decides), ALPN h2.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    tls: &crate::tls::TlsConfig,
+    name: ListenerName,
+) -> Result<
+    impl tokio_stream::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>>,
+    crate::tls::TlsError,
+> {
+    let config = tls.server_config(false, &[crate::tls::ALPN_H2])?;
+    Ok(tonic_incoming(accept_tls(
+        listener,
+        config,
+        HandshakeLimits::default(),
+        name,
+    )))
+}
+
 /// A tonic incoming stream over `accept_tls`.
 pub fn tonic_incoming(
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

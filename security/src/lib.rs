@@ -16,5 +16,7 @@ pub mod tls;
 
 pub use args::TlsArgs;
 pub use guard::{HTTP_ROLES, RoleGuard, check_plaintext_listen, http_guard};
-pub use incoming::{HandshakeLimits, HttpCaller, TlsHttpListener, accept_tls, tonic_incoming};
+pub use incoming::{
+    HandshakeLimits, HttpCaller, TlsHttpListener, accept_tls, grpc_incoming, tonic_incoming,
+};
 pub use tls::{ALPN_H2, ALPN_HTTP1, ALPN_PEER, CertIdentity, Role, TlsConfig, TlsError};

@@ -243,20 +243,10 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
                     .await
             }
             Some(tls) => {
-                let config = tls
-                    .server_config(false, &[drover_security::ALPN_H2])
+                let incoming = drover_security::grpc_incoming(listener, tls, "gRPC")
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let accepted = drover_security::accept_tls(
-                    listener,
-                    config,
-                    drover_security::HandshakeLimits::default(),
-                    "gRPC",
-                );
                 router
-                    .serve_with_incoming_shutdown(
-                        drover_security::tonic_incoming(accepted),
-                        shutdown,
-                    )
+                    .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
             }
         }

@@ -111,16 +111,7 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
     tls_init(&certs, 1);
     let other = tmp.path().join("other");
     tls_init(&other, 1);
-    let flags = |name: &str| {
-        vec![
-            "--tls-ca".to_string(),
-            certs.join("ca.pem").display().to_string(),
-            "--tls-cert".to_string(),
-            certs.join(format!("{name}.pem")).display().to_string(),
-            "--tls-key".to_string(),
-            certs.join(format!("{name}-key.pem")).display().to_string(),
-        ]
-    };
+    let flags = |name: &str| drover_devcluster::tls::tls_args(&certs, name);
     let http = format!("127.0.0.1:{}", free_port());
     let mut master_flags = flags("master-1");
     master_flags.extend(["--http".to_string(), http.clone()]);

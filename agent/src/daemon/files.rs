@@ -639,30 +639,19 @@ pub(super) fn spawn_server(
         let stopped = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        let result = match tls.map(|t| t.server_config(false, &[drover_security::ALPN_H2])) {
+        let result = match tls {
             None => {
                 router
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
                     .await
             }
-            Some(Ok(server_config)) => {
-                let accepted = drover_security::accept_tls(
-                    listener,
-                    server_config,
-                    drover_security::HandshakeLimits::default(),
-                    "file API",
-                );
-                router
-                    .serve_with_incoming_shutdown(
-                        drover_security::tonic_incoming(accepted),
-                        stopped,
-                    )
-                    .await
-            }
-            Some(Err(e)) => {
-                tracing::error!(%address, error = %e, "the file API cannot serve TLS");
-                return;
-            }
+            Some(tls) => match drover_security::grpc_incoming(listener, &tls, "file API") {
+                Ok(incoming) => router.serve_with_incoming_shutdown(incoming, stopped).await,
+                Err(e) => {
+                    tracing::error!(%address, error = %e, "the file API cannot serve TLS");
+                    return;
+                }
+            },
         };
         if let Err(e) = result {
             tracing::error!(%address, error = %e, "the file API stopped");
