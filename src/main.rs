@@ -28,6 +28,10 @@ struct Cli {
     output: cli::Output,
     #[command(flatten)]
     tls: drover_security::TlsArgs,
+    /// ACL token (its secret) for masters started with `--acl`; sent as `authorization: Bearer`
+    /// on every call. `drover acl bootstrap` prints the first one.
+    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -136,10 +140,17 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         let tls = cli.tls.load()?;
+        let token = cli
+            .token
+            .as_deref()
+            .map(drover_security::Secret::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--token (DROVER_TOKEN): {e}"))?;
         let ctx = cli::Context {
             masters: cli.masters,
             output: cli.output,
             tls,
+            token,
         };
         match cli.command {
             Command::Master(args) => cli::master::run(&ctx, args).await,

@@ -59,6 +59,8 @@ pub struct Context {
     pub output: Output,
     /// Loaded from `tls_args`; `None`: TLS is off.
     pub tls: Option<drover_security::TlsConfig>,
+    /// `--token` / `DROVER_TOKEN`: sent as `authorization: Bearer` on every call to a master.
+    pub token: Option<drover_security::Secret>,
 }
 
 impl Context {

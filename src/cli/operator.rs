@@ -19,13 +19,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
+use drover_client::MasterChannel;
 use drover_client::{
     Answer, Endpoints, EndpointsError, LeaderSearch, Outcome, REDIRECTS_MAX_DEFAULT, SearchError,
     SearchLimits, Transport, find_leader, leader_hint, random_seed, validate_addr,
 };
 use drover_proto::v1;
 use drover_proto::v1::operator_client::OperatorClient;
-use tonic::transport::Channel;
 
 use super::Context;
 
@@ -116,6 +116,7 @@ impl Operator {
         };
         let transport = Transport {
             tls: ctx.tls.clone(),
+            token: ctx.token.clone(),
             ..Transport::plaintext(
                 Duration::from_millis(args.connect_timeout_ms),
                 Duration::from_millis(args.request_timeout_ms),
@@ -142,7 +143,7 @@ impl Operator {
     /// leads. See the module doc for the rules.
     pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> anyhow::Result<T>
     where
-        F: FnMut(OperatorClient<Channel>) -> Fut,
+        F: FnMut(OperatorClient<MasterChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let found = find_leader(&mut self.search, &self.transport, |channel, addr| {
@@ -173,7 +174,7 @@ impl Operator {
 }
 
 /// An Operator API client on `channel`, with the message size limits set.
-fn operator_client(channel: Channel) -> OperatorClient<Channel> {
+fn operator_client(channel: MasterChannel) -> OperatorClient<MasterChannel> {
     OperatorClient::new(channel)
         .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
@@ -330,6 +331,7 @@ mod tests {
             masters: masters.into(),
             output: super::super::Output::Human,
             tls: None,
+            token: None,
         };
         let err = |masters: &str, args: &ConnectArgs| match Operator::new(&ctx(masters), args) {
             Ok(_) => panic!("{masters:?} accepted"),
@@ -388,6 +390,7 @@ mod tests {
             masters: format!("127.0.0.1:{port}"),
             output: super::super::Output::Human,
             tls: None,
+            token: None,
         };
         let args = ConnectArgs {
             leader_wait_ms: 300,
