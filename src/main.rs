@@ -85,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
+    /// ACL tokens and policies (masters started with --acl): bootstrap, token create|ls|revoke,
+    /// policy apply|ls|rm.
+    Acl {
+        #[command(subcommand)]
+        command: cli::acl::AclCmd,
+    },
     /// Certificates: `init DIR --masters HOSTS --agents N` writes a CA and role certificates.
     Tls {
         #[command(subcommand)]
@@ -165,6 +171,7 @@ fn main() {
             Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Tls { command } => cli::tls::run(&ctx, command),
+            Command::Acl { command } => cli::acl::run(&ctx, command).await,
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         }
     });

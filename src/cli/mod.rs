@@ -1,5 +1,6 @@
 //! One module per command family; each parses its own flags and calls into the libraries.
 
+pub mod acl;
 pub mod agent;
 pub mod agents;
 #[allow(

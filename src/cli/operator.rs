@@ -25,6 +25,7 @@ use drover_client::{
     SearchLimits, Transport, find_leader, leader_hint, random_seed, validate_addr,
 };
 use drover_proto::v1;
+use drover_proto::v1::acl_api_client::AclApiClient;
 use drover_proto::v1::operator_client::OperatorClient;
 
 use super::Context;
@@ -141,13 +142,42 @@ impl Operator {
 
     /// Runs `rpc` on the leading master, following redirects and waiting (bounded) while none
     /// leads. See the module doc for the rules.
-    pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> anyhow::Result<T>
+    pub async fn call<T, F, Fut>(&mut self, rpc: F) -> anyhow::Result<T>
     where
         F: FnMut(OperatorClient<MasterChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with(operator_client, rpc).await
+    }
+
+    /// `call`, on the ACL API (`drover acl ...`).
+    pub async fn acl<T, F, Fut>(&mut self, rpc: F) -> anyhow::Result<T>
+    where
+        F: FnMut(AclApiClient<MasterChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(
+            |channel| {
+                AclApiClient::new(channel)
+                    .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+            },
+            rpc,
+        )
+        .await
+    }
+
+    async fn call_with<C, T, F, Fut>(
+        &mut self,
+        make: fn(MasterChannel) -> C,
+        mut rpc: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let found = find_leader(&mut self.search, &self.transport, |channel, addr| {
-            let call = rpc(operator_client(channel));
+            let call = rpc(make(channel));
             async move {
                 match call.await {
                     Ok(response) => Outcome::Done(response.into_inner()),

@@ -259,6 +259,7 @@ fn spawn(args: Vec<std::ffi::OsString>, log: &std::path::Path) -> anyhow::Result
         log,
         log_filter: "info",
         die_with_parent: true,
+        env: Vec::new(),
     })?;
     Ok(Guard(child))
 }

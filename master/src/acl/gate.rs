@@ -184,8 +184,15 @@ impl AclGate {
                 let gate = self.clone();
                 let accessor = principal.accessor;
                 let grants = principal.grants.clone();
+                // Called twice per stream (its reader and its writer): audited once, by the
+                // writer, which is what ends the stream for the client.
+                let calls = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 Arc::new(move || -> EndedFuture {
-                    Box::pin(gate.clone().ended(accessor, Some(grants.clone())))
+                    let audit = calls.swap(true, std::sync::atomic::Ordering::Relaxed);
+                    Box::pin(
+                        gate.clone()
+                            .ended_with(accessor, Some(grants.clone()), audit),
+                    )
                 })
             },
         });
@@ -195,6 +202,10 @@ impl AclGate {
     /// Resolves, with the reason, once the token `accessor` is revoked or expires (or, with
     /// `grants`, once its grants differ from those): what ends the streams opened with it.
     pub async fn ended(self, accessor: uuid::Uuid, grants: Option<Grants>) -> String {
+        self.ended_with(accessor, grants, true).await
+    }
+
+    async fn ended_with(self, accessor: uuid::Uuid, grants: Option<Grants>, audit: bool) -> String {
         let mut view = self.view;
         loop {
             let current = view.borrow_and_update().clone();
@@ -202,6 +213,9 @@ impl AclGate {
                 Ok(p) => p,
                 Err(e) => {
                     let reason = e.to_string();
+                    if !audit {
+                        return reason;
+                    }
                     audit::record(
                         &format!("accessor {accessor}"),
                         "stream",
