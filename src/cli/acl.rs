@@ -262,3 +262,22 @@ fn print_tokens(ctx: &Context, tokens: &[v1::TokenInfo]) -> anyhow::Result<()> {
     render::out!("{}", t.render())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_master::acl::{CoordAccess, Policy, policy::SERVICES_PREFIX};
+
+    #[test]
+    fn the_services_grants_match_the_services_frameworks_paths() {
+        // Proves `service-read`/`service-write` and drover local's services policy cover where
+        // the services framework keeps its state (the master cannot depend on the example).
+        assert_eq!(SERVICES_PREFIX, services::paths::ROOT);
+        let p = Policy::parse("services", drover_devcluster::local::SERVICES_POLICY)
+            .expect("drover local's services policy parses");
+        assert_eq!(p.coord.len(), 1);
+        assert_eq!(p.coord[0].prefix, services::paths::ROOT);
+        assert_eq!(p.coord[0].access, CoordAccess::Write);
+        let f = p.framework.expect("a framework grant");
+        assert_eq!(f.roles, ["*"]);
+    }
+}
