@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/operator.proto",
             "proto/agent_files.proto",
             "proto/cluster.proto",
+            "proto/acl.proto",
         ],
         &["proto"],
     )?;

@@ -28,6 +28,10 @@ struct Cli {
     output: cli::Output,
     #[command(flatten)]
     tls: drover_security::TlsArgs,
+    /// ACL token (its secret) for masters started with `--acl`; sent as `authorization: Bearer`
+    /// on every call. `drover acl bootstrap` prints the first one.
+    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +84,12 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
+    },
+    /// ACL tokens and policies (masters started with --acl): bootstrap, token create|ls|revoke,
+    /// policy apply|ls|rm.
+    Acl {
+        #[command(subcommand)]
+        command: cli::acl::AclCmd,
     },
     /// Certificates: `init DIR --masters HOSTS --agents N` writes a CA and role certificates.
     Tls {
@@ -136,10 +146,17 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         let tls = cli.tls.load()?;
+        let token = cli
+            .token
+            .as_deref()
+            .map(drover_security::Secret::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--token (DROVER_TOKEN): {e}"))?;
         let ctx = cli::Context {
             masters: cli.masters,
             output: cli.output,
             tls,
+            token,
         };
         match cli.command {
             Command::Master(args) => cli::master::run(&ctx, args).await,
@@ -154,6 +171,7 @@ fn main() {
             Command::Local(args) => cli::local::run(&ctx, args).await,
             Command::Bench { command } => cli::bench::run(&ctx, command).await,
             Command::Tls { command } => cli::tls::run(&ctx, command),
+            Command::Acl { command } => cli::acl::run(&ctx, command).await,
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         }
     });

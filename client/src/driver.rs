@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::transport::MasterChannel;
 use tokio::time::{Instant, sleep, timeout_at};
-use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::search::{LeaderSearch, Step};
@@ -99,7 +99,7 @@ pub async fn find_leader<T, E, F, Fut>(
     mut attempt: F,
 ) -> Result<T, SearchError<E>>
 where
-    F: FnMut(Channel, String) -> Fut,
+    F: FnMut(MasterChannel, String) -> Fut,
     Fut: Future<Output = Outcome<T, E>>,
 {
     let started = Instant::now();
@@ -196,6 +196,7 @@ mod tests {
             call_timeout: Duration::from_secs(1),
             keepalive: None,
             tls: None,
+            token: None,
         }
     }
 

@@ -23,4 +23,6 @@ pub use redirect::{LEADER_METADATA_KEY, Redirect, leader_hint, redirect};
 pub use search::{
     Backoff, JITTER_FLOOR, LeaderSearch, LimitsError, REDIRECTS_MAX_DEFAULT, SearchLimits, Step,
 };
-pub use transport::{Keepalive, Transport, TransportError, error_reason, status_text};
+pub use transport::{
+    Credentials, Keepalive, MasterChannel, Transport, TransportError, error_reason, status_text,
+};

@@ -1,11 +1,60 @@
 //! How a client reaches one master: the tonic `Endpoint` and `Channel` for an address, with the
 //! connect timeout, the per-call deadline and HTTP/2 keepalive. [`Transport::endpoint`] is the
-//! one place every master connection is built, so TLS and credentials are added there.
+//! one place every master connection is built, so TLS is added there; the bearer token rides on
+//! every call through the [`Credentials`] interceptor of a [`MasterChannel`].
 
 use std::time::Duration;
 
-use drover_security::{Role, TlsConfig};
+use drover_security::{Role, Secret, TlsConfig};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A channel to a master whose every call carries the transport's bearer token (if any).
+pub type MasterChannel = InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer SECRET` to each request. `Debug` never shows the secret.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl Credentials {
+    /// Sends `token` on every call; `None` sends nothing.
+    pub fn new(token: Option<&Secret>) -> Credentials {
+        Credentials {
+            // A Secret is URL-safe base64, always a valid header value.
+            authorization: token.and_then(|t| {
+                let mut v: AsciiMetadataValue = MetadataValue::try_from(t.bearer_value()).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.authorization {
+            Some(_) => "Credentials(bearer <redacted>)",
+            None => "Credentials(none)",
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert(drover_security::bearer::AUTHORIZATION, v.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// HTTP/2 keepalive pings, so a dead master is noticed on an idle long-lived stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +76,8 @@ pub struct Transport {
     /// `None`: plaintext. Otherwise servers are verified against its CA under their role's
     /// name (`master.drover`), and its certificate, if any, is presented.
     pub tls: Option<TlsConfig>,
+    /// The ACL token sent on every call to a master (never to an agent). `Debug` redacts it.
+    pub token: Option<Secret>,
 }
 
 /// Why a connection to one master could not be opened.
@@ -61,7 +112,18 @@ impl Transport {
             call_timeout,
             keepalive: None,
             tls: None,
+            token: None,
         }
+    }
+
+    /// What each call to a master carries: the bearer token.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(self.token.as_ref())
+    }
+
+    /// `channel` (to a master) with this transport's credentials on every call.
+    pub fn with_credentials(&self, channel: Channel) -> MasterChannel {
+        InterceptedService::new(channel, self.credentials())
     }
 
     /// The endpoint for the master at `addr` (`HOST:PORT`).
@@ -94,17 +156,20 @@ impl Transport {
         })
     }
 
-    /// Connects to the master at `addr` within the connect timeout.
-    pub async fn connect(&self, addr: &str) -> Result<Channel, TransportError> {
-        self.connect_to(addr, Role::Master).await
+    /// Connects to the master at `addr` within the connect timeout; calls carry the token.
+    pub async fn connect(&self, addr: &str) -> Result<MasterChannel, TransportError> {
+        let channel = self.connect_to(addr, Role::Master).await?;
+        Ok(self.with_credentials(channel))
     }
 
-    /// A channel to `addr` that connects on first use (and reconnects after a failure).
-    pub fn connect_lazy(&self, addr: &str) -> Result<Channel, TransportError> {
-        Ok(self.endpoint(addr)?.connect_lazy())
+    /// A channel to the master at `addr` that connects on first use (and reconnects after a
+    /// failure); calls carry the token.
+    pub fn connect_lazy(&self, addr: &str) -> Result<MasterChannel, TransportError> {
+        Ok(self.with_credentials(self.endpoint(addr)?.connect_lazy()))
     }
 
-    /// Connects to the server of `role` at `addr` within the connect timeout.
+    /// Connects to the server of `role` at `addr` within the connect timeout. The channel
+    /// carries no token: a master's token is not an agent's business.
     pub async fn connect_to(&self, addr: &str, role: Role) -> Result<Channel, TransportError> {
         let endpoint = self.endpoint_for(addr, role)?;
         tokio::time::timeout(self.connect_timeout, endpoint.connect())
@@ -207,7 +272,29 @@ mod tests {
             call_timeout: Duration::from_secs(2),
             keepalive: None,
             tls: None,
+            token: None,
         }
+    }
+
+    #[test]
+    fn credentials_add_the_bearer_header_and_never_print_it() {
+        // Proves every call through the interceptor carries `authorization: Bearer SECRET`,
+        // none without a token, and Debug of the transport hides the secret.
+        use tonic::service::Interceptor as _;
+        let secret = Secret::generate();
+        let mut t = transport();
+        let none = t.credentials().call(tonic::Request::new(())).expect("ok");
+        assert!(none.metadata().get("authorization").is_none());
+        t.token = Some(secret.clone());
+        let req = t.credentials().call(tonic::Request::new(())).expect("ok");
+        assert_eq!(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some(secret.bearer_value().as_str())
+        );
+        let shown = format!("{t:?} {:?}", t.credentials());
+        assert!(!shown.contains(secret.expose()), "{shown}");
     }
 
     #[tokio::test]

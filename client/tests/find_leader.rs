@@ -88,6 +88,7 @@ fn transport() -> Transport {
         call_timeout: Duration::from_secs(2),
         keepalive: None,
         tls: None,
+        token: None,
     }
 }
 
@@ -103,7 +104,7 @@ fn search(masters: &[&str]) -> LeaderSearch {
 
 /// One GetState attempt, as the CLI makes it, mapped to the search's outcome.
 async fn get_state(
-    channel: tonic::transport::Channel,
+    channel: drover_client::MasterChannel,
     addr: String,
 ) -> Outcome<v1::ClusterState, String> {
     match OperatorClient::new(channel)

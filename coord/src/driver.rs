@@ -888,6 +888,51 @@ pub struct CoordService {
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ServerMessage, Status>> + Send>>;
 
+/// A future that resolves, with the reason, when a stream's credentials stop being valid.
+pub type EndedFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// What the layer in front of the `Coord` service (a master's token check) decided about a
+/// `Session` stream, put in the request's extensions. Without one, the stream is bounded by
+/// ACLs alone and lives until it ends by itself.
+#[derive(Clone)]
+pub struct SessionGate {
+    /// The connection's path grants (`ConnIdentity::grants`).
+    pub grants: Option<Arc<crate::grants::PathGrants>>,
+    /// Called once per stream; when its future resolves (the token was revoked, expired, or
+    /// its grants changed) the stream ends with `UNAUTHENTICATED` and that reason, and the
+    /// connection is dropped (the session lives on until it expires, as for any lost link).
+    pub ended: Arc<dyn Fn() -> EndedFuture + Send + Sync>,
+}
+
+/// The server's messages until `ended` resolves, then one `UNAUTHENTICATED` and the end.
+struct UntilEnded<S> {
+    inner: S,
+    /// `None` once it fired.
+    ended: Option<EndedFuture>,
+}
+
+impl<S> Stream for UntilEnded<S>
+where
+    S: Stream<Item = Result<v1::ServerMessage, Status>> + Unpin,
+{
+    type Item = Result<v1::ServerMessage, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(ended) = this.ended.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if let std::task::Poll::Ready(reason) = ended.as_mut().poll(cx) {
+            this.ended = None;
+            return std::task::Poll::Ready(Some(Err(Status::unauthenticated(reason))));
+        }
+        Pin::new(&mut this.inner).poll_next(cx)
+    }
+}
+
 #[tonic::async_trait]
 impl Coord for CoordService {
     type SessionStream = SessionStream;
@@ -897,7 +942,9 @@ impl Coord for CoordService {
         &self,
         request: Request<Streaming<v1::ClientMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let identity = conn_identity(&request);
+        let gate = request.extensions().get::<SessionGate>().cloned();
+        let mut identity = conn_identity(&request);
+        identity.grants = gate.as_ref().and_then(|g| g.grants.clone());
         let mut incoming = request.into_inner();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTBOUND_CAP);
@@ -906,8 +953,15 @@ impl Coord for CoordService {
             .await
             .map_err(|_| Status::unavailable("coord server is stopping"))?;
         let inbox = self.inbox.clone();
+        let reader_ended = gate.as_ref().map(|g| (g.ended)());
         tokio::spawn(async move {
-            read_client(conn, identity, &mut incoming, &inbox).await;
+            match reader_ended {
+                None => read_client(conn, identity, &mut incoming, &inbox).await,
+                Some(ended) => tokio::select! {
+                    () = read_client(conn, identity, &mut incoming, &inbox) => {}
+                    reason = ended => debug!(conn, %reason, "client stream ended by its gate"),
+                },
+            }
             let _ = inbox
                 .send(CoreMsg::Input(Input::Client(server::Input::Disconnected {
                     conn,
@@ -915,7 +969,13 @@ impl Coord for CoordService {
                 .await;
         });
         let stream = ReceiverStream::new(rx).map(|msg| Ok(server_msg_to_proto(msg)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(match gate {
+            None => Box::pin(stream),
+            Some(g) => Box::pin(UntilEnded {
+                inner: stream,
+                ended: Some((g.ended)()),
+            }),
+        }))
     }
 }
 
@@ -934,6 +994,7 @@ pub fn conn_identity<T>(request: &Request<T>) -> server::ConnIdentity {
     server::ConnIdentity {
         addr: request.remote_addr().map(|a| a.ip()),
         x509_principal,
+        grants: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod client;
 pub mod convert;
 pub mod data_tree;
 pub mod driver;
+pub mod grants;
 #[cfg(test)]
 mod interaction;
 pub mod op;

@@ -237,6 +237,15 @@ pub enum OpError {
     /// `addAuth` refused: unknown scheme, malformed credentials, or the session's id limit.
     #[error("addAuth {scheme}: {reason}")]
     BadAuth { scheme: String, reason: String },
+    /// The connection's path grants (`grants::PathGrants`, set by whoever admitted the stream:
+    /// a master's token check) do not cover `path` for `access`. Checked by the server the
+    /// client is connected to, before the op is queued; never logged.
+    #[error("not authorized: {by} has no coord {access} grant covering {path}")]
+    NotGranted {
+        path: String,
+        access: String,
+        by: String,
+    },
 }
 
 /// Kinds of watch events, as in ZooKeeper.
@@ -300,6 +309,7 @@ impl OpError {
             OpError::NoAuth { .. } => ErrorCode::NoAuth,
             OpError::InvalidAcl { .. } => ErrorCode::InvalidAcl,
             OpError::BadAuth { .. } => ErrorCode::AuthFailed,
+            OpError::NotGranted { .. } => ErrorCode::NoAuth,
         }
     }
 

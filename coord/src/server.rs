@@ -124,6 +124,9 @@ pub struct ConnIdentity {
     /// TLS: the driver sets it from the verified peer certificate (`driver::conn_identity`); it is
     /// `None` on plain connections.
     pub x509_principal: Option<String>,
+    /// What the connection may touch beyond what ACLs say (`grants`); `None`: ACLs alone. Set
+    /// by whoever admitted the stream (a master with `--acl`, from the caller's token).
+    pub grants: Option<Arc<crate::grants::PathGrants>>,
 }
 
 impl ConnIdentity {
@@ -247,6 +250,8 @@ struct Conn {
     /// The session's ids on this connection: `ConnIdentity::ids`, then each `addAuth`'s, without
     /// duplicates. Invariant: at most `AUTH_IDS_PER_SESSION_MAX`.
     auth: Arc<[Id]>,
+    /// `ConnIdentity::grants`: checked on every op before it is queued.
+    grants: Option<Arc<crate::grants::PathGrants>>,
 }
 
 pub struct ServerCore {
@@ -408,6 +413,11 @@ impl ServerCore {
                     });
                     return;
                 }
+                // Refused here, the op is still answered in order (as a failed op is).
+                let op = match &c.grants {
+                    Some(g) => op.and_then(|op| g.check(&op).map(|()| op)),
+                    None => op,
+                };
                 c.queue.push_back(Queued::Op { xid, op });
                 self.touch(now, conn);
                 self.process_queue(conn, out);
@@ -543,6 +553,7 @@ impl ServerCore {
                 writes_in_flight: 0,
                 closed: false,
                 auth: identity.ids().into(),
+                grants: identity.grants.clone(),
             },
         );
         if session == SessionId(0) {
@@ -1614,6 +1625,7 @@ mod tests {
         ConnIdentity {
             addr: Some(ip.parse().unwrap()),
             x509_principal: None,
+            grants: None,
         }
     }
 

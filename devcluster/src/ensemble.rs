@@ -185,6 +185,7 @@ impl Ensemble {
             log: &m.log,
             log_filter: "info",
             die_with_parent: true,
+            env: Vec::new(),
         })
         .with_context(|| format!("cannot start master {id}"))?;
         m.child = Some(child);

@@ -27,6 +27,7 @@
 use crate::process::{self, Spawn, processes_under};
 use anyhow::{Context as _, bail};
 use drover_proto::v1;
+use drover_proto::v1::acl_api_client::AclApiClient;
 use drover_proto::v1::operator_client::OperatorClient;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -281,6 +282,8 @@ struct Member {
     role: Role,
     /// Its command line, to start it again after it died.
     args: Vec<OsString>,
+    /// Its environment beyond this process's (its token).
+    env: Vec<(String, String)>,
     /// None once it exited and was reaped.
     child: Option<Child>,
     log: PathBuf,
@@ -340,6 +343,31 @@ pub struct LocalCluster {
     notify: Box<dyn Fn(&str) + Send>,
     /// `Some` when `config.tls`: the certificates under the data dir.
     tls: Option<crate::tls::ClusterTls>,
+    /// With TLS the masters enforce ACLs: the cluster's tokens, once `wait_ready` made them.
+    tokens: Option<ClusterTokens>,
+}
+
+/// The policy `drover local` gives the services framework: any role and task user, and write on
+/// `/services` in coord, where it keeps all its state (`services::paths`).
+pub const SERVICES_POLICY: &str = r#"description = "the services framework of drover local"
+
+[framework]
+roles = ["*"]
+task_users = ["*"]
+
+[[coord]]
+prefix = "/services"
+access = "write"
+"#;
+
+/// The tokens of a local cluster with ACLs, kept as files under `DATA/acl/` (0600) so that a
+/// restart on the same `--data-dir` finds them (a secret cannot be read back from the masters).
+#[derive(Clone, Debug)]
+pub struct ClusterTokens {
+    /// The bootstrap (management) token: what `export DROVER_TOKEN=` prints.
+    pub management: drover_security::Secret,
+    /// The services framework's (policy `services`).
+    pub services: drover_security::Secret,
 }
 
 /// How the cluster looked once ready.
@@ -413,6 +441,7 @@ impl LocalCluster {
             sigchld,
             stopped: false,
             notify,
+            tokens: None,
         };
         // From here on, dropping `cluster` cleans up whatever was started.
         let peers = (1..=cluster.config.masters)
@@ -439,9 +468,11 @@ impl LocalCluster {
                         .into_iter()
                         .map(OsString::from),
                 );
+                // Secure by default: with certificates come ACLs (tokens, default deny).
+                args.push("--acl".into());
             }
             args.extend(cluster.config.master_args.iter().map(OsString::from));
-            cluster.spawn(&format!("master-{id}"), Role::Master, args)?;
+            cluster.spawn(&format!("master-{id}"), Role::Master, args, Vec::new())?;
         }
         Ok(cluster)
     }
@@ -454,6 +485,11 @@ impl LocalCluster {
     /// The operator's TLS material, for talking to this cluster.
     pub fn client_tls(&self) -> Option<&drover_security::TlsConfig> {
         self.tls.as_ref().map(|t| &t.operator)
+    }
+
+    /// The management token, once the cluster is up (ACLs are on with TLS).
+    pub fn token(&self) -> Option<&drover_security::Secret> {
+        self.tokens.as_ref().map(|t| &t.management)
     }
 
     /// The data dir (canonical).
@@ -478,13 +514,20 @@ impl LocalCluster {
         self.dir().join(format!("agent-{n}"))
     }
 
-    fn spawn(&mut self, name: &str, role: Role, args: Vec<OsString>) -> anyhow::Result<()> {
+    fn spawn(
+        &mut self,
+        name: &str,
+        role: Role,
+        args: Vec<OsString>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
         let log = self.dir().join("logs").join(format!("{name}.log"));
-        let child = self.start_child(name, &args, &log)?;
+        let child = self.start_child(name, &args, &env, &log)?;
         self.members.push(Member {
             name: name.to_string(),
             role,
             args,
+            env,
             child: Some(child),
             log,
             deaths: Default::default(),
@@ -493,13 +536,20 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn start_child(&self, name: &str, args: &[OsString], log: &Path) -> anyhow::Result<Child> {
+    fn start_child(
+        &self,
+        name: &str,
+        args: &[OsString],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<Child> {
         let child = process::spawn(Spawn {
             exe: &self.exe,
             args: args.to_vec(),
             log,
             log_filter: &self.config.log_filter,
             die_with_parent: true,
+            env: env.to_vec(),
         })
         .with_context(|| format!("cannot start {name}"))?;
         tracing::debug!(name, pid = child.id(), "started");
@@ -537,7 +587,7 @@ impl LocalCluster {
                 );
             }
             args.extend(self.config.agent_args.iter().map(OsString::from));
-            self.spawn(&format!("agent-{n}"), Role::Agent, args)?;
+            self.spawn(&format!("agent-{n}"), Role::Agent, args, Vec::new())?;
         }
         // Every agent runs on this machine, under its own host name: health checks go to
         // 127.0.0.1, which reaches tasks that listen on loopback only too.
@@ -552,7 +602,11 @@ impl LocalCluster {
             args.extend(tls.args("framework").into_iter().map(OsString::from));
         }
         args.extend(self.config.services_args.iter().map(OsString::from));
-        self.spawn("services", Role::Services, args)
+        let env = match &self.tokens {
+            Some(t) => vec![("DROVER_TOKEN".to_string(), t.services.expose().to_string())],
+            None => Vec::new(),
+        };
+        self.spawn("services", Role::Services, args, env)
     }
 
     /// Reaps children that exited; the first one found is an error naming it, with the end of
@@ -582,13 +636,29 @@ impl LocalCluster {
         let started = Instant::now();
         let deadline = started + self.config.ready_timeout;
         let addrs = self.master_addrs();
-        let mut last_error;
+        let mut last_error = String::new();
         let mut told = false;
         loop {
             self.check_children()?;
-            match get_state(&addrs, self.config.rpc_timeout, self.client_tls()).await {
-                Ok(_) => break,
-                Err(e) => last_error = format!("{e:#}"),
+            // With ACLs, the tokens come first: nothing else answers without one.
+            if self.tls.is_some() && self.tokens.is_none() {
+                match self.make_tokens(&addrs).await {
+                    Ok(tokens) => self.tokens = Some(tokens),
+                    Err(e) => last_error = format!("{e:#}"),
+                }
+            }
+            if self.tls.is_none() || self.tokens.is_some() {
+                match get_state(
+                    &addrs,
+                    self.config.rpc_timeout,
+                    self.client_tls(),
+                    self.token(),
+                )
+                .await
+                {
+                    Ok(_) => break,
+                    Err(e) => last_error = format!("{e:#}"),
+                }
             }
             self.progress(
                 started,
@@ -610,7 +680,13 @@ impl LocalCluster {
             .collect();
         loop {
             self.check_children()?;
-            let missing = match get_state(&addrs, self.config.rpc_timeout, self.client_tls()).await
+            let missing = match get_state(
+                &addrs,
+                self.config.rpc_timeout,
+                self.client_tls(),
+                self.token(),
+            )
+            .await
             {
                 Ok(state) => {
                     let missing = missing_members(&state, &agents);
@@ -634,6 +710,79 @@ impl LocalCluster {
             }
             tokio::time::sleep(self.config.poll_interval).await;
         }
+    }
+
+    /// The cluster's tokens: read from `DATA/acl/` if an earlier run made them, else the
+    /// bootstrap token (`AclApi.Bootstrap`), the `services` policy and the framework's token,
+    /// each saved (0600) as soon as it exists. Fails (to be retried) while no master answers.
+    async fn make_tokens(&self, addrs: &[String]) -> anyhow::Result<ClusterTokens> {
+        use drover_security::Secret;
+        let dir = self.dir().join("acl");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let management_file = dir.join("management.token");
+        let services_file = dir.join("services.token");
+        let timeout = self.config.rpc_timeout;
+        let tls = self.client_tls().cloned();
+        let management = match read_token(&management_file)? {
+            Some(t) => t,
+            None => {
+                let created = acl_call(addrs, timeout, tls.clone(), None, |mut c| async move {
+                    c.bootstrap(v1::BootstrapRequest {}).await
+                })
+                .await
+                .map_err(|e| {
+                    if e.to_string().contains("already bootstrapped") {
+                        anyhow::anyhow!(
+                            "the masters in {} were bootstrapped by an earlier run, but {} is \
+                             gone: the management token cannot be read back; start with a new \
+                             --data-dir",
+                            self.dir().display(),
+                            management_file.display()
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                let secret = Secret::parse(&created.secret)
+                    .map_err(|e| anyhow::anyhow!("the bootstrap token: {e}"))?;
+                write_token(&management_file, &secret)?;
+                secret
+            }
+        };
+        let services = match read_token(&services_file)? {
+            Some(t) => t,
+            None => {
+                let policy = v1::ApplyPolicyRequest {
+                    name: "services".into(),
+                    text: SERVICES_POLICY.into(),
+                };
+                acl_call(addrs, timeout, tls.clone(), Some(&management), |mut c| {
+                    let r = policy.clone();
+                    async move { c.apply_policy(r).await }
+                })
+                .await?;
+                let request = v1::CreateTokenRequest {
+                    name: "services".into(),
+                    policies: vec!["services".into()],
+                    r#type: "client".into(),
+                    ttl_ms: 0,
+                };
+                let created = acl_call(addrs, timeout, tls, Some(&management), |mut c| {
+                    let r = request.clone();
+                    async move { c.create_token(r).await }
+                })
+                .await?;
+                let secret = Secret::parse(&created.secret)
+                    .map_err(|e| anyhow::anyhow!("the services token: {e}"))?;
+                write_token(&services_file, &secret)?;
+                secret
+            }
+        };
+        Ok(ClusterTokens {
+            management,
+            services,
+        })
     }
 
     /// Says once, after `progress_after`, what the cluster is still waiting for. A framework
@@ -723,11 +872,11 @@ impl LocalCluster {
             .iter()
             .position(|m| m.restart_at.is_some_and(|at| at <= now));
         if let Some(i) = due {
-            let (name, args, log) = {
+            let (name, args, env, log) = {
                 let m = &self.members[i];
-                (m.name.clone(), m.args.clone(), m.log.clone())
+                (m.name.clone(), m.args.clone(), m.env.clone(), m.log.clone())
             };
-            let child = self.start_child(&name, &args, &log)?;
+            let child = self.start_child(&name, &args, &env, &log)?;
             let m = &mut self.members[i];
             m.child = Some(child);
             m.restart_at = None;
@@ -966,15 +1115,18 @@ pub async fn get_state(
     addrs: &[String],
     timeout: Duration,
     tls: Option<&drover_security::TlsConfig>,
+    token: Option<&drover_security::Secret>,
 ) -> anyhow::Result<v1::ClusterState> {
     let transport = drover_client::Transport {
         tls: tls.cloned(),
+        token: token.cloned(),
         ..drover_client::Transport::plaintext(timeout, timeout)
     };
     let mut last = None;
     for addr in addrs {
         let call = async {
-            let channel = transport.endpoint(addr)?.timeout(timeout).connect().await?;
+            let channel = transport
+                .with_credentials(transport.endpoint(addr)?.timeout(timeout).connect().await?);
             let mut client = OperatorClient::new(channel)
                 .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX);
@@ -983,6 +1135,70 @@ pub async fn get_state(
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(state)) => return Ok(state),
+            Ok(Err(e)) => last = Some(e.context(format!("master {addr}"))),
+            Err(_) => {
+                last = Some(anyhow::anyhow!(
+                    "master {addr}: no answer within {timeout:?}"
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no master address")))
+}
+
+/// A saved token, if the file exists.
+fn read_token(path: &Path) -> anyhow::Result<Option<drover_security::Secret>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => drover_security::Secret::parse(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Saves a token readable by this user only.
+fn write_token(path: &Path, secret: &drover_security::Secret) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(secret.expose().as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// One `AclApi` call, asking the masters in turn (any master serves it); the last error when
+/// none answers.
+async fn acl_call<T, F, Fut>(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<drover_security::TlsConfig>,
+    token: Option<&drover_security::Secret>,
+    mut rpc: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut(AclApiClient<drover_client::MasterChannel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let transport = drover_client::Transport {
+        tls,
+        token: token.cloned(),
+        ..drover_client::Transport::plaintext(timeout, timeout)
+    };
+    let mut last = None;
+    for addr in addrs {
+        let call = async {
+            let channel = transport.connect(addr).await?;
+            let answer = rpc(AclApiClient::new(channel)).await?;
+            anyhow::Ok(answer.into_inner())
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => last = Some(e.context(format!("master {addr}"))),
             Err(_) => {
                 last = Some(anyhow::anyhow!(

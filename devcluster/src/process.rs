@@ -38,6 +38,9 @@ pub struct Spawn<'a> {
     /// Ask the kernel to SIGKILL the child when the thread that spawns it exits (see [`spawn`]).
     /// Off for callers whose spawning thread may end before the child should (test threads).
     pub die_with_parent: bool,
+    /// Environment variables set for the child (secrets go here, never on the command line,
+    /// which `ps` shows to everyone).
+    pub env: Vec<(String, String)>,
 }
 
 /// Starts `spec.exe` with `spec.args` in its own process group (a Ctrl-C at the terminal
@@ -64,6 +67,8 @@ pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<Child> {
         .env_remove("DROVER_TLS_CERT")
         .env_remove("DROVER_TLS_KEY")
         .env_remove("DROVER_INSECURE")
+        // Nor the operator's token: a child gets its own, through `spec.env`.
+        .env_remove("DROVER_TOKEN")
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(file_err)
@@ -71,6 +76,7 @@ pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<Child> {
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", spec.log_filter);
     }
+    cmd.envs(spec.env);
     if spec.die_with_parent {
         // SAFETY: the closure runs in the child between fork and exec and makes one
         // async-signal-safe system call.

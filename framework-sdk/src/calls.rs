@@ -10,10 +10,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use drover_client::MasterChannel;
 use drover_proto::v1;
 use drover_proto::v1::scheduler_client::SchedulerClient;
 use tokio::time::{Instant, timeout_at};
-use tonic::transport::Channel;
 use tracing::debug;
 
 use crate::connection::{Framework, connect_client};
@@ -99,7 +99,7 @@ impl Request {
         }
     }
 
-    async fn send(&self, client: &mut SchedulerClient<Channel>) -> Result<(), tonic::Status> {
+    async fn send(&self, client: &mut SchedulerClient<MasterChannel>) -> Result<(), tonic::Status> {
         match self {
             Request::Accept(r) => client.accept(r.clone()).await.map(drop),
             Request::Decline(r) => client.decline(r.clone()).await.map(drop),

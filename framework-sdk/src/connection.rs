@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use drover_client::MasterChannel;
 use drover_client::{
     Endpoints, LeaderSearch, Outcome, SearchError, SearchLimits, Transport, find_leader,
     random_seed,
@@ -31,7 +32,6 @@ use drover_proto::v1::scheduler_client::SchedulerClient;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tonic::Streaming;
-use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::ConnectError;
@@ -66,6 +66,8 @@ pub struct ConnectionOptions {
     /// `None`: plaintext. Otherwise masters are verified against its CA and its certificate
     /// (a framework's) is presented.
     pub tls: Option<drover_security::TlsConfig>,
+    /// The ACL token sent on every call (masters with `--acl` need one). `Debug` redacts it.
+    pub token: Option<drover_security::Secret>,
 }
 
 impl ConnectionOptions {
@@ -76,6 +78,7 @@ impl ConnectionOptions {
             call_timeout: self.call_timeout,
             keepalive: None,
             tls: self.tls.clone(),
+            token: self.token.clone(),
         }
     }
 }
@@ -91,6 +94,7 @@ impl Default for ConnectionOptions {
             heartbeat_misses_max: 3,
             redirects_max: 3,
             tls: None,
+            token: None,
         }
     }
 }
@@ -216,6 +220,14 @@ impl FrameworkBuilder {
     /// and its certificate (a framework's, from `drover tls init`) is presented.
     pub fn tls(mut self, tls: Option<drover_security::TlsConfig>) -> Self {
         self.options.tls = tls;
+        self
+    }
+
+    /// The ACL token to present (`None`, the default: none). A master with `--acl` lets a
+    /// framework subscribe only with a token whose policies grant its role (`[framework]
+    /// roles`), and launch only as the task users they grant.
+    pub fn token(mut self, token: Option<drover_security::Secret>) -> Self {
+        self.options.token = token;
         self
     }
 
@@ -446,7 +458,7 @@ pub(crate) struct Inner {
 #[derive(Clone, Debug)]
 pub(crate) struct Link {
     pub(crate) addr: String,
-    pub(crate) client: SchedulerClient<Channel>,
+    pub(crate) client: SchedulerClient<MasterChannel>,
 }
 
 impl Framework {
@@ -494,7 +506,7 @@ impl std::fmt::Debug for Framework {
 }
 
 /// A scheduler client on `channel`, with the message size limits set.
-pub(crate) fn scheduler_client(channel: Channel) -> SchedulerClient<Channel> {
+pub(crate) fn scheduler_client(channel: MasterChannel) -> SchedulerClient<MasterChannel> {
     SchedulerClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
@@ -504,7 +516,7 @@ pub(crate) fn scheduler_client(channel: Channel) -> SchedulerClient<Channel> {
 pub(crate) async fn connect_client(
     addr: &str,
     options: &ConnectionOptions,
-) -> Result<SchedulerClient<Channel>, String> {
+) -> Result<SchedulerClient<MasterChannel>, String> {
     let channel = options
         .transport()
         .connect(addr)
@@ -516,7 +528,7 @@ pub(crate) async fn connect_client(
 /// A live subscription: the master's `Subscribed` and the rest of its stream.
 struct Subscription {
     addr: String,
-    client: SchedulerClient<Channel>,
+    client: SchedulerClient<MasterChannel>,
     stream: Streaming<v1::Event>,
     subscribed: v1::Subscribed,
 }
@@ -563,7 +575,7 @@ async fn subscribe(
 /// One subscribe attempt: call `Subscribe` on `channel` (to `addr`), wait for `Subscribed`. The
 /// driver bounds it by the call timeout.
 async fn subscribe_once(
-    channel: Channel,
+    channel: MasterChannel,
     addr: String,
     request: v1::SubscribeRequest,
 ) -> Outcome<Subscription, Refusal> {

@@ -88,7 +88,7 @@ pub use convert::ConvertError;
 /// The metadata key naming the leader, and the master address list, from `drover-client`.
 pub use drover_client::{Endpoints, EndpointsError, LEADER_METADATA_KEY};
 /// TLS material and the `--tls-*` flags (`TlsArgs`, for a framework's own clap parser).
-pub use drover_security::{TlsArgs, TlsConfig, TlsError};
+pub use drover_security::{Secret, TlsArgs, TlsConfig, TlsError};
 pub use error::{CallError, ConnectError};
 pub use events::{
     ACKNOWLEDGEMENTS_IN_FLIGHT_MAX, ACKNOWLEDGEMENTS_QUEUE_CAPACITY, EVENTS_QUEUE_CAPACITY, Event,

@@ -287,6 +287,7 @@ fn options() -> ConnectionOptions {
         heartbeat_misses_max: 3,
         redirects_max: 3,
         tls: None,
+        token: None,
     }
 }
 

@@ -20,6 +20,7 @@
 //! - **Redirect.** A master that does not lead answers every call with `UNAVAILABLE` and the
 //!   leader's address in the `drover-leader` metadata key.
 
+use crate::acl::{AclGate, Caller, Principal, TaskUsers};
 use crate::cluster::ClusterService;
 use crate::core::types::*;
 use crate::core::{CoreConfig, MasterCore};
@@ -29,6 +30,7 @@ use crate::wire;
 use drover_coord::client::{Client, ClientOptions};
 use drover_coord::driver::{Leadership, StatusQuery};
 use drover_proto::v1;
+use drover_proto::v1::acl_api_server::AclApiServer;
 use drover_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
 use drover_proto::v1::operator_server::{Operator, OperatorServer};
 use drover_proto::v1::scheduler_server::{Scheduler, SchedulerServer};
@@ -64,6 +66,9 @@ pub struct MasterConfig {
     pub agent_first_message_timeout: Duration,
     /// How long an RPC waits for the term task's answer.
     pub call_timeout: Duration,
+    /// `--acl`: every scheduler, operator, ACL and coord call needs a token (or a master
+    /// certificate), default deny (`acl::gate`).
+    pub acl: bool,
 }
 
 impl MasterConfig {
@@ -75,7 +80,20 @@ impl MasterConfig {
             coord: ClientOptions::default(),
             agent_first_message_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(10),
+            acl: false,
         }
+    }
+
+    /// The certificate names the ACL store's subtree admits: this master's own and
+    /// `master-N` for every master of the ensemble (what `drover tls init` names them).
+    fn master_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.peers.keys().map(|id| format!("master-{id}")).collect();
+        if let Some(own) = self.coord.tls.as_ref().and_then(|t| t.identity()) {
+            names.push(own.name.clone());
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn address(&self) -> String {
@@ -142,6 +160,8 @@ enum Input {
     Call {
         framework: FrameworkId,
         call: Call,
+        /// The caller's token (ACLs on): its role and task users bound the call.
+        principal: Option<Arc<Principal>>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
     FrameworkGone {
@@ -219,14 +239,17 @@ impl Shared {
 
     async fn call(
         &self,
+        caller: Option<&Caller>,
         framework_id: &str,
         call: Call,
     ) -> Result<Response<v1::CallResponse>, Status> {
         let framework = FrameworkId::parse(framework_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let principal = caller.and_then(|c| c.principal()).cloned();
         self.ask(|reply| Input::Call {
             framework,
             call,
+            principal,
             reply,
         })
         .await?
@@ -259,6 +282,7 @@ fn lost_leadership(role: &watch::Receiver<Role>) -> Status {
 
 fn call_status(e: CallError) -> Status {
     match e {
+        CallError::PermissionDenied(m) => Status::permission_denied(m),
         CallError::NotFound(m) => Status::not_found(m),
         CallError::InvalidArgument(m) => Status::invalid_argument(m),
         CallError::Unavailable(m) => Status::unavailable(m),
@@ -274,6 +298,11 @@ pub struct MasterServices {
     pub cluster: ClusterService,
     /// For in-process readers (the HTTP endpoints).
     pub handle: MasterHandle,
+    /// `drover.v1.AclApi`.
+    pub acl: AclApiServer<crate::acl::service::AclService>,
+    /// The ACL decisions (`--acl`): wrap each gRPC service with `gate.wrap`, and the HTTP side
+    /// with `acl::http_gate`.
+    pub gate: AclGate,
 }
 
 /// Reads the leading master's state from inside the process (same rules as the operator API:
@@ -305,6 +334,18 @@ pub fn start(
     leadership: watch::Receiver<Leadership>,
     status: StatusQuery,
 ) -> MasterServices {
+    let (view_tx, view_rx) = watch::channel(Arc::new(crate::acl::AclView::default()));
+    let (store_tx, store_rx) = watch::channel(None);
+    let gate = AclGate::new(config.acl, view_rx.clone());
+    if config.acl {
+        tokio::spawn(crate::acl::store::follow(
+            config.address(),
+            config.coord.clone(),
+            config.master_names(),
+            view_tx,
+            store_tx,
+        ));
+    }
     let (role_tx, role_rx) = watch::channel(Role::Following(None));
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -314,8 +355,17 @@ pub fn start(
     tokio::spawn(follow_leadership(config, leadership, role_tx));
     let limit = drover_proto::MESSAGE_BYTES_MAX;
     MasterServices {
+        acl: AclApiServer::new(crate::acl::service::AclService::new(
+            gate.clone(),
+            view_rx,
+            store_rx,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
+        gate: gate.clone(),
         scheduler: SchedulerServer::new(SchedulerService {
             shared: shared.clone(),
+            gate,
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
@@ -529,9 +579,10 @@ impl Term {
             Input::Call {
                 framework,
                 call,
+                principal,
                 reply,
             } => {
-                let _ = reply.send(self.call(now_ms, &framework, call));
+                let _ = reply.send(self.call(now_ms, &framework, call, principal.as_deref()));
             }
             Input::FrameworkGone { conn } => {
                 self.frameworks.remove(&conn);
@@ -602,8 +653,29 @@ impl Term {
         self.core.agent_of(conn)
     }
 
-    fn call(&mut self, now_ms: u64, fw: &FrameworkId, call: Call) -> Result<(), CallError> {
+    fn call(
+        &mut self,
+        now_ms: u64,
+        fw: &FrameworkId,
+        call: Call,
+        principal: Option<&Principal>,
+    ) -> Result<(), CallError> {
         let core = &mut self.core;
+        // A token may act only on a framework whose role it may register.
+        if let Some(p) = principal
+            && let Some(role) = core.framework_role(fw)
+            && let Err(denied) = p.require_role(role)
+        {
+            crate::acl::audit::record(
+                &p.describe(),
+                "framework",
+                &format!("framework {fw}"),
+                crate::acl::audit::Outcome::Denied,
+                Some(&denied.0),
+            );
+            return Err(CallError::PermissionDenied(denied.0));
+        }
+        let users = principal.map_or(TaskUsers::Any, Principal::task_users);
         match call {
             Call::Accept {
                 offers,
@@ -615,7 +687,7 @@ impl Term {
                     .map(|o| wire::offer_id_from_wire(self.epoch, o))
                     .collect();
                 let launches = launches.iter().map(wire::task_from_wire).collect();
-                core.accept(now_ms, fw, offers, launches, refuse_ms)
+                core.accept_as(now_ms, fw, offers, launches, refuse_ms, &users)
             }
             Call::Decline { offers, refuse_ms } => {
                 let offers = offers
@@ -874,21 +946,37 @@ impl Drop for Gone {
     }
 }
 
-/// A response stream that reports its own end to the term.
+/// A response stream that reports its own end to the term, and ends with `UNAUTHENTICATED`
+/// when `ended` resolves (the token it was opened with was revoked or expired).
 pub struct WatchedStream<T> {
     inner: ReceiverStream<Result<T, Status>>,
     _gone: Gone,
+    /// `None` without ACLs, and once it fired.
+    ended: Option<drover_coord::driver::EndedFuture>,
+    /// `ended` fired: the stream is over.
+    revoked: bool,
 }
 
 impl<T> Stream for WatchedStream<T> {
     type Item = Result<T, Status>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.revoked {
+            return Poll::Ready(None);
+        }
+        if let Some(ended) = self.ended.as_mut()
+            && let Poll::Ready(reason) = ended.as_mut().poll(cx)
+        {
+            self.ended = None;
+            self.revoked = true;
+            return Poll::Ready(Some(Err(Status::unauthenticated(reason))));
+        }
         Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
 pub struct SchedulerService {
     shared: Arc<Shared>,
+    gate: AclGate,
 }
 
 fn refuse_ms(filters: Option<&v1::Filters>) -> Result<Option<u64>, Status> {
@@ -908,10 +996,31 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let fresh = uuid::Uuid::new_v4().to_string();
         let (info, is_new) = wire::framework_from_wire(request.framework.as_ref(), &fresh)
             .map_err(Status::invalid_argument)?;
+        // With ACLs, the token must grant the role; the stream ends when the token stops
+        // being valid (revoked, expired).
+        let ended = match caller.as_ref().and_then(|c| c.principal()) {
+            None => None,
+            Some(p) => {
+                if let Err(denied) = p.require_role(info.role.as_str()) {
+                    crate::acl::audit::record(
+                        &p.describe(),
+                        "framework-subscribe",
+                        &format!("role {}", info.role),
+                        crate::acl::audit::Outcome::Denied,
+                        Some(&denied.0),
+                    );
+                    return Err(Status::permission_denied(denied.0));
+                }
+                let ended: drover_coord::driver::EndedFuture =
+                    Box::pin(self.gate.clone().ended(p.accessor, None));
+                Some(ended)
+            }
+        };
         let conn = self.shared.conn_id();
         let inbox = self.shared.inbox()?;
         let (tx, rx) = mpsc::channel(FRAMEWORK_QUEUE_CAP);
@@ -935,6 +1044,8 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(WatchedStream {
             inner: ReceiverStream::new(rx),
             _gone: gone,
+            ended,
+            revoked: false,
         }))
     }
 
@@ -942,6 +1053,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::AcceptRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let mut launches = Vec::new();
         for op in r.operations {
@@ -957,6 +1069,7 @@ impl Scheduler for SchedulerService {
         let refuse_ms = refuse_ms(r.filters.as_ref())?;
         self.shared
             .call(
+                caller.as_ref(),
                 &r.framework_id,
                 Call::Accept {
                     offers: r.offer_ids,
@@ -971,10 +1084,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::DeclineRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let refuse_ms = refuse_ms(r.filters.as_ref())?;
         self.shared
             .call(
+                caller.as_ref(),
                 &r.framework_id,
                 Call::Decline {
                     offers: r.offer_ids,
@@ -988,9 +1103,11 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::ReviveRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         self.shared
             .call(
+                caller.as_ref(),
                 &r.framework_id,
                 Call::Revive {
                     clear_filters: r.clear_filters,
@@ -1003,20 +1120,25 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::SuppressRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
-        self.shared.call(&r.framework_id, Call::Suppress).await
+        self.shared
+            .call(caller.as_ref(), &r.framework_id, Call::Suppress)
+            .await
     }
 
     async fn kill(
         &self,
         request: Request<v1::KillRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         if r.task_id.is_empty() {
             return Err(Status::invalid_argument("task_id: must not be empty"));
         }
         self.shared
             .call(
+                caller.as_ref(),
                 &r.framework_id,
                 Call::Kill {
                     task: r.task_id,
@@ -1030,6 +1152,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::AcknowledgeRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let uuid: [u8; 16] = r.uuid.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!(
@@ -1044,6 +1167,7 @@ impl Scheduler for SchedulerService {
         };
         self.shared
             .call(
+                caller.as_ref(),
                 &r.framework_id,
                 Call::Acknowledge {
                     agent,
@@ -1058,10 +1182,11 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::ReconcileRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let tasks = r.tasks.into_iter().map(|t| t.task_id).collect();
         self.shared
-            .call(&r.framework_id, Call::Reconcile { tasks })
+            .call(caller.as_ref(), &r.framework_id, Call::Reconcile { tasks })
             .await
     }
 
@@ -1069,8 +1194,11 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<v1::TeardownRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
-        self.shared.call(&r.framework_id, Call::Teardown).await
+        self.shared
+            .call(caller.as_ref(), &r.framework_id, Call::Teardown)
+            .await
     }
 }
 
@@ -1192,6 +1320,8 @@ impl AgentApi for AgentApiService {
                 inbox,
                 input: Some(Input::AgentGone { conn }),
             },
+            ended: None,
+            revoked: false,
         }))
     }
 }

@@ -7,8 +7,10 @@
 //! clock, draws randomness or spawns tasks; time comes in as `now_ms`. The async `driver` owns
 //! the cores: it follows coord's leadership, writes the registry (`registry`), runs the
 //! allocation timer and serves the gRPC APIs, converting wire types at its edge (`wire`).
+//! `acl` owns tokens, policies and the checks every API makes once `--acl` is on.
 //! Start at `core` (module doc), then `driver`, then `allocator`.
 
+pub mod acl;
 pub mod allocator;
 pub mod cluster;
 pub mod core;

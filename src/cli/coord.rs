@@ -179,6 +179,7 @@ pub(crate) fn cli_options() -> ClientOptions {
 /// Opens a session on the context's masters, with the CLI's wording of the failure.
 pub(crate) async fn connect(ctx: &Context, mut options: ClientOptions) -> anyhow::Result<Client> {
     options.tls = ctx.tls.clone();
+    options.token = ctx.token.clone();
     let addrs = ctx.master_addrs();
     if addrs.is_empty() {
         bail!("--masters is empty; give at least one host:port");

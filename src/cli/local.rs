@@ -231,9 +231,17 @@ fn print_ready(ctx: &Context, cluster: &LocalCluster, ready: &Ready) -> anyhow::
             for (name, value) in &tls_exports {
                 render::outln!("export {name}={value}")?;
             }
+            if let Some(token) = cluster.token() {
+                render::outln!("export DROVER_TOKEN={}", token.expose())?;
+            }
             if !tls_exports.is_empty() {
+                let bearer = if cluster.token().is_some() {
+                    " -H \"Authorization: Bearer $DROVER_TOKEN\""
+                } else {
+                    ""
+                };
                 render::outln!(
-                    "HTTP API: curl --cacert $DROVER_TLS_CA --cert $DROVER_TLS_CERT --key $DROVER_TLS_KEY {dashboard}api/v1/state"
+                    "HTTP API: curl --cacert $DROVER_TLS_CA --cert $DROVER_TLS_CERT --key $DROVER_TLS_KEY{bearer} {dashboard}api/v1/state"
                 )?;
             }
             render::outln!("Ctrl-C stops everything.")?;
@@ -244,6 +252,7 @@ fn print_ready(ctx: &Context, cluster: &LocalCluster, ready: &Ready) -> anyhow::
                 "leader": ready.state.leader,
                 "dashboard": dashboard,
                 "tls": tls_exports.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                "token": cluster.token().map(|t| t.expose().to_string()),
                 "data_dir": cluster.dir(),
                 "temp": cluster.is_temp(),
                 "agents": config.agents,

@@ -89,6 +89,12 @@ pub struct MasterArgs {
     /// master the same list.
     #[arg(long = "coord-super-id", env = "DROVER_COORD_SUPER_IDS", value_delimiter = ',', value_parser = parse_super_id)]
     pub coord_super_ids: Vec<drover_coord::acl::Id>,
+    /// Enforce ACL tokens, default deny: every scheduler, operator, ACL and coord call and the
+    /// HTTP side need a token (`authorization: Bearer`) whose policies allow it; masters and
+    /// agents are known by their certificates. Needs TLS. `drover acl bootstrap` makes the
+    /// first token. Give every master the same setting.
+    #[arg(long, env = "DROVER_ACL")]
+    pub acl: bool,
 }
 
 fn parse_super_id(text: &str) -> Result<drover_coord::acl::Id, String> {
@@ -105,6 +111,7 @@ pub mod roles {
     pub const SCHEDULER: &[Role] = &[Role::Framework, Role::Operator];
     pub const AGENT_API: &[Role] = &[Role::Agent];
     pub const OPERATOR: &[Role] = &[Role::Operator, Role::Master];
+    pub const ACL: &[Role] = &[Role::Operator, Role::Master];
 }
 
 pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
@@ -131,6 +138,12 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
     }
     drover_security::check_plaintext_listen("--listen", args.listen, tls.is_some(), args.insecure)
         .map_err(anyhow::Error::msg)?;
+    if args.acl && tls.is_none() {
+        anyhow::bail!(
+            "--acl needs TLS (--tls-ca, --tls-cert, --tls-key): tokens must not cross the network \
+             in plaintext, and masters prove who they are to each other by certificate"
+        );
+    }
     if let Some(http) = args.http {
         drover_security::check_plaintext_listen("--http", http, tls.is_some(), args.insecure)
             .map_err(anyhow::Error::msg)?;
@@ -144,6 +157,7 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
     master.core.agent_unreachable_after_ms = args.agent_unreachable_after_ms;
     master.core.framework_heartbeat_interval_ms = args.framework_heartbeat_interval_ms;
     master.core.refuse_ms_default = args.refuse_default_ms;
+    master.acl = args.acl;
     master.coord.tls = tls.clone();
     let mut config = CoordConfig::new(args.data_dir.clone());
     config.zab = drover_coord::zab::ZabConfig::new(args.id, peers.keys().copied().collect());
@@ -174,7 +188,12 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen on {http} (--http)"))?;
+        // The certificate check runs first (outermost), then the token check.
         let app = drover_master::http::router(services.handle.clone(), services.cluster.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                services.gate.clone(),
+                drover_master::acl::http_gate,
+            ))
             .layer(axum::middleware::from_fn(drover_security::http_guard));
         tracing::info!(%http, tls = tls.is_some(), "dashboard and HTTP API serving");
         match &tls {
@@ -207,9 +226,12 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
     let enforce = tls.is_some();
     let guard = |service, roles| drover_security::RoleGuard::new(service, roles, enforce);
     use tonic::service::interceptor::InterceptedService as Guarded;
+    // Each API a token reaches: the certificate's role first, then the token (`acl::gate`).
+    let gate = services.gate.clone();
+    tracing::info!(acl = args.acl, "ACL enforcement");
     let router = tonic::transport::Server::builder()
         .add_service(Guarded::new(
-            handle.service,
+            gate.wrap(handle.service),
             guard("drover.v1.Coord", roles::COORD),
         ))
         .add_service(Guarded::new(
@@ -217,7 +239,7 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
             guard("drover.v1.Peer", roles::PEER),
         ))
         .add_service(Guarded::new(
-            services.scheduler,
+            gate.wrap(services.scheduler),
             guard("drover.v1.Scheduler", roles::SCHEDULER),
         ))
         .add_service(Guarded::new(
@@ -225,8 +247,12 @@ pub async fn run(ctx: &super::Context, args: MasterArgs) -> anyhow::Result<()> {
             guard("drover.v1.AgentApi", roles::AGENT_API),
         ))
         .add_service(Guarded::new(
-            services.operator,
+            gate.wrap(services.operator),
             guard("drover.v1.Operator", roles::OPERATOR),
+        ))
+        .add_service(Guarded::new(
+            gate.wrap(services.acl),
+            guard("drover.v1.AclApi", roles::ACL),
         ))
         .add_service(services.cluster.into_server());
     let shutdown = async {

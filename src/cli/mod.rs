@@ -1,5 +1,6 @@
 //! One module per command family; each parses its own flags and calls into the libraries.
 
+pub mod acl;
 pub mod agent;
 pub mod agents;
 #[allow(
@@ -59,6 +60,8 @@ pub struct Context {
     pub output: Output,
     /// Loaded from `tls_args`; `None`: TLS is off.
     pub tls: Option<drover_security::TlsConfig>,
+    /// `--token` / `DROVER_TOKEN`: sent as `authorization: Bearer` on every call to a master.
+    pub token: Option<drover_security::Secret>,
 }
 
 impl Context {

@@ -20,13 +20,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
+use drover_client::MasterChannel;
 use drover_client::{
     Answer, Endpoints, EndpointsError, LeaderSearch, Outcome, REDIRECTS_MAX_DEFAULT, SearchError,
     SearchLimits, Transport, find_leader, leader_hint, random_seed, validate_addr,
 };
 use drover_proto::v1;
+use drover_proto::v1::acl_api_client::AclApiClient;
 use drover_proto::v1::operator_client::OperatorClient;
-use tonic::transport::Channel;
 
 use super::Context;
 
@@ -117,6 +118,7 @@ impl Operator {
         };
         let transport = Transport {
             tls: ctx.tls.clone(),
+            token: ctx.token.clone(),
             ..Transport::plaintext(
                 Duration::from_millis(args.connect_timeout_ms),
                 Duration::from_millis(args.request_timeout_ms),
@@ -141,13 +143,42 @@ impl Operator {
 
     /// Runs `rpc` on the leading master, following redirects and waiting (bounded) while none
     /// leads. See the module doc for the rules.
-    pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> anyhow::Result<T>
+    pub async fn call<T, F, Fut>(&mut self, rpc: F) -> anyhow::Result<T>
     where
-        F: FnMut(OperatorClient<Channel>) -> Fut,
+        F: FnMut(OperatorClient<MasterChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(operator_client, rpc).await
+    }
+
+    /// `call`, on the ACL API (`drover acl ...`).
+    pub async fn acl<T, F, Fut>(&mut self, rpc: F) -> anyhow::Result<T>
+    where
+        F: FnMut(AclApiClient<MasterChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(
+            |channel| {
+                AclApiClient::new(channel)
+                    .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
+            },
+            rpc,
+        )
+        .await
+    }
+
+    async fn call_with<C, T, F, Fut>(
+        &mut self,
+        make: fn(MasterChannel) -> C,
+        mut rpc: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut(C) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let found = find_leader(&mut self.search, &self.transport, |channel, addr| {
-            let call = rpc(operator_client(channel));
+            let call = rpc(make(channel));
             async move {
                 match call.await {
                     Ok(response) => Outcome::Done(response.into_inner()),
@@ -174,7 +205,7 @@ impl Operator {
 }
 
 /// An Operator API client on `channel`, with the message size limits set.
-fn operator_client(channel: Channel) -> OperatorClient<Channel> {
+fn operator_client(channel: MasterChannel) -> OperatorClient<MasterChannel> {
     OperatorClient::new(channel)
         .max_decoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(drover_proto::MESSAGE_BYTES_MAX)
@@ -308,6 +339,7 @@ mod tests {
             masters: masters.into(),
             output: super::super::Output::Human,
             tls: None,
+            token: None,
         };
         let err = |masters: &str, args: &ConnectArgs| match Operator::new(&ctx(masters), args) {
             Ok(_) => panic!("{masters:?} accepted"),
@@ -366,6 +398,7 @@ mod tests {
             masters: format!("127.0.0.1:{port}"),
             output: super::super::Output::Human,
             tls: None,
+            token: None,
         };
         let args = ConnectArgs {
             leader_wait_ms: 300,

@@ -13,5 +13,6 @@ pub struct ServicesArgs {
 pub async fn run(ctx: &Context, args: ServicesArgs) -> anyhow::Result<()> {
     let mut config = args.flags.config(&ctx.masters);
     config.connection.tls = ctx.tls.clone();
+    config.connection.token = ctx.token.clone();
     services::run(config, services::shutdown_signal()).await
 }

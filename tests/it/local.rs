@@ -192,6 +192,7 @@ impl Local {
             .env_remove("DROVER_TLS_CA")
             .env_remove("DROVER_TLS_CERT")
             .env_remove("DROVER_TLS_KEY")
+            .env_remove("DROVER_TOKEN")
             .envs(self.exports.iter().map(|(k, v)| (k, v)))
             .arg("--masters")
             .arg(&self.masters)
@@ -544,12 +545,35 @@ fn local_cluster_runs_a_service_through_its_life() {
         .expect("agent ls JSON");
     assert_eq!(agents.as_array().map(Vec::len), Some(2), "{agents:#}");
 
-    // It came up secure: the printed exports are TLS material, and without them the masters
-    // refuse the connection, saying why.
+    // It came up secure: the printed exports are TLS material and the management token, and
+    // without them the masters refuse the connection (or the call), saying why.
     let names: Vec<&str> = local.exports.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         names,
-        ["DROVER_TLS_CA", "DROVER_TLS_CERT", "DROVER_TLS_KEY"]
+        [
+            "DROVER_TLS_CA",
+            "DROVER_TLS_CERT",
+            "DROVER_TLS_KEY",
+            "DROVER_TOKEN"
+        ]
+    );
+    let no_token = Command::new(drover_bin())
+        .env_remove("DROVER_TOKEN")
+        .envs(
+            local
+                .exports
+                .iter()
+                .filter(|(k, _)| k != "DROVER_TOKEN")
+                .map(|(k, v)| (k, v)),
+        )
+        .args(["--masters", &local.masters, "agent", "ls"])
+        .output()
+        .expect("run drover");
+    assert!(!no_token.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("no token: ACLs are on"),
+        "{}",
+        String::from_utf8_lossy(&no_token.stderr)
     );
     let plain = Command::new(drover_bin())
         .env_remove("DROVER_TLS_CA")

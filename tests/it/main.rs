@@ -11,6 +11,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod acl;
 mod agent_daemon;
 mod cli;
 mod coord_cli;

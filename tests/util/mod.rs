@@ -44,6 +44,7 @@ impl Proc {
             log: &log,
             log_filter: "info",
             die_with_parent: false,
+            env: Vec::new(),
         })
         .expect("spawn drover");
         Proc {

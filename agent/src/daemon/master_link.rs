@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use drover_client::MasterChannel;
 use drover_client::{
     Endpoints, EndpointsError, Keepalive, LeaderSearch, Outcome, REDIRECTS_MAX_DEFAULT, Redirect,
     SearchError, SearchLimits, Transport, find_leader, random_seed,
@@ -22,7 +23,6 @@ use drover_proto::v1::{self, agent_api_client::AgentApiClient, master_message};
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 pub use drover_client::leader_hint;
@@ -102,6 +102,8 @@ pub async fn connect(
             timeout: config.keepalive_timeout,
         }),
         tls: config.tls.clone(),
+        // Agents are known by their certificates; they carry no token.
+        token: None,
     };
     let found = find_leader(&mut search, &transport, |channel, addr| {
         let first = hello.borrow().clone();
@@ -122,7 +124,11 @@ pub async fn connect(
 
 /// One attempt on a connected `channel`: attach, send `hello`, wait for `Registered`. The driver
 /// bounds it by the registration timeout.
-async fn attempt(channel: Channel, addr: String, hello: v1::AgentMessage) -> Outcome<Link, String> {
+async fn attempt(
+    channel: MasterChannel,
+    addr: String,
+    hello: v1::AgentMessage,
+) -> Outcome<Link, String> {
     let mut client = AgentApiClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);

@@ -221,6 +221,7 @@ async fn attempt(
         || AttemptError::Failed(format!("no answer within {:?}", options.connect_timeout));
     let transport = drover_client::Transport {
         tls: options.tls.clone(),
+        token: options.token.clone(),
         ..drover_client::Transport::plaintext(options.connect_timeout, options.request_timeout)
     };
     let endpoint = transport
@@ -230,7 +231,7 @@ async fn attempt(
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| AttemptError::Failed(error_reason(&e)))?;
-    let mut client = CoordClient::new(channel)
+    let mut client = CoordClient::new(transport.with_credentials(channel))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let (out, out_rx) =

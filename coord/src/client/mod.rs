@@ -68,6 +68,9 @@ pub struct ClientOptions {
     /// `None`: plaintext. Otherwise servers are verified as masters against its CA, and its
     /// certificate (if any) is presented.
     pub tls: Option<drover_security::TlsConfig>,
+    /// The ACL token the session stream is opened with (a master with `--acl` admits a coord
+    /// session only with a valid token or a master certificate). `Debug` redacts it.
+    pub token: Option<drover_security::Secret>,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +82,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             requests_in_flight_max: 1024,
             tls: None,
+            token: None,
         }
     }
 }

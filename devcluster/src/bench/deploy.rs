@@ -176,6 +176,7 @@ async fn measure(
     let addrs = cluster.master_addrs();
     let options = ClientOptions {
         tls: cluster.client_tls().cloned(),
+        token: cluster.token().cloned(),
         ..ClientOptions::default()
     };
     let client = Client::connect(addrs.clone(), options)
@@ -203,6 +204,7 @@ async fn deploy_and_remove(
     let n = config.instances;
     let rpc_timeout = cluster.config().rpc_timeout;
     let tls = cluster.client_tls().cloned();
+    let token = cluster.token().cloned();
     let mut t = Timeline::default();
     let t0 = Instant::now();
     let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1000.0;
@@ -217,7 +219,8 @@ async fn deploy_and_remove(
     let deadline = t0 + config.timeout;
     let mut last = String::from("nothing yet");
     while t.status_at_spec_ms.is_none() || t.master_all_running_ms.is_none() {
-        if let Some(running) = master_running(addrs, rpc_timeout, tls.as_ref()).await
+        if let Some(running) =
+            master_running(addrs, rpc_timeout, tls.as_ref(), token.as_ref()).await
             && running >= n
         {
             t.master_all_running_ms.get_or_insert(ms(Instant::now()));
@@ -256,7 +259,7 @@ async fn deploy_and_remove(
         .with_context(|| format!("cannot remove {spec_path}"))?;
     let deadline = r0 + config.timeout;
     loop {
-        if master_running(addrs, rpc_timeout, tls.as_ref()).await == Some(0) {
+        if master_running(addrs, rpc_timeout, tls.as_ref(), token.as_ref()).await == Some(0) {
             t.removed_ms = Some(r0.elapsed().as_secs_f64() * 1000.0);
             break;
         }
@@ -279,8 +282,9 @@ async fn master_running(
     addrs: &[String],
     timeout: Duration,
     tls: Option<&drover_security::TlsConfig>,
+    token: Option<&drover_security::Secret>,
 ) -> Option<u32> {
-    let state = get_state(addrs, timeout, tls).await.ok()?;
+    let state = get_state(addrs, timeout, tls, token).await.ok()?;
     let running = state
         .tasks
         .iter()

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 /// Messages queued towards the master per simulated agent.
 const SIM_AGENT_QUEUE: usize = 256;
@@ -104,7 +103,10 @@ pub fn capacity(agent: &Resources, task: &Resources, agents: u64) -> u64 {
     fits(agent, task).saturating_mul(agents)
 }
 
-fn channel(addr: &str, tls: Option<&drover_security::TlsConfig>) -> anyhow::Result<Channel> {
+fn channel(
+    addr: &str,
+    tls: Option<&drover_security::TlsConfig>,
+) -> anyhow::Result<drover_client::MasterChannel> {
     let transport = drover_client::Transport {
         tls: tls.cloned(),
         ..drover_client::Transport::plaintext(CONNECT_TIMEOUT, CONNECT_TIMEOUT)
@@ -121,7 +123,7 @@ pub async fn sim_agents(
     if config.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    let channels: Vec<Channel> = (0..config.connections)
+    let channels: Vec<drover_client::MasterChannel> = (0..config.connections)
         .map(|_| channel(&config.master, config.tls.as_ref()))
         .collect::<anyhow::Result<_>>()?;
     let registered = Arc::new(AtomicU64::new(0));
@@ -168,7 +170,7 @@ pub async fn sim_agents(
 }
 
 async fn sim_agent(
-    channel: Channel,
+    channel: drover_client::MasterChannel,
     info: v1::AgentInfo,
     registered: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
@@ -265,6 +267,7 @@ fn spawn(args: Vec<std::ffi::OsString>, log: &std::path::Path) -> anyhow::Result
         log,
         log_filter: "info",
         die_with_parent: true,
+        env: Vec::new(),
     })?;
     Ok(Guard(child))
 }

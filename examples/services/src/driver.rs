@@ -217,6 +217,8 @@ async fn term(config: &Config, clock: &Clock, stop: watch::Receiver<bool>) -> En
         request_timeout: config.coord_request_timeout,
         // The framework's certificate serves coord as well as the scheduler API.
         tls: config.connection.tls.clone(),
+        // And its token: the policy that lets it subscribe grants it `/services` in coord.
+        token: config.connection.token.clone(),
         ..ClientOptions::default()
     };
     let client = match Client::connect(config.masters.clone(), options).await {

@@ -11,6 +11,10 @@ struct Args {
     /// Masters (they serve coord too), HOST:PORT,...
     #[arg(long, env = "DROVER_MASTERS", default_value = "127.0.0.1:5050")]
     masters: String,
+    /// ACL token (the secret) for masters started with `--acl`: its policy must grant the
+    /// framework's role and write on `/services` in coord.
+    #[arg(long, env = "DROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(flatten)]
     flags: services::Flags,
 }
@@ -25,6 +29,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = args.flags.config(&args.masters);
+    let mut config = args.flags.config(&args.masters);
+    config.connection.token = args
+        .token
+        .as_deref()
+        .map(drover_sdk::Secret::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--token (DROVER_TOKEN): {e}"))?;
     services::run(config, services::shutdown_signal()).await
 }

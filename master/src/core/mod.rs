@@ -285,9 +285,35 @@ impl MasterCore {
         launches: Vec<Result<TaskLaunch, InvalidLaunch>>,
         refuse_ms: Option<u64>,
     ) -> Result<(), CallError> {
-        let r = self.on_accept(now_ms, fw_id, offers, launches, refuse_ms);
+        self.accept_as(
+            now_ms,
+            fw_id,
+            offers,
+            launches,
+            refuse_ms,
+            &crate::acl::TaskUsers::Any,
+        )
+    }
+
+    /// `accept`, for a caller whose token lets its tasks ask only for `users`: a launch asking
+    /// for another user becomes a `TASK_ERROR` (`unauthorized_user`) naming the principal.
+    pub fn accept_as(
+        &mut self,
+        now_ms: u64,
+        fw_id: &FrameworkId,
+        offers: Vec<OfferRef>,
+        launches: Vec<Result<TaskLaunch, InvalidLaunch>>,
+        refuse_ms: Option<u64>,
+        users: &crate::acl::TaskUsers,
+    ) -> Result<(), CallError> {
+        let r = self.on_accept(now_ms, fw_id, offers, launches, refuse_ms, users);
         self.debug_check();
         r
+    }
+
+    /// The role a registered framework subscribed with.
+    pub fn framework_role(&self, fw_id: &FrameworkId) -> Option<&str> {
+        self.frameworks.get(fw_id).map(|f| f.info.role.as_str())
     }
 
     /// `Decline`: the offers return to the pool, filtered for this framework. Offers that are
@@ -695,6 +721,7 @@ impl MasterCore {
         offers: Vec<OfferRef>,
         launches: Vec<Result<TaskLaunch, InvalidLaunch>>,
         refuse_ms: Option<u64>,
+        users: &crate::acl::TaskUsers,
     ) -> Result<(), CallError> {
         let fw = self.known_framework(fw_id)?;
         let fw_conn = fw.conn;
@@ -788,11 +815,12 @@ impl MasterCore {
                 }
             };
             let key = (fw_id.clone(), launch.id.clone());
-            // `launch.user` passes through unchecked for now: the agent refuses users it does not
-            // have and root (unless `--allow-root-tasks`). The check that this framework's
-            // principal may run tasks as that user belongs here, with the ACLs, as one more
-            // refusal (Mesos's `run_tasks` ACL).
-            let refusal = if launch.agent != agent_id {
+            // The principal's task users (Mesos's `run_tasks` ACL); the agent still refuses users
+            // it does not have, and root unless `--allow-root-tasks`.
+            let user = launch.user.as_ref().map_or("", |u| u.as_str());
+            let refusal = if let Err(reason) = users.check(user) {
+                Some(("unauthorized_user", reason))
+            } else if launch.agent != agent_id {
                 Some((
                     "unknown_agent",
                     format!(

@@ -209,6 +209,9 @@ pub enum Completion {
 /// A call the core refuses; the driver maps each to a gRPC code.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CallError {
+    /// The caller's token does not allow this (ACLs on).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
