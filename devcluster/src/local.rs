@@ -1174,7 +1174,35 @@ fn write_token(path: &Path, secret: &drover_security::Secret) -> anyhow::Result<
 
 /// One `AclApi` call, asking the masters in turn (any master serves it); the last error when
 /// none answers.
-async fn acl_call<T, F, Fut>(
+/// A fresh ensemble's management token (`AclApi.Bootstrap`), retried for up to `wait` while its
+/// masters elect a leader and load their ACL store (benches with TLS and tokens on).
+pub(crate) async fn bootstrap_token(
+    addrs: &[String],
+    tls: Option<drover_security::TlsConfig>,
+    wait: Duration,
+) -> anyhow::Result<drover_security::Secret> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let answer = acl_call(
+            addrs,
+            Duration::from_secs(2),
+            tls.clone(),
+            None,
+            |mut c| async move { c.bootstrap(v1::BootstrapRequest {}).await },
+        )
+        .await;
+        match answer {
+            Ok(created) => {
+                return drover_security::Secret::parse(&created.secret)
+                    .map_err(|e| anyhow::anyhow!("the bootstrap token: {e}"));
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e.context("ACL bootstrap")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub(crate) async fn acl_call<T, F, Fut>(
     addrs: &[String],
     timeout: Duration,
     tls: Option<drover_security::TlsConfig>,

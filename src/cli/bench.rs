@@ -70,8 +70,9 @@ pub struct CoordBenchArgs {
     /// `--master-arg=--sync-timeout-ms=500`; repeat for more.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     pub master_args: Vec<String>,
-    /// TLS on the bench's own ensemble (peer links included) and its clients: off, on, or both
-    /// (the whole run twice, plaintext first, then a table of what TLS costs). With --masters,
+    /// Security on the bench's own ensemble: `on` is TLS everywhere (peer links included) and ACLs
+    /// (`--acl`, clients with the bootstrap token); off, on, or both (the whole run twice,
+    /// plaintext first, then a table of what it costs). With --masters,
     /// the clients use the global --tls-* flags instead.
     #[arg(long, value_enum, default_value_t = TlsMode::Off)]
     pub tls: TlsMode,
@@ -118,6 +119,7 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
         master_args: args.master_args,
         tls: false,
         client_tls: None,
+        client_token: None,
     };
     let given = masters_given().then(|| ctx.master_addrs());
     if given.is_some() && args.tls != TlsMode::Off {
@@ -137,6 +139,7 @@ async fn bench_coord(ctx: &Context, args: CoordBenchArgs) -> anyhow::Result<()> 
         config.tls = tls;
         if given.is_some() {
             config.client_tls = ctx.tls.clone();
+            config.client_token = ctx.token.clone();
         }
         if modes.len() > 1 && ctx.output == Output::Human {
             println!("TLS {}:", if tls { "on" } else { "off" });

@@ -40,8 +40,9 @@ pub struct SchedulerBenchArgs {
     /// A flag for the bench's own master, e.g. `--master-arg=--allocation-interval-ms=20`.
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     pub master_args: Vec<String>,
-    /// TLS on the bench's own master, its simulated agents and frameworks: off, on, or both (two
-    /// runs, plaintext first, and what TLS costs).
+    /// Security on the bench's own master: `on` is TLS for it, its simulated agents and
+    /// frameworks, and ACLs (`--acl`, frameworks with a token); off, on, or both (two runs,
+    /// plaintext first, and what it costs).
     #[arg(long, value_enum, default_value_t = super::bench::TlsMode::Off)]
     pub tls: super::bench::TlsMode,
 }

@@ -83,12 +83,14 @@ pub struct CoordConfig {
     pub dir: Option<PathBuf>,
     /// Flags appended to each own master's command line.
     pub master_args: Vec<String>,
-    /// The own ensemble serves TLS (peer links included) and the clients present an operator's
-    /// certificate.
+    /// The own ensemble serves TLS (peer links included) and runs ACLs (`--acl`); the clients
+    /// present an operator's certificate and the bootstrap token.
     pub tls: bool,
     /// TLS material of the clients for given masters (the CLI's `--tls-*`); set by `run` for
     /// the own ensemble when `tls`.
     pub client_tls: Option<drover_security::TlsConfig>,
+    /// The clients' ACL token (the own ensemble's bootstrap token when `tls`).
+    pub client_token: Option<drover_security::Secret>,
 }
 
 impl CoordConfig {
@@ -186,13 +188,27 @@ pub async fn run(
     }
     let started = Instant::now();
     let parent = config.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut ensemble =
-        Ensemble::start_with(ENSEMBLE_SIZE, &config.master_args, &parent, config.tls)?;
+    let mut master_args = config.master_args.clone();
+    if config.tls {
+        // TLS and tokens both on: what a secure cluster pays.
+        master_args.push("--acl".into());
+    }
+    let mut ensemble = Ensemble::start_with(ENSEMBLE_SIZE, &master_args, &parent, config.tls)?;
     let mut own = config.clone();
     own.client_tls = ensemble.client_tls().cloned();
-    let config = &own;
     let work = async {
         let agreed = ensemble.wait_ready(ENSEMBLE_READY_TIMEOUT).await?;
+        if config.tls {
+            own.client_token = Some(
+                crate::local::bootstrap_token(
+                    &ensemble.addrs(),
+                    own.client_tls.clone(),
+                    ENSEMBLE_READY_TIMEOUT,
+                )
+                .await?,
+            );
+        }
+        let config = &own;
         let (leader, epoch) = (agreed.leader, agreed.epoch);
         notify(&format!(
             "drover bench: {ENSEMBLE_SIZE} masters serving after {} ms (leader {leader}, epoch \
@@ -245,6 +261,7 @@ fn client_options(config: &CoordConfig) -> ClientOptions {
         session_timeout: SESSION_TIMEOUT,
         establish_timeout: ESTABLISH_TIMEOUT,
         tls: config.client_tls.clone(),
+        token: config.client_token.clone(),
         ..ClientOptions::default()
     }
 }
@@ -915,6 +932,7 @@ mod tests {
             master_args: vec![],
             tls: false,
             client_tls: None,
+            client_token: None,
         };
         assert!(ok.check().is_ok());
         let with = |f: &dyn Fn(&mut CoordConfig)| {

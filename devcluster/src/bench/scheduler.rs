@@ -106,9 +106,11 @@ pub fn capacity(agent: &Resources, task: &Resources, agents: u64) -> u64 {
 fn channel(
     addr: &str,
     tls: Option<&drover_security::TlsConfig>,
+    token: Option<&drover_security::Secret>,
 ) -> anyhow::Result<drover_client::MasterChannel> {
     let transport = drover_client::Transport {
         tls: tls.cloned(),
+        token: token.cloned(),
         ..drover_client::Transport::plaintext(CONNECT_TIMEOUT, CONNECT_TIMEOUT)
     };
     Ok(transport.connect_lazy(addr)?)
@@ -124,7 +126,7 @@ pub async fn sim_agents(
         bail!("--connections must be at least 1");
     }
     let channels: Vec<drover_client::MasterChannel> = (0..config.connections)
-        .map(|_| channel(&config.master, config.tls.as_ref()))
+        .map(|_| channel(&config.master, config.tls.as_ref(), None))
         .collect::<anyhow::Result<_>>()?;
     let registered = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -293,7 +295,11 @@ struct Shared {
 
 /// One SDK framework launching `quota` tasks from its offers.
 async fn bench_framework(
-    (addr, tls): (String, Option<drover_security::TlsConfig>),
+    (addr, tls, token): (
+        String,
+        Option<drover_security::TlsConfig>,
+        Option<drover_security::Secret>,
+    ),
     index: u64,
     quota: u64,
     task: Resources,
@@ -303,6 +309,7 @@ async fn bench_framework(
         .name(format!("bench-{index}"))
         .masters([addr])
         .tls(tls)
+        .token(token)
         .failover_timeout(Duration::from_secs(600))
         .connect()
         .await
@@ -490,6 +497,8 @@ pub async fn run(
         let mut margs = process::master_args(1, &addr, &dir.path().join("master"));
         if let Some(certs) = &certs {
             margs.extend(certs.args("master-1").into_iter().map(Into::into));
+            // TLS and tokens both on: what a secure cluster pays.
+            margs.push("--acl".into());
         }
         margs.extend(config.master_args.iter().map(Into::into));
         let child = spawn(margs, &dir.path().join("master.log"))?;
@@ -500,7 +509,22 @@ pub async fn run(
         if given { " (given)" } else { " (own)" },
         dir.path().display()
     ));
-    let operator = OperatorClient::new(channel(&addr, certs.as_ref().map(|c| &c.operator))?);
+    let token = match &certs {
+        Some(c) => Some(
+            crate::local::bootstrap_token(
+                std::slice::from_ref(&addr),
+                Some(c.operator.clone()),
+                MASTER_LEAD_TIMEOUT,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let operator = OperatorClient::new(channel(
+        &addr,
+        certs.as_ref().map(|c| &c.operator),
+        token.as_ref(),
+    )?);
     // Wait for the master to lead.
     let deadline = Instant::now() + MASTER_LEAD_TIMEOUT;
     loop {
@@ -578,7 +602,7 @@ pub async fn run(
         let quota =
             config.tasks / config.frameworks + u64::from(i < config.tasks % config.frameworks);
         frameworks.spawn(bench_framework(
-            (addr.clone(), framework_tls.clone()),
+            (addr.clone(), framework_tls.clone(), token.clone()),
             i,
             quota,
             task.clone(),
