@@ -6,6 +6,7 @@
 //! and the master running, its stored tokens, policies and coord data unchanged by any refusal.
 
 use crate::util;
+use util::tls::{https_get, tls_config};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -13,20 +14,9 @@ use std::time::{Duration, Instant};
 
 use drover_proto::v1;
 use drover_proto::v1::scheduler_client::SchedulerClient;
-use drover_security::{Role, Secret, TlsConfig};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use drover_security::Secret;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn tls_init(dir: &Path) {
-    let out = Command::new(util::drover_bin())
-        .args(["tls", "init"])
-        .arg(dir)
-        .args(["--masters", "127.0.0.1", "--agents", "1"])
-        .output()
-        .expect("run drover tls init");
-    assert!(out.status.success(), "{}", util::stderr(&out));
-}
 
 /// `drover --masters ADDR ARGS` as the operator certificate, with `token` (or none) and no TLS
 /// or token variables from the environment.
@@ -49,50 +39,6 @@ fn drover_with(certs: &Path, addr: &str, token: Option<&str>, args: &[&str]) -> 
         .stdin(Stdio::null())
         .output()
         .expect("run drover")
-}
-
-fn tls_config(certs: &Path, name: &str) -> TlsConfig {
-    TlsConfig::load(
-        &certs.join("ca.pem"),
-        Some(&certs.join(format!("{name}.pem"))),
-        Some(&certs.join(format!("{name}-key.pem"))),
-    )
-    .expect("load certificates")
-}
-
-/// One HTTP/1.1 GET over TLS as `client`, with a bearer header when `bearer` is given.
-async fn https_get(
-    addr: &str,
-    path: &str,
-    client: &TlsConfig,
-    bearer: Option<&str>,
-) -> (u16, String) {
-    let config = client
-        .client_config(&[drover_security::ALPN_HTTP1])
-        .expect("client config");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from(Role::Master.server_name()).expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let auth = bearer.map_or(String::new(), |b| format!("authorization: Bearer {b}\r\n"));
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let code = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (code, body)
 }
 
 /// A scheduler client as the framework certificate, sending `token` (or none).
@@ -170,7 +116,7 @@ async fn tokens_are_required_checked_and_revoked_on_every_api() {
     // Proves the default-deny rules end to end (see the module doc), on one TLS master.
     let tmp = tempfile::tempdir().expect("tempdir");
     let certs = tmp.path().join("certs");
-    tls_init(&certs);
+    util::tls::tls_init(&certs, 1);
     let port = util::free_port();
     let addr = format!("127.0.0.1:{port}");
     let http = format!("127.0.0.1:{}", util::free_port());

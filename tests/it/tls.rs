@@ -4,6 +4,7 @@
 //! whose peer links run over TLS, and an agent's certificate knocking on the peer port.
 
 use crate::util;
+use util::tls::{tls_config, tls_init};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -17,18 +18,6 @@ use util::cluster::TestCluster;
 use util::free_port;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `drover tls init DIR --masters 127.0.0.1,… --agents 1`; panics with its output on failure.
-fn tls_init(dir: &Path, masters: usize) {
-    let hosts = vec!["127.0.0.1"; masters].join(",");
-    let out = Command::new(util::drover_bin())
-        .args(["tls", "init"])
-        .arg(dir)
-        .args(["--masters", &hosts, "--agents", "1"])
-        .output()
-        .expect("run drover tls init");
-    assert!(out.status.success(), "{}", util::stderr(&out));
-}
 
 /// `drover --masters ADDR ARGS` with the `--tls-*` flags of certificate `name` in `certs` (the
 /// CA only when `name` is empty), and no TLS variables from the environment.
@@ -50,45 +39,6 @@ fn drover_as(certs: &Path, name: &str, addr: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run drover")
-}
-
-fn tls_config(certs: &Path, name: &str) -> TlsConfig {
-    TlsConfig::load(
-        &certs.join("ca.pem"),
-        Some(&certs.join(format!("{name}.pem"))),
-        Some(&certs.join(format!("{name}-key.pem"))),
-    )
-    .expect("load certificates")
-}
-
-/// One HTTP/1.1 GET over TLS with `client` (verifying the master as `master.drover`); the
-/// status code and body.
-async fn https_get(addr: &str, path: &str, client: &TlsConfig) -> (u16, String) {
-    let config = client
-        .client_config(&[drover_security::ALPN_HTTP1])
-        .expect("client config");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from(Role::Master.server_name()).expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let code = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (code, body)
 }
 
 /// What the master's coord holds under `/` and `/drover`, read as the operator.
@@ -146,7 +96,7 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
         "{}",
         util::stdout(&ls)
     );
-    let (code, body) = https_get(&http, "/api/v1/masters", &operator).await;
+    let (code, body) = util::tls::https_get(&http, "/api/v1/masters", &operator, None).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"role\":\"leading\""), "{body}");
     let before = coord_listing(&certs, &addr);
@@ -233,14 +183,15 @@ async fn a_tls_master_refuses_plaintext_other_cas_missing_and_wrong_certificates
         "{}",
         util::stderr(&agent_coord)
     );
-    let (code, body) = https_get(&http, "/api/v1/state", &tls_config(&certs, "agent-1")).await;
+    let (code, body) =
+        util::tls::https_get(&http, "/api/v1/state", &tls_config(&certs, "agent-1"), None).await;
     assert_eq!(code, 403, "{body}");
     assert!(
         body.contains("certificate agent-1 (role agent) may not read this HTTP API"),
         "{body}"
     );
     let ca_only = TlsConfig::load(&certs.join("ca.pem"), None, None).expect("ca");
-    let (code, body) = https_get(&http, "/metrics", &ca_only).await;
+    let (code, body) = util::tls::https_get(&http, "/metrics", &ca_only, None).await;
     assert_eq!(code, 401, "{body}");
 
     // coord's x509 ACL scheme names the client certificate: the operator's node is the

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
