@@ -66,6 +66,12 @@ fuzz_target!(|data: &[u8]| {
     // Not byte for byte: nodes and ACLs follow `imbl::HashMap` order, which differs between two
     // equal trees. The same records in another order have the same length.
     let mut encoded_again = Vec::new();
-    again.write_snapshot(&mut encoded_again).expect("write to a Vec");
-    assert_eq!(encoded_again.len(), encoded.len(), "equal trees encode to equal lengths");
+    again
+        .write_snapshot(&mut encoded_again)
+        .expect("write to a Vec");
+    assert_eq!(
+        encoded_again.len(),
+        encoded.len(),
+        "equal trees encode to equal lengths"
+    );
 });

@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let encoded_again = again.encode();
     if matches!(msg, PeerMsg::Snap { .. }) {
         // A snapshot's nodes follow `imbl::HashMap` order, which differs between equal trees.
-        assert_eq!(encoded_again.len(), encoded.len(), "snapshot message round trip");
+        assert_eq!(
+            encoded_again.len(),
+            encoded.len(),
+            "snapshot message round trip"
+        );
     } else {
         assert_eq!(encoded_again, encoded, "peer message round trip");
     }
