@@ -67,7 +67,10 @@ impl tonic::service::Interceptor for RoleGuard {
             return Ok(request);
         }
         let certs = request.peer_certs();
-        self.admit(certs.as_deref().map(Vec::as_slice))?;
+        let identity = self.admit(certs.as_deref().map(Vec::as_slice))?;
+        // Parsed once per call: what runs after the guard (the master's ACL gate) reads it here.
+        let mut request = request;
+        request.extensions_mut().insert(identity);
         Ok(request)
     }
 }

@@ -295,9 +295,13 @@ pub fn path_grants(p: &Principal) -> PathGrants {
     }
 }
 
-/// The verified client certificate of a gRPC request (from tonic's TLS connect info).
+/// The verified client certificate of a gRPC request: as the `RoleGuard` in front of the gate
+/// already parsed it, else from tonic's TLS connect info.
 fn grpc_cert<B>(request: &http::Request<B>) -> Option<CertIdentity> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if let Some(identity) = request.extensions().get::<CertIdentity>() {
+        return Some(identity.clone());
+    }
     let info = request
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?;
