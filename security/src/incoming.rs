@@ -24,6 +24,9 @@ use crate::tls::CertIdentity;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Accepted connections waiting for the server to take them.
 const ACCEPTED_QUEUE_CAPACITY: usize = 128;
+/// After a refused handshake: the most bytes, and the longest wait, spent draining the client.
+const LINGER_BYTES_MAX: usize = 64 << 10;
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -123,13 +126,35 @@ async fn handshake(
         refuse_plaintext(stream, remote, name, &first[..n]).await;
         return None;
     }
-    match acceptor.accept(stream).await {
+    match acceptor.accept(stream).into_fallible().await {
         Ok(tls) => Some(tls),
-        Err(e) => {
+        Err((e, stream)) => {
             warn!(listener = name, %remote, "TLS handshake refused: {}", handshake_reason(&e));
+            linger(stream).await;
             None
         }
     }
+}
+
+/// Closes a refused connection so that the client reads the TLS alert we sent. In TLS 1.3 a
+/// client sends its first request before the server has checked its certificate; closing with
+/// that request unread makes the kernel answer with a reset, which can destroy the alert in
+/// flight (the client then sees "broken pipe" instead of why). So: FIN, then read and discard
+/// what the client still sends, bounded in bytes and time.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES_MAX;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
 }
 
 /// Why a handshake failed, in words an operator can act on.
